@@ -1,0 +1,280 @@
+"""Command line: `runner serve`, `runner models list|add|rm|show`.
+
+Each subcommand is a registrar function decorated with `@command` that adds its parser and
+sets `func` (the handler returning an exit code). To add a command (status, ps, run, bench),
+write one more registrar here or in a module imported at the bottom of this file.
+
+Settings flags are declared with `add_setting`, and only flags the user actually typed reach
+`Settings(...)` (argparse default=SUPPRESS), so `RUNNER_*` env vars keep working beneath them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from runner.config import Settings, parse_duration, parse_size
+
+Registrar = Callable[[Any], None]  # receives the subparsers action
+Handler = Callable[[argparse.Namespace], int]
+
+COMMANDS: list[Registrar] = []
+_SETTING_DESTS: set[str] = set()
+
+
+def command(registrar: Registrar) -> Registrar:
+    """Decorator registering a subcommand; order of registration is order in --help."""
+    COMMANDS.append(registrar)
+    return registrar
+
+
+def add_setting(parser: argparse.ArgumentParser, field: str, **kwargs: Any) -> None:
+    """Add `--field-name` for Settings field `field`, documenting its env var and default."""
+    info = Settings.model_fields[field]
+    env = "RUNNER_" + field.upper()
+    default = _show_default(info)
+    extra = f"[env {env}; default {default}]" if default else f"[env {env}]"
+    kwargs["help"] = f"{kwargs.get('help') or info.description or ''} {extra}".strip()
+    flag = "--" + field.replace("_", "-")
+    parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
+    _SETTING_DESTS.add(field)
+
+
+class UsageError(Exception):
+    """Bad flag or env value: reported as one line per problem, exit code 2."""
+
+
+def _show_default(info: FieldInfo) -> str:
+    default = info.get_default(call_default_factory=True)
+    if default is None or default == []:
+        return ""
+    parsers = {getattr(m, "func", None) for m in info.metadata}
+    if parse_size in parsers:
+        return _human_bytes(default).replace(".0 ", "").replace(" ", "")
+    if parse_duration in parsers:
+        return f"{default:g}s"
+    return str(default)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the flags actually given (env vars and defaults fill in the rest)."""
+    given = {k: v for k, v in vars(args).items() if k in _SETTING_DESTS}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise UsageError(_validation_message(exc)) from exc
+
+
+def _common() -> argparse.ArgumentParser:
+    # Shared by the top-level parser and every leaf so --models-dir works in any position.
+    parent = argparse.ArgumentParser(add_help=False)
+    add_setting(parent, "models_dir", metavar="DIR", help="model store directory")
+    return parent
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from runner.store import ModelStore
+
+    return ModelStore(settings_from(args).models_dir)
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+# ----- serve -------------------------------------------------------------------------------
+
+_SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("host", {"metavar": "HOST", "help": "address to listen on"}),
+    ("port", {"metavar": "PORT", "help": "TCP port"}),
+    ("model", {"action": "append", "metavar": "NAME", "help": "preload a model (repeatable)"}),
+    ("slots", {"metavar": "N", "help": "parallel sequences per model"}),
+    ("ctx_size", {"metavar": "TOKENS", "help": "context tokens per slot"}),
+    ("similarity", {"metavar": "F", "help": "min prompt-prefix similarity to reuse a slot"}),
+    ("gpu_layers", {"metavar": "N|all", "help": "layers to offload to the GPU"}),
+    ("threads", {"metavar": "N", "help": "CPU threads (default: llama.cpp's choice)"}),
+    ("batch_size", {"metavar": "N", "help": "logical batch size"}),
+    ("ubatch_size", {"metavar": "N", "help": "physical batch size"}),
+    ("queue_size", {"metavar": "N", "help": "requests waiting for a slot before 503"}),
+    ("chat_template_file", {"metavar": "FILE", "help": "Jinja chat template override"}),
+    ("idle_timeout", {"metavar": "DUR", "help": "unload idle models after (30s, 5m, -1=never)"}),
+    ("max_models", {"metavar": "N", "help": "max models loaded at once"}),
+    ("memory_budget", {"metavar": "SIZE", "help": "memory for loaded models (e.g. 8GiB)"}),
+    ("cache_ram", {"metavar": "SIZE", "help": "prompt-cache RAM tier size"}),
+    ("cache_disk", {"metavar": "SIZE", "help": "prompt-cache disk tier size"}),
+    ("cache_dir", {"metavar": "DIR", "help": "prompt-cache disk tier directory"}),
+    ("persist", {"action": argparse.BooleanOptionalAction, "help": "persist the prompt cache"}),
+    ("api_key", {"metavar": "KEY", "help": "require this bearer token"}),
+    ("cors_origins", {"metavar": "LIST", "help": "comma-separated allowed CORS origins"}),
+    ("max_body_bytes", {"metavar": "SIZE", "help": "max request body size"}),
+    ("log_level", {"metavar": "LEVEL", "help": "debug, info, warning, error"}),
+]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        from runner.api.server import serve
+    except ImportError as exc:
+        print(f"error: the API server is not available ({exc})", file=sys.stderr)
+        return 1
+    result = serve(settings)
+    return result if isinstance(result, int) else 0
+
+
+@command
+def add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", parents=[_common()], help="run the OpenAI-compatible server")
+    for field, kwargs in _SERVE_FLAGS:
+        add_setting(p, field, **kwargs)
+    p.set_defaults(func=cmd_serve)
+
+
+# ----- models ------------------------------------------------------------------------------
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from runner.store import format_params
+
+    entries = _open_store(args).list()
+    if args.json:
+        dumped = [
+            e.model_dump(mode="json", exclude={"metadata": {"chat_template"}}) for e in entries
+        ]
+        print(json.dumps(dumped, indent=2))
+        return 0
+    rows = [["NAME", "ID", "ARCH", "PARAMS", "QUANT", "CONTEXT", "SIZE"]]
+    for e in entries:
+        m = e.metadata
+        for name in e.tags or ["<none>"]:
+            rows.append(
+                [
+                    name,
+                    e.short_id,
+                    m.architecture,
+                    format_params(m.parameter_count),
+                    m.quantization,
+                    str(m.context_length or "-"),
+                    _human_bytes(e.size),
+                ]
+            )
+    print(_table(rows))
+    return 0
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    from runner.store import TqdmProgress
+
+    store = _open_store(args)
+    entry = store.add(args.name, args.path, link=not args.copy, progress=TqdmProgress("import"))
+    print(f"added {store.resolve(args.name)} (sha256:{entry.short_id})")
+    return 0
+
+
+def cmd_models_rm(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    for name in args.names:
+        removed = store.remove(name)
+        for tag in removed.untagged:
+            print(f"untagged: {tag}")
+        if removed.deleted:
+            print(f"deleted: sha256:{removed.id}")
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    entry = store.get(args.name)
+    data = entry.model_dump(mode="json")
+    data["config"] = store.get_config(entry.id)
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+@command
+def add_models(sub: Any) -> None:
+    common = _common()
+    p = sub.add_parser("models", parents=[common], help="manage the local model store")
+    msub = p.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+
+    ls = msub.add_parser("list", aliases=["ls"], parents=[common], help="list models")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_models_list)
+
+    add = msub.add_parser("add", parents=[common], help="import a local GGUF file")
+    add.add_argument("name", metavar="NAME", help="name to give it, e.g. my/model:q4")
+    add.add_argument("path", metavar="PATH", help="path to the .gguf file")
+    add.add_argument("--copy", action="store_true", help="always copy (default: hard-link)")
+    add.set_defaults(func=cmd_models_add)
+
+    rm = msub.add_parser("rm", aliases=["remove"], parents=[common], help="remove model names")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="tag, or sha256:ID for all tags")
+    rm.set_defaults(func=cmd_models_rm)
+
+    show = msub.add_parser("show", aliases=["inspect"], parents=[common], help="model as JSON")
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=cmd_models_show)
+
+
+# ----- entry point -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runner",
+        parents=[_common()],
+        description="Local LLM inference server embedding llama.cpp in-process.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for registrar in COMMANDS:
+        registrar(sub)
+    return parser
+
+
+def _validation_message(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        lines.append(
+            f"error: invalid --{field.replace('_', '-')} / RUNNER_{field.upper()}: {err['msg']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from runner.store import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

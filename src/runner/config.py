@@ -1,0 +1,124 @@
+"""One `Settings` object for the whole server: CLI flag > `RUNNER_*` env var > default."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `30s`, `5m`, `1h`, `250ms`, a bare number (seconds) or `-1` (never).
+
+    Any negative value means "never" and is returned as -1.
+    """
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h or -1 for never")
+        seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+    return -1.0 if seconds < 0 else seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from `512MiB`, `4G`, `100k` or a bare number of bytes (1024-based units)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"invalid size {value!r}: use e.g. 512MiB, 4GiB or a byte count")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_gpu_layers(value: Any) -> int:
+    """`all` or `-1` -> -1 (every layer), else a non-negative layer count."""
+    if isinstance(value, str) and value.strip().lower() in {"all", "max", "auto"}:
+        return -1
+    layers = int(value)
+    if layers < -1:
+        raise ValueError("gpu layers must be 'all', -1, 0 or a positive count")
+    return layers
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def default_home() -> Path:
+    """runner's own folder under the user's cache dir (XDG_CACHE_HOME respected)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "runner"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+GpuLayers = Annotated[int, BeforeValidator(parse_gpu_layers)]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field `foo_bar` is flag `--foo-bar` and env `RUNNER_FOO_BAR`."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore")
+
+    # store
+    models_dir: Path = Field(default_factory=lambda: default_home() / "models")
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = Field(12434, ge=0, le=65535)
+    model: CommaList = Field(default_factory=list, description="models to preload")
+    api_key: str | None = None
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("cors_origins", "RUNNER_ORIGINS", "RUNNER_CORS_ORIGINS"),
+    )
+    max_body_bytes: ByteSize = 10 << 20
+    log_level: str = "info"
+
+    # engine
+    slots: int = Field(4, ge=1, le=256)
+    ctx_size: int = Field(4096, ge=64, description="context tokens per slot")
+    similarity: float = Field(0.5, ge=0.0, le=1.0)
+    gpu_layers: GpuLayers = -1
+    threads: int | None = Field(None, ge=1)
+    batch_size: int = Field(2048, ge=32)
+    ubatch_size: int = Field(512, ge=32)
+    queue_size: int = Field(64, ge=0, description="requests waiting for a slot before 503")
+    chat_template_file: Path | None = None
+
+    # lifecycle
+    idle_timeout: Duration = 300.0
+    max_models: int | None = Field(None, ge=1)
+    memory_budget: ByteSize | None = None
+
+    # prompt cache tiers
+    cache_ram: ByteSize = 1 << 30
+    cache_disk: ByteSize = 8 << 30
+    cache_dir: Path | None = None
+    persist: bool = True
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or (default_home() / "kv-cache")

@@ -1,0 +1,191 @@
+"""One llama.cpp context: the KV cache the slots share, batched decode, sequence state I/O."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import llama_cpp
+import numpy as np
+
+from .model import LlamaModel, ModelLoadError
+
+
+class DecodeError(RuntimeError):
+    pass
+
+
+class Batch:
+    """A `llama_batch` whose arrays are numpy buffers, so filling it costs slice copies,
+    not a Python loop per token. Each token belongs to exactly one sequence."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_id = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        # seq_id is `llama_seq_id **`: point entry i at seq_id[i] once, then write through numpy.
+        base = self.seq_id.ctypes.data
+        self._seq_ptrs = np.array([base + 4 * i for i in range(capacity)], dtype=np.uintp)
+        self.struct = llama_cpp.llama_batch()
+        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+        self.struct.embd = None
+        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.seq_id = ctypes.cast(
+            self._seq_ptrs.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))
+        )
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def add(self, tokens: list[int], start_pos: int, seq: int, want_last_logits: bool) -> int:
+        """Append tokens of one sequence at positions start_pos...; returns the index of the
+        last one (where its logits will be, if asked for)."""
+        k = len(tokens)
+        a, b = self.n, self.n + k
+        self.token[a:b] = tokens
+        self.pos[a:b] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.seq_id[a:b] = seq
+        self.logits[a:b] = 0
+        if want_last_logits:
+            self.logits[b - 1] = 1
+        self.n = b
+        return b - 1
+
+    def view(self, offset: int, count: int) -> llama_cpp.llama_batch:
+        """A sub-batch over [offset, offset+count), for retrying a batch in halves."""
+        sub = llama_cpp.llama_batch()
+        sub.n_tokens = count
+        sub.token = ctypes.cast(self.token.ctypes.data + 4 * offset, type(self.struct.token))
+        sub.embd = None
+        sub.pos = ctypes.cast(self.pos.ctypes.data + 4 * offset, type(self.struct.pos))
+        sub.n_seq_id = ctypes.cast(self.n_seq_id.ctypes.data + 4 * offset, type(self.struct.n_seq_id))
+        sub.seq_id = ctypes.cast(
+            self._seq_ptrs.ctypes.data + self._seq_ptrs.itemsize * offset, type(self.struct.seq_id)
+        )
+        sub.logits = ctypes.cast(self.logits.ctypes.data + offset, type(self.struct.logits))
+        return sub
+
+
+class LlamaContext:
+    """The shared context. Owned by exactly one thread (the engine's)."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        n_ubatch: int,
+        threads: int | None,
+        kv_unified: bool,
+        swa_full: bool,
+        embeddings: bool = False,
+    ) -> None:
+        self.model = model
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_ubatch, n_batch)
+        params.n_seq_max = n_seq_max
+        n_threads = threads or max(1, os.cpu_count() or 1)
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = kv_unified
+        params.swa_full = swa_full
+        params.no_perf = True
+        if embeddings:
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
+        if not self._ctx:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {n_ctx} tokens for {model.path.name} "
+                "(out of memory?)"
+            )
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.mem = llama_cpp.llama_get_memory(self._ctx)
+
+    @property
+    def handle(self) -> llama_cpp.llama_context_p:
+        return self._ctx
+
+    def decode(self, batch: llama_cpp.llama_batch) -> int:
+        return llama_cpp.llama_decode(self._ctx, batch)
+
+    # -- KV cache per sequence ---------------------------------------------------------
+
+    def pos_max(self, seq: int) -> int:
+        return llama_cpp.llama_memory_seq_pos_max(self.mem, seq)
+
+    def truncate(self, seq: int, keep: int) -> int:
+        """Keep positions [0, keep) of `seq`; returns how many really survived.
+
+        With a windowed SWA cache, llama.cpp may report success yet drop the whole sequence
+        (engine-facts.md), so the result is checked rather than trusted.
+        """
+        if keep <= 0:
+            llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            return 0
+        ok = llama_cpp.llama_memory_seq_rm(self.mem, seq, keep, -1)
+        if ok and self.pos_max(seq) == keep - 1:
+            return keep
+        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        return 0
+
+    def clear_seq(self, seq: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+
+    def copy_seq(self, src: int, dst: int, n_tokens: int) -> None:
+        """Make dst hold src's first n_tokens positions (dst is emptied first)."""
+        llama_cpp.llama_memory_seq_rm(self.mem, dst, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.mem, src, dst, 0, n_tokens)
+
+    def clear_all(self) -> None:
+        llama_cpp.llama_memory_clear(self.mem, True)
+
+    # -- sequence state (for the RAM/disk prompt cache) -------------------------------
+
+    def seq_state(self, seq: int) -> bytes:
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, seq)
+        return bytes(memoryview(buf)[:written])
+
+    def set_seq_state(self, seq: int, data: bytes) -> bool:
+        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        read = llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), seq)
+        if read == 0:
+            llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            return False
+        return True
+
+    # -- embeddings ------------------------------------------------------------------
+
+    def seq_embedding(self, seq: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
+        if not ptr:
+            raise DecodeError("no pooled embedding for sequence")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,144 @@
+"""A GGUF model's weights and vocabulary, loaded through llama.cpp's C API."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+from pathlib import Path
+
+import llama_cpp
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """llama.cpp refused the file (corrupt, truncated, unsupported architecture...)."""
+
+
+@functools.cache
+def init_backend() -> None:
+    """llama.cpp's process-wide init; quiet its logs unless runner runs at debug level."""
+    verbose = logging.getLogger("runner").isEnabledFor(logging.DEBUG)
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    llama_cpp.llama_backend_init()
+
+
+def gpu_offload_supported() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+class LlamaModel:
+    """Weights + vocabulary. Safe to read from any thread once loaded; freed by `close`."""
+
+    def __init__(self, path: str | os.PathLike[str], gpu_layers: int = -1) -> None:
+        init_backend()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}")
+        params = llama_cpp.llama_model_default_params()
+        if gpu_layers < 0:
+            gpu_layers = 10_000 if gpu_offload_supported() else 0
+        params.n_gpu_layers = gpu_layers
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path.name}: the file is corrupt, truncated "
+                "or of an unsupported architecture"
+            )
+        self.vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_layer = llama_cpp.llama_model_n_layer(self._model)
+        self.gpu_layers = min(gpu_layers, self.n_layer + 1)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self._model)
+        self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_cache: dict[int, bytes] = {}
+
+    @property
+    def handle(self) -> llama_cpp.llama_model_p:
+        if not self._model:
+            raise RuntimeError("model is closed")
+        return self._model
+
+    def describe(self) -> dict[str, object]:
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self._model, buf, len(buf))
+        return {
+            "description": buf.value.decode("utf-8", "replace"),
+            "size": llama_cpp.llama_model_size(self._model),
+            "n_params": llama_cpp.llama_model_n_params(self._model),
+            "n_layer": self.n_layer,
+            "n_gpu_layers": self.gpu_layers,
+            "n_ctx_train": self.n_ctx_train,
+            "n_embd": self.n_embd,
+            "n_vocab": self.n_vocab,
+        }
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as generated text (special tokens render empty)."""
+        cached = self._piece_cache.get(token)
+        if cached is not None:
+            return cached
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            out = big.raw[:n]
+        else:
+            out = self._piece_buf.raw[:n]
+        self._piece_cache[token] = out
+        return out
+
+    def detokenize(self, tokens: list[int], render_special: bool = False) -> str:
+        valid = [t for t in tokens if 0 <= t < self.n_vocab]
+        capacity = max(64, len(valid) * 16)
+        buf = ctypes.create_string_buffer(capacity)
+        arr = (llama_cpp.llama_token * len(valid))(*valid)
+        n = llama_cpp.llama_detokenize(
+            self.vocab, arr, len(valid), buf, capacity, False, render_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = ctypes.create_string_buffer(capacity)
+            n = llama_cpp.llama_detokenize(
+                self.vocab, arr, len(valid), buf, capacity, False, render_special
+            )
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,82 @@
+"""Slots: one KV-cache sequence each, and the rule that picks one for a new request."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import Job
+
+
+class SlotState(enum.Enum):
+    IDLE = "idle"
+    PROMPT = "prompt"
+    GENERATING = "generating"
+
+
+@dataclass
+class Slot:
+    """A sequence id in the shared context and the tokens its KV cache holds."""
+
+    id: int
+    n_ctx: int
+    tokens: list[int] = field(default_factory=list)
+    state: SlotState = SlotState.IDLE
+    last_used: float = 0.0
+    job: Job | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.state is not SlotState.IDLE
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "id": self.id,
+            "n_ctx": self.n_ctx,
+            "is_processing": self.busy,
+            "state": self.state.value,
+            "n_cached_tokens": len(self.tokens),
+            "last_used": self.last_used,
+        }
+        if self.job is not None:
+            info["n_prompt_tokens"] = len(self.job.request.prompt_tokens)
+            info["n_decoded"] = len(self.job.output_tokens)
+        return info
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # Compare in blocks first: long shared system prompts are the common case.
+    step = 64
+    while i + step <= n and a[i : i + step] == b[i : i + step]:
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def choose_slot(
+    slots: Sequence[Slot], prompt: Sequence[int], threshold: float, use_cache: bool = True
+) -> Slot | None:
+    """The idle slot a request should run in, or None when every slot is busy.
+
+    Like llama-server: the idle slot whose cache shares the largest fraction of the prompt,
+    if that fraction reaches `threshold`; otherwise the least recently used idle slot (which
+    keeps recently used prefixes alive for the clients that sent them).
+    """
+    idle = [s for s in slots if not s.busy]
+    if not idle:
+        return None
+    if use_cache and prompt:
+        best, best_len = None, 0
+        for slot in idle:
+            n = common_prefix_length(slot.tokens, prompt)
+            if n > best_len:
+                best, best_len = slot, n
+        if best is not None and best_len / len(prompt) >= threshold:
+            return best
+    return min(idle, key=lambda s: s.last_used)

@@ -1,0 +1,23 @@
+"""Counters one engine keeps for /metrics (read from other threads without locks: ints and
+floats are replaced atomically under the GIL, and a slightly stale read is fine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EngineStats:
+    requests_total: int = 0
+    rejected_total: int = 0
+    prompt_tokens_total: int = 0
+    prompt_seconds_total: float = 0.0
+    cache_tokens_total: int = 0
+    tokens_predicted_total: int = 0
+    predicted_seconds_total: float = 0.0
+    n_decode_total: int = 0
+    decode_seconds_total: float = 0.0
+    finished: dict[str, int] = field(default_factory=dict)
+
+    def count_finish(self, reason: str) -> None:
+        self.finished[reason] = self.finished.get(reason, 0) + 1

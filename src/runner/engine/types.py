@@ -1,0 +1,160 @@
+"""The engine's public vocabulary: what a request asks for and what it gets back.
+
+Nothing here touches llama.cpp; the HTTP layer builds these and reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+CacheSource = Literal["slot", "ram", "disk", "none"]
+
+
+class EngineError(Exception):
+    """Base of every error the engine reports to a caller."""
+
+    status: int = 500
+    code: str = "engine_error"
+
+
+class PromptTooLong(EngineError):
+    status = 400
+    code = "context_length_exceeded"
+
+
+class QueueFull(EngineError):
+    """Every slot is busy and the wait queue is at its bound."""
+
+    status = 503
+    code = "server_busy"
+
+
+class InvalidRequest(EngineError):
+    status = 400
+    code = "invalid_request"
+
+
+class EngineClosed(EngineError):
+    status = 503
+    code = "model_unloaded"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one model is loaded and served. Fields that change the KV layout are in `kv_key`."""
+
+    slots: int = 4
+    ctx_per_slot: int = 4096
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    threads: int | None = None
+    gpu_layers: int = -1
+    similarity: float = 0.5
+    queue_size: int = 64
+    # One KV buffer shared by all slots: lets a prefix be copied between slots with
+    # llama_memory_seq_cp instead of being recomputed (see scheduler for the measurement).
+    kv_unified: bool = True
+    # Gemma 3 and other SWA models forget old positions unless the SWA cache is full size,
+    # which silently breaks prefix trimming (engine-facts.md).
+    swa_full: bool = True
+    # Prefixes shorter than this are recomputed rather than restored from RAM/disk.
+    min_restore_tokens: int = 64
+
+    @property
+    def n_ctx(self) -> int:
+        return self.slots * self.ctx_per_slot
+
+    def kv_key(self) -> str:
+        """Everything that makes a saved sequence state incompatible with another context."""
+        return f"ctx{self.n_ctx}-u{int(self.kv_unified)}-swa{int(self.swa_full)}-s{self.slots}"
+
+
+@dataclass
+class SamplingParams:
+    """One request's sampler chain. Defaults follow llama-server."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    seed: int | None = None
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class GenerationRequest:
+    """A prompt already tokenized, and how to continue it."""
+
+    prompt_tokens: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    cache_prompt: bool = True
+    id_slot: int = -1
+
+
+@dataclass
+class Timings:
+    """Same fields and meaning as llama-server's `timings`, plus where the cache came from."""
+
+    cache_n: int = 0
+    prompt_n: int = 0
+    prompt_ms: float = 0.0
+    predicted_n: int = 0
+    predicted_ms: float = 0.0
+    cache_source: CacheSource = "none"
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        def per_token(ms: float, n: int) -> float:
+            return ms / n if n else 0.0
+
+        def per_second(ms: float, n: int) -> float:
+            return 1e3 * n / ms if ms > 0 else 0.0
+
+        return {
+            "cache_n": self.cache_n,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": self.prompt_ms,
+            "prompt_per_token_ms": per_token(self.prompt_ms, self.prompt_n),
+            "prompt_per_second": per_second(self.prompt_ms, self.prompt_n),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": self.predicted_ms,
+            "predicted_per_token_ms": per_token(self.predicted_ms, self.predicted_n),
+            "predicted_per_second": per_second(self.predicted_ms, self.predicted_n),
+            "cache_source": self.cache_source,
+        }
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """New output: the text that became final this step (may be empty) and its token ids."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The last event of a request."""
+
+    finish_reason: FinishReason
+    timings: Timings
+    prompt_tokens: int
+    completion_tokens: int
+    slot_id: int
+    error: EngineError | None = None
+
+
+Event = TokenEvent | FinishEvent

@@ -1,0 +1,205 @@
+"""The `python -m runner` command line (subprocesses) and its Settings plumbing (in-process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner import cli
+from runner.config import Settings
+
+MakeGGUF = Callable[..., Path]
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_models_list(runner_env: dict[str, str]) -> None:
+    result = run("models", "list", env=runner_env)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "ARCH", "PARAMS", "QUANT", "CONTEXT", "SIZE"]
+    row = next(r for r in rows if r.startswith("ai/gemma3:270m "))
+    for cell in ("gemma3", "268M", "Q4_K_M", "32768", "a5fd3b62230a"):
+        assert cell in row.split()
+
+
+def test_models_list_json(runner_env: dict[str, str]) -> None:
+    result = run("models", "list", "--json", env=runner_env)
+    assert result.returncode == 0, result.stderr
+    entry = next(e for e in json.loads(result.stdout) if "ai/gemma3:270m" in e["tags"])
+    assert entry["metadata"]["quantization"] == "Q4_K_M"
+    assert entry["metadata"]["has_chat_template"] is True
+    assert "chat_template" not in entry["metadata"]  # kept out of listings: it is long
+
+
+def test_models_show(runner_env: dict[str, str]) -> None:
+    result = run("models", "show", "gemma3", env=runner_env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["metadata"]["architecture"] == "gemma3"
+    assert data["metadata"]["chat_template"]
+    assert data["config"] == {}
+
+
+def test_models_dir_flag_beats_env(
+    runner_env: dict[str, str], tmp_path: Path, make_gguf: MakeGGUF
+) -> None:
+    env = dict(runner_env, RUNNER_MODELS_DIR=str(tmp_path / "elsewhere"))
+    own = tmp_path / "own"
+    result = run("--models-dir", str(runner_env["RUNNER_MODELS_DIR"]), "models", "list", env=env)
+    assert result.returncode == 0 and "ai/gemma3:270m" in result.stdout, result.stderr
+    result = run("models", "add", "--models-dir", str(own), "t/tiny:1", str(make_gguf()), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "t/tiny:1" in result.stdout
+    assert (own / "index.json").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_add_show_rm_roundtrip(
+    runner_env: dict[str, str], tmp_path: Path, make_gguf: MakeGGUF
+) -> None:
+    env = dict(runner_env, RUNNER_MODELS_DIR=str(tmp_path / "models"))
+    assert run("models", "add", "My/Tiny:1", str(make_gguf()), env=env).returncode == 0
+    shown = run("models", "show", "my/tiny", env=env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["tags"] == ["my/tiny:1"]
+    removed = run("models", "rm", "my/tiny:1", env=env)
+    assert removed.returncode == 0 and "deleted: sha256:" in removed.stdout
+    missing = run("models", "show", "my/tiny:1", env=env)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_add_non_gguf_fails_cleanly(runner_env: dict[str, str], tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    env = dict(runner_env, RUNNER_MODELS_DIR=str(models))
+    source = Path("/etc/hostname")
+    if not source.is_file():
+        source = tmp_path / "hostname"
+        source.write_text("my-host\n")
+    result = run("models", "add", "my/model:1", str(source), env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not a GGUF" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not models.exists() or not (models / "index.json").exists()
+
+
+def test_bad_name_fails_cleanly(
+    runner_env: dict[str, str], tmp_path: Path, make_gguf: MakeGGUF
+) -> None:
+    env = dict(runner_env, RUNNER_MODELS_DIR=str(tmp_path / "models"))
+    result = run("models", "add", "../evil", str(make_gguf()), env=env)
+    assert result.returncode == 1 and "invalid model name" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["serve"],
+        ["models"],
+        ["models", "list"],
+        ["models", "add"],
+        ["models", "rm"],
+        ["models", "show"],
+    ],
+)
+def test_help(args: list[str], runner_env: dict[str, str]) -> None:
+    result = run(*args, "--help", env=runner_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+
+
+def test_no_command_prints_usage(runner_env: dict[str, str]) -> None:
+    result = run(env=runner_env)
+    assert result.returncode == 2 and "usage:" in result.stderr
+
+
+# ----- in-process: flags -> Settings ---------------------------------------------------------
+
+
+def settings_for(argv: list[str]) -> Settings:
+    return cli.settings_from(cli.build_parser().parse_args(argv))
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("RUNNER_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_serve_flags_cover_every_setting() -> None:
+    parser = cli.build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    dests = {a.dest for a in serve._actions}
+    assert set(Settings.model_fields) <= dests
+
+
+def test_serve_flags_build_settings(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = settings_for(
+        [
+            "serve",
+            "--port", "9000",
+            "--model", "gemma3",
+            "--model", "ai/smollm2",
+            "--no-persist",
+            "--gpu-layers", "all",
+            "--idle-timeout", "5m",
+            "--memory-budget", "2GiB",
+            "--cors-origins", "http://a,http://b",
+            "--models-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert s.port == 9000 and s.model == ["gemma3", "ai/smollm2"]
+    assert s.persist is False and s.gpu_layers == -1 and s.idle_timeout == 300.0
+    assert s.memory_budget == 2 << 30 and s.cors_origins == ["http://a", "http://b"]
+    assert s.models_dir == tmp_path
+
+
+def test_env_applies_unless_flag_given(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("RUNNER_SLOTS", "7")
+    clean_env.setenv("RUNNER_PORT", "8001")
+    s = settings_for(["serve", "--port", "9000"])
+    assert s.slots == 7 and s.port == 9000  # env fills in, the flag wins
+    assert settings_for(["serve"]).ctx_size == Settings().ctx_size
+
+
+def test_bad_flag_value_is_a_usage_error(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(cli.UsageError, match="--port"):
+        settings_for(["serve", "--port", "99999"])
+
+
+def test_serve_without_api_module(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "runner.api.server", None)  # makes the import fail
+    assert cli.main(["serve", "--port", "0"]) == 1
+    assert "API server is not available" in capsys.readouterr().err
+
+
+def test_serve_calls_api(monkeypatch: pytest.MonkeyPatch, clean_env: pytest.MonkeyPatch) -> None:
+    import types
+
+    seen: list[Settings] = []
+    fake = types.ModuleType("runner.api.server")
+    fake.serve = seen.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "runner.api.server", fake)
+    assert cli.main(["serve", "--slots", "3"]) == 0
+    assert seen and seen[0].slots == 3

@@ -1,0 +1,43 @@
+"""Pure logic: which slot a request goes to."""
+
+from runner.engine.slots import Slot, SlotState, choose_slot, common_prefix_length
+
+
+def make(n: int) -> list[Slot]:
+    return [Slot(id=i, n_ctx=100, last_used=float(i)) for i in range(n)]
+
+
+def test_common_prefix_length_long_and_short():
+    a = list(range(300))
+    assert common_prefix_length(a, a + [1]) == 300
+    assert common_prefix_length(a, a[:150] + [-1]) == 150
+    assert common_prefix_length([], a) == 0
+
+
+def test_best_similarity_above_threshold_wins():
+    slots = make(3)
+    slots[2].tokens = [1, 2, 3, 4, 5, 6]
+    slots[1].tokens = [1, 2, 9]
+    assert choose_slot(slots, [1, 2, 3, 4, 7, 8], 0.5) is slots[2]
+
+
+def test_below_threshold_falls_back_to_least_recently_used():
+    slots = make(3)
+    slots[2].tokens = [1, 2]
+    slots[0].last_used = 10.0  # slot 1 is now the LRU
+    assert choose_slot(slots, [1, 2, 3, 4, 5, 6], 0.5) is slots[1]
+
+
+def test_busy_slots_are_skipped_and_none_when_all_busy():
+    slots = make(2)
+    slots[0].tokens = [1, 2, 3]
+    slots[0].state = SlotState.GENERATING
+    assert choose_slot(slots, [1, 2, 3], 0.1) is slots[1]
+    slots[1].state = SlotState.PROMPT
+    assert choose_slot(slots, [1, 2, 3], 0.1) is None
+
+
+def test_cache_off_uses_lru_only():
+    slots = make(2)
+    slots[1].tokens = [1, 2, 3]
+    assert choose_slot(slots, [1, 2, 3], 0.5, use_cache=False) is slots[0]
