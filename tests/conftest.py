@@ -4,15 +4,24 @@ Store fixtures (issue 2): `models_dir`, `bundled_model_path`, `empty_models_dir`
 `make_gguf`, `runner_env`. The bundled 250 MB model is materialized once into a cache dir
 reused across runs (`RUNNER_TEST_MODELS_DIR`, default `~/.cache/runner-test/models`); tests
 must not mutate that store -- use `empty_models_dir` for anything that adds or removes.
+
+API server fixtures (issue 4): `start_server` (factory of `ServerHandle`s running
+`python -m runner serve` in a subprocess) and `server` (one shared, preloaded server).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gguf
+import httpx
 import numpy as np
 import pytest
 
@@ -83,3 +92,133 @@ def make_gguf(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_gguf(tmp_path / f"{name}-{fill}.gguf", name, fill)
 
     return make
+
+
+# ----- API server fixtures (issue 4) --------------------------------------------------------
+#
+# `start_server(*args, env=...)` runs `python -m runner serve` in a subprocess on a free port
+# against the shared store and returns a `ServerHandle` once `/health` answers (so models
+# given with `--model` are loaded). Defaults: `--host 127.0.0.1 --port <free> --threads 1`
+# (one thread is several times faster than many on a busy 2-core box), and a fresh prompt
+# cache dir per server (`RUNNER_CACHE_DIR`); any of these can be overridden by args/env.
+# `handle.restart()` stops it and starts it again with the same port, args and env (same
+# cache dir), for persistence tests. Everything still running is stopped at session end.
+
+SERVER_START_TIMEOUT = 180.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerHandle:
+    """A `runner serve` subprocess.
+
+    `url` is the root (`http://127.0.0.1:PORT`), `base_url` the OpenAI base URL
+    (`url + "/engines/llama.cpp/v1"`). `stop()` sends SIGTERM and returns the exit code.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+        self.args = args
+        self.env = env
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = self.url + "/engines/llama.cpp/v1"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True, timeout: float = SERVER_START_TIMEOUT) -> ServerHandle:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", "serve", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"runner serve exited early:\n{self.logs()[-4000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"runner serve not ready after {timeout:.0f}s:\n{self.logs()[-4000:]}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 60.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the server and wait; SIGKILL if it does not exit within `timeout`."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def restart(self, timeout: float = SERVER_START_TIMEOUT) -> ServerHandle:
+        self.stop()
+        return self.start(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def start_server(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServerHandle]]:
+    """Factory: `start_server("--slots", "1", env={"RUNNER_X": "y"}, wait=True)`."""
+    started: list[ServerHandle] = []
+
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        timeout: float = SERVER_START_TIMEOUT,
+    ) -> ServerHandle:
+        root = tmp_path_factory.mktemp("server")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+        full_env["RUNNER_MODELS_DIR"] = str(models_dir)
+        full_env["RUNNER_CACHE_DIR"] = str(root / "kv-cache")
+        full_env.update(env or {})
+        argv = list(args)
+        port = _free_port()
+        if "--port" in argv:
+            port = int(argv[argv.index("--port") + 1])
+        else:
+            argv += ["--port", str(port)]
+        if "--host" not in argv:
+            argv += ["--host", "127.0.0.1"]
+        if "--threads" not in argv and "RUNNER_THREADS" not in full_env:
+            argv += ["--threads", "1"]
+        handle = ServerHandle(argv, full_env, port, root / "server.log")
+        started.append(handle)
+        return handle.start(wait=wait, timeout=timeout)
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: Callable[..., ServerHandle]) -> ServerHandle:
+    """One shared server for API tests: `ai/gemma3` preloaded, 4 slots x 2048 tokens.
+    Do not stop or reconfigure it; start your own with `start_server` for that."""
+    return start_server("--model", "ai/gemma3", "--slots", "4", "--ctx-size", "2048")

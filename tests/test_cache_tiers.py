@@ -317,6 +317,8 @@ def test_path_components_sanitized(tmp_path: Path) -> None:
     assert len(c._dir.relative_to(tmp_path).parts) == 2
     hit = make(tmp_path, key=key).lookup([1, 2, 3])
     assert hit is not None and hit.load() == state(1)
+    empty = make(tmp_path, key=CacheKey(model_sha256="..", kv_layout=""))
+    assert empty._dir is not None and len(empty._dir.relative_to(tmp_path).parts) == 2
 
 
 def test_persist_false_never_touches_disk(tmp_path: Path) -> None:

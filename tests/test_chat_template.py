@@ -47,6 +47,34 @@ GGUF_TOOLS = """\
 last={{ ns.last_user }} day={{ strftime_now('%Y') | length }}"""
 
 
+# Google's Gemma 3 template (tokenizer_config.json of google/gemma-3-*-it), text parts only.
+OFFICIAL_GEMMA3 = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+
 def gemma() -> ChatTemplate:
     return template_for("gemma3", None, None, bos_token="<bos>", eos_token="<eos>")
 
@@ -58,6 +86,21 @@ def test_gemma_fallback_exact() -> None:
         "<start_of_turn>user\nBye<end_of_turn>\n"
         "<start_of_turn>model\n"
     )
+
+
+@pytest.mark.parametrize("n_turns", [1, 2, 3, 4])
+@pytest.mark.parametrize("system", [None, "Be brief.\nReally."])
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_gemma_fallback_matches_official_template(
+    n_turns: int, system: str | None, add_generation_prompt: bool
+) -> None:
+    msgs: list[dict] = [{"role": "system", "content": system}] if system else []
+    for i in range(n_turns):
+        role = "user" if i % 2 == 0 else "assistant"
+        msgs.append({"role": role, "content": f"  turn {i}\n "})
+    official = template_for("gemma3", OFFICIAL_GEMMA3, None, bos_token="<bos>")
+    kw = {"add_generation_prompt": add_generation_prompt}
+    assert official.render(msgs, **kw) == gemma().render(msgs, **kw)
 
 
 @pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "gemma3n"])
@@ -111,6 +154,8 @@ def test_normalization() -> None:
         normalize_messages([{"role": "wizard", "content": "x"}])
     with pytest.raises(ChatTemplateError):
         normalize_messages([{"role": "user", "content": 42}])
+    with pytest.raises(ChatTemplateError, match="tool"):
+        gemma().render([{"role": "user", "content": "x"}], tools=["not an object"])  # type: ignore[list-item]
 
 
 def test_chatml_fallback_for_unknown_arch() -> None:
@@ -222,6 +267,13 @@ def test_attribute_escape_is_an_error(source: str) -> None:
         "{{ range(99999) | join('x' * 1000) }}",
         "{{ 'x' | batch(10**9, 'y') | list }}",
         "{{ lipsum(10**6) }}",
+        "{% set big = 'x' * 4000000 %}{{ [big] * 1000 }}",
+        "{% set big = 'x' * 4000000 %}{{ [big, big, big] | join }}",
+        "{% set big = 'x' * 4000000 %}{{ ''.join([big, big, big]) }}",
+        "{% set big = 'x' * 4000 %}{{ big.join(range(99999) | map('string')) }}",
+        "{% set big = 'x' * 4000 %}{{ range(3) | batch(99999, big) | list }}",
+        "{% set ns = namespace(l=['x' * 4000000]) %}{% for i in range(3) %}"
+        "{% set ns.l = ns.l + ns.l %}{% endfor %}",
     ],
 )
 def test_runaway_templates_error_quickly(source: str) -> None:

@@ -103,3 +103,23 @@ def test_validate_gbnf_rejects_garbage() -> None:
         validate_gbnf("root ::= (")
     with pytest.raises(GrammarError):
         validate_gbnf('start ::= "x"')  # no root rule
+
+
+@pytest.mark.slow
+def test_grammars_parse_with_the_bundled_models_vocab(bundled_model_path) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(bundled_model_path).encode(), params)
+    assert model
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        validate_gbnf(json_object_grammar(), vocab)
+        validate_gbnf(schema_to_grammar(PERSON), vocab)
+        validate_gbnf('root ::= "ok" <end_of_turn>', vocab)  # a token named by its text
+        with pytest.raises(GrammarError):
+            validate_gbnf('root ::= "ok" <end_of_turn>')  # ... needs the vocab
+    finally:
+        llama_cpp.llama_model_free(model)

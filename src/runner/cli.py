@@ -278,3 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# Client subcommands (status, ps, run) live in their own module; importing it registers them.
+from runner import cli_client as _cli_client  # noqa: E402,F401

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -10,6 +15,10 @@ from .engine.types import EngineConfig
 from .store.gguf_meta import GGUFMetadata
 
 _MIB = 1 << 20
+log = logging.getLogger(__name__)
+
+# ggml_backend_dev_type
+_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,92 @@ def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> Memory
     return MemoryEstimate(weights=file_size, kv_cache=kv, compute=outputs + scratch)
 
 
+@dataclass(frozen=True)
+class Device:
+    """A compute device llama.cpp's backends report."""
+
+    index: int
+    name: str
+    description: str
+    type: str
+    memory_free: int
+    memory_total: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "description": self.description,
+            "type": self.type,
+            "memory_free": self.memory_free,
+            "memory_total": self.memory_total,
+        }
+
+
+@functools.cache
+def _ggml() -> Any:
+    """libggml from the llama_cpp wheel, with the device-enumeration functions typed."""
+    import llama_cpp
+
+    from .engine.model import init_backend
+
+    init_backend()
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"))
+    ptr, size_p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_count.argtypes = []
+    lib.ggml_backend_dev_get.restype = ptr
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ptr]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_type.argtypes = [ptr]
+    lib.ggml_backend_dev_memory.restype = None
+    lib.ggml_backend_dev_memory.argtypes = [ptr, size_p, size_p]
+    return lib
+
+
+def devices() -> list[Device]:
+    """Every device of llama.cpp's loaded backends (CPU included), with free/total memory.
+    Empty if the library does not expose the device API."""
+    try:
+        lib = _ggml()
+    except (OSError, AttributeError) as exc:
+        log.debug("device enumeration unavailable: %s", exc)
+        return []
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(
+            Device(
+                index=i,
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace"),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode(
+                    "utf-8", "replace"
+                ),
+                type=_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "unknown"),
+                memory_free=int(free.value),
+                memory_total=int(total.value),
+            )
+        )
+    return out
+
+
 def default_budget() -> int:
-    """A safe share of the RAM free now: 80% of what the OS reports available."""
-    return int(psutil.virtual_memory().available * 0.8)
+    """A safe share of the memory free now: 80% of the free VRAM of the GPUs when llama.cpp
+    offloads to them (layers go there by default), else 80% of the RAM the OS reports
+    available."""
+    from .engine.model import gpu_offload_supported
+
+    ram = int(psutil.virtual_memory().available * 0.8)
+    try:
+        if not gpu_offload_supported():
+            return ram
+        vram = sum(d.memory_free for d in devices() if d.type == "gpu")
+    except Exception as exc:  # never let a probe stop the server from starting
+        log.debug("could not read GPU memory: %s", exc)
+        return ram
+    return int(vram * 0.8) if vram > 0 else ram

@@ -139,7 +139,7 @@ class _Tier:
 def _safe_component(s: str) -> str:
     """A path component from `s`; a hash suffix keeps distinct inputs apart."""
     clean = re.sub(r"[^A-Za-z0-9._-]", "_", s).lstrip(".")[:64]
-    if clean != s:
+    if clean != s or not clean:
         clean = f"{clean}-{hashlib.sha256(s.encode()).hexdigest()[:12]}"
     return clean
 

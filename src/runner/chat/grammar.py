@@ -158,8 +158,8 @@ def grammar_for(
 def validate_gbnf(gbnf: str, vocab: Any = None) -> None:
     """Parse `gbnf` with llama.cpp itself; raise `GrammarError` if it is rejected.
 
-    Without a `vocab` (a ``llama_vocab_p``) grammars that reference tokens (``<[123]>``)
-    are rejected too; pass the model's vocab to accept those.
+    Without a `vocab` (a ``llama_vocab_p``), grammars naming tokens by their text
+    (``<|im_end|>``) are rejected; token ids (``<[106]>``) parse either way.
     """
     import llama_cpp
 

@@ -85,21 +85,54 @@ def check_format_string(limits: RenderLimits, fmt: str) -> None:
             _check_number(limits, num)
 
 
+def weight(value: Any, limit: int) -> int:
+    """Roughly how many characters `value` becomes as text: string lengths plus one per item,
+    summed through lists/tuples/dicts (so ``[big] * 1000`` weighs 1000 bigs). Stops past
+    `limit`, so it costs at most O(limit)."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, (list, tuple, dict)):
+            total += len(item) + 1
+            if total <= limit:
+                stack.extend(item.items() if isinstance(item, dict) else item)
+        else:
+            total += 1
+        if total > limit:
+            break
+    return total
+
+
+def check_weight(limits: RenderLimits, value: Any, times: int = 1) -> None:
+    if times > 0:
+        check_len(limits, weight(value, limits.max_chars) * times)
+
+
 def check_binop(limits: RenderLimits, operator: str, left: Any, right: Any) -> None:
     both_int = isinstance(left, int) and isinstance(right, int)
     if operator == "*":
         if isinstance(left, _SEQS) and isinstance(right, int):
-            check_len(limits, len(left) * max(right, 0))
+            check_weight(limits, left, right)
         elif isinstance(right, _SEQS) and isinstance(left, int):
-            check_len(limits, len(right) * max(left, 0))
+            check_weight(limits, right, left)
         elif both_int:
             check_int(limits, left.bit_length() + right.bit_length())
     elif operator == "+" and isinstance(left, _SEQS) and isinstance(right, _SEQS):
-        check_len(limits, len(left) + len(right))
+        if isinstance(left, str):
+            check_len(limits, len(left) + len(right))
+        else:
+            check_len(limits, weight(left, limits.max_chars) + weight(right, limits.max_chars))
     elif operator == "**" and both_int and abs(left) > 1 and right > 0:
         check_int(limits, left.bit_length() * right)
     elif operator == "%" and isinstance(left, str):
         check_printf(limits, left)
+
+
+def check_join(limits: RenderLimits, sep: str, items: list[Any]) -> None:
+    check_len(limits, len(sep) * len(items) + weight(items, limits.max_chars))
 
 
 def _replace_size(s: str, old: str, new: str) -> int:
@@ -119,8 +152,8 @@ def check_str_method(
     elif name == "replace" and len(args) >= 2:
         if isinstance(args[0], str) and isinstance(args[1], str):
             check_len(limits, _replace_size(s, args[0], args[1]))
-    elif name == "join" and args and hasattr(args[0], "__len__"):
-        check_len(limits, len(s) * len(args[0]))
+    elif name == "join" and args and isinstance(args[0], list):  # `call` makes it a list
+        check_join(limits, s, args[0])
 
 
 # -- filters with size parameters (the environment carries `limits`) ----------------------
@@ -173,19 +206,21 @@ def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None
 def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
     limits = eval_ctx.environment.limits
     items = list(value)
-    check_len(limits, len(str(d)) * len(items))
+    check_join(limits, str(d), items)
     return check_result(limits, jf.sync_do_join(eval_ctx, items, d, attribute))
 
 
 @pass_environment
 def _batch(env: Any, value: Any, linecount: int, fill_with: Any = None) -> Any:
     check_width(env.limits, linecount)
+    check_weight(env.limits, fill_with, linecount if fill_with is not None else 0)
     return jf.do_batch(value, linecount, fill_with)
 
 
 @pass_environment
 def _slice(env: Any, value: Any, slices: int, fill_with: Any = None) -> Any:
     check_width(env.limits, slices)
+    check_weight(env.limits, fill_with, slices if fill_with is not None else 0)
     return jf.sync_do_slice(value, slices, fill_with)
 
 

@@ -142,14 +142,6 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(str(fmt)[:256])
 
 
-def _raise_exception(message: Any) -> None:
-    raise TemplateRaised(str(message))
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(str(fmt)[:256])
-
-
 class HardenedEnvironment(ImmutableSandboxedEnvironment):
     """`ImmutableSandboxedEnvironment` + budgets; see the module docstring."""
 
@@ -213,5 +205,7 @@ class HardenedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(obj, LoopContext) and args:  # a recursive loop: `loop(children)`
             args = (_GuardedIterable(args[0]), *args[1:])
         if isinstance(obj, types.BuiltinMethodType) and isinstance(obj.__self__, str):
+            if obj.__name__ == "join" and args:  # size the items before joining them
+                args = (list(args[0]), *args[1:])
             check_str_method(self.limits, obj.__self__, obj.__name__, args, kwargs)
         return check_result(self.limits, super().call(context, obj, *args, **kwargs))

@@ -153,6 +153,8 @@ class ChatTemplate:
             eos_token=self.eos_token,
         )
         if tools:
+            if not all(isinstance(t, Mapping) for t in tools):
+                raise ChatTemplateError("each tool must be an object")
             variables["tools"] = [dict(t) for t in tools]
         try:
             with budget(self.limits):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 
@@ -68,7 +69,9 @@ class Batch:
         sub.token = ctypes.cast(self.token.ctypes.data + 4 * offset, type(self.struct.token))
         sub.embd = None
         sub.pos = ctypes.cast(self.pos.ctypes.data + 4 * offset, type(self.struct.pos))
-        sub.n_seq_id = ctypes.cast(self.n_seq_id.ctypes.data + 4 * offset, type(self.struct.n_seq_id))
+        sub.n_seq_id = ctypes.cast(
+            self.n_seq_id.ctypes.data + 4 * offset, type(self.struct.n_seq_id)
+        )
         sub.seq_id = ctypes.cast(
             self._seq_ptrs.ctypes.data + self._seq_ptrs.itemsize * offset, type(self.struct.seq_id)
         )
@@ -171,6 +174,22 @@ class LlamaContext:
             return False
         return True
 
+    def save_seq_file(self, seq: int, path: str, tokens: list[int]) -> int:
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        return llama_cpp.llama_state_seq_save_file(self._ctx, path.encode(), seq, arr, len(tokens))
+
+    def load_seq_file(self, seq: int, path: str, capacity: int) -> list[int] | None:
+        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        arr = (llama_cpp.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        read = llama_cpp.llama_state_seq_load_file(
+            self._ctx, path.encode(), seq, arr, capacity, ctypes.byref(count)
+        )
+        if read == 0:
+            llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            return None
+        return list(arr[: count.value])
+
     # -- embeddings ------------------------------------------------------------------
 
     def seq_embedding(self, seq: int) -> np.ndarray:
@@ -185,7 +204,5 @@ class LlamaContext:
             self._ctx = None
 
     def __del__(self) -> None:  # pragma: no cover - safety net only
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

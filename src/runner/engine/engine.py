@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import PromptCache
 from .context import Batch, DecodeError, LlamaContext
 from .job import Completion, Job, RequestHandle, SyncHandle, collect
 from .model import LlamaModel
@@ -26,7 +27,13 @@ log = logging.getLogger(__name__)
 class Engine:
     """Loads `model_path` with `config` and starts the engine thread."""
 
-    def __init__(self, model_path: str | os.PathLike[str], config: EngineConfig, name: str = ""):
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        config: EngineConfig,
+        name: str = "",
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.name = name or os.path.basename(os.fspath(model_path))
         self.config = config
         started = time.perf_counter()
@@ -46,7 +53,8 @@ class Engine:
             self.model.close()
             raise
         self.load_seconds = time.perf_counter() - started
-        self.scheduler = Scheduler(self.model, self.ctx, config)
+        self.prompt_cache = prompt_cache
+        self.scheduler = Scheduler(self.model, self.ctx, config, prompt_cache)
         self._embed_ctx: LlamaContext | None = None
         self._closed = False
         self._thread = threading.Thread(
@@ -56,7 +64,9 @@ class Engine:
 
     # -- tokens (vocabulary reads are thread-safe) ------------------------------------------
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         return self.model.tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -127,7 +137,14 @@ class Engine:
         if self._embed_ctx is None:
             n = self.config.ctx_per_slot
             self._embed_ctx = LlamaContext(
-                self.model, n, 1, n, n, self.config.threads, kv_unified=True, swa_full=False,
+                self.model,
+                n,
+                1,
+                n,
+                n,
+                self.config.threads,
+                kv_unified=True,
+                swa_full=False,
                 embeddings=True,
             )
             self._embed_batch = Batch(n)
@@ -144,6 +161,22 @@ class Engine:
         if norm > 0:
             vector = vector / norm
         return vector.astype(float).tolist(), len(tokens)
+
+    # -- slot files (llama-server's POST /slots/{id}?action=...) ---------------------------
+
+    async def slot_action(self, slot_id: int, action: str, path: str | None = None) -> dict:
+        """`save` a slot's KV + tokens to `path`, `restore` it from there, or `erase` it.
+
+        The slot must be idle; the caller validates `path` (it names a file the server owns).
+        """
+        if not 0 <= slot_id < len(self.scheduler.slots):
+            raise InvalidRequest(f"no slot {slot_id}; this model has {len(self.scheduler.slots)}")
+        if action not in ("save", "restore", "erase"):
+            raise InvalidRequest("action must be save, restore or erase")
+        if action != "erase" and not path:
+            raise InvalidRequest(f"action {action} needs a filename")
+        future = self.scheduler.call(lambda: self.scheduler.slot_file(slot_id, action, path))
+        return await asyncio.wrap_future(future)
 
     # -- state ----------------------------------------------------------------------------
 

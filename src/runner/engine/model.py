@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -36,7 +37,9 @@ def system_info() -> str:
 class LlamaModel:
     """Weights + vocabulary. Safe to read from any thread once loaded; freed by `close`."""
 
-    def __init__(self, path: str | os.PathLike[str], gpu_layers: int = -1) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], gpu_layers: int = -1, repack: bool = True
+    ) -> None:
         init_backend()
         self.path = Path(path)
         if not self.path.is_file():
@@ -45,6 +48,7 @@ class LlamaModel:
         if gpu_layers < 0:
             gpu_layers = 10_000 if gpu_offload_supported() else 0
         params.n_gpu_layers = gpu_layers
+        params.use_extra_bufts = repack
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise ModelLoadError(
@@ -83,7 +87,9 @@ class LlamaModel:
             "n_vocab": self.n_vocab,
         }
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         data = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
@@ -138,7 +144,5 @@ class LlamaModel:
             self._model = None
 
     def __del__(self) -> None:  # pragma: no cover - safety net only
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

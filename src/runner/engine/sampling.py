@@ -43,7 +43,10 @@ class Sampler:
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
                     model.n_vocab,
-                    p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                    p.repeat_last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
                 )
             )
         if p.grammar:

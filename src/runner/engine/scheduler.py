@@ -8,6 +8,7 @@ logits. Requests join between steps and leave as soon as they finish.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from ..cache import PromptCache
 from .context import Batch, LlamaContext
 from .job import Job
 from .model import LlamaModel
@@ -28,6 +30,7 @@ from .types import (
     EngineError,
     FinishEvent,
     FinishReason,
+    InvalidRequest,
     QueueFull,
     TokenEvent,
 )
@@ -40,14 +43,20 @@ class Scheduler:
     """Owns the context and the slots. `run` is the engine thread's body; every other
     method that touches llama.cpp runs on that thread (commands are queued via `call`)."""
 
-    def __init__(self, model: LlamaModel, ctx: LlamaContext, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        ctx: LlamaContext,
+        config: EngineConfig,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.model = model
         self.ctx = ctx
         self.config = config
         self.slots = [Slot(id=i, n_ctx=config.ctx_per_slot) for i in range(config.slots)]
         self.batch = Batch(ctx.n_batch)
         self.stats = EngineStats()
-        self.prefix = PrefixPlanner(self)
+        self.prefix = PrefixPlanner(self, prompt_cache)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
@@ -106,9 +115,42 @@ class Scheduler:
 
     # -- the engine thread ---------------------------------------------------------------
 
+    def slot_file(self, slot_id: int, action: str, path: str | None) -> dict[str, Any]:
+        """Runs on the engine thread (via `call`)."""
+        slot = self.slots[slot_id]
+        if slot.busy:
+            raise InvalidRequest(f"slot {slot_id} is processing a request")
+        started = time.perf_counter()
+        if action == "erase":
+            n = len(slot.tokens)
+            self.ctx.clear_seq(slot.id)
+            slot.tokens = []
+            return {"id_slot": slot_id, "n_erased": n}
+        assert path is not None
+        if action == "save":
+            written = self.ctx.save_seq_file(slot.id, path, slot.tokens)
+            return {
+                "id_slot": slot_id,
+                "filename": os.path.basename(path),
+                "n_saved": len(slot.tokens),
+                "n_written": written,
+                "timings": {"save_ms": (time.perf_counter() - started) * 1e3},
+            }
+        tokens = self.ctx.load_seq_file(slot.id, path, slot.n_ctx)
+        if tokens is None:
+            slot.tokens = []
+            raise InvalidRequest("the slot file could not be restored (wrong model or format)")
+        slot.tokens = tokens
+        return {
+            "id_slot": slot_id,
+            "filename": os.path.basename(path),
+            "n_restored": len(tokens),
+            "timings": {"restore_ms": (time.perf_counter() - started) * 1e3},
+        }
+
     def run(self) -> None:
         try:
-            while True:
+            while not (self._stopping and not self._drain):
                 self._run_commands()
                 self._admit()
                 if not any(s.busy for s in self.slots):
@@ -121,6 +163,19 @@ class Scheduler:
             self._fail_all(EngineError("internal engine error"))
         finally:
             self._fail_all(EngineClosed("the model was unloaded"))
+            self._persist()
+
+    def _persist(self) -> None:
+        """On unload/shutdown: every slot's prefix goes to the prompt cache, then to disk."""
+        cache = self.prefix.cache
+        if cache is None:
+            return
+        try:
+            for slot in self.slots:
+                self.prefix.save(slot)
+            cache.flush_to_disk()
+        except Exception:
+            log.exception("could not persist the prompt cache")
 
     def _wait_for_work(self) -> bool:
         """Sleep until something arrives; True when the loop should end."""
@@ -269,9 +324,11 @@ class Scheduler:
             self._emit(job, TokenEvent(text, (token,)))
         if job.stream.stopped:
             self._finish(job, "stop")
-        elif req.max_tokens is not None and len(job.output_tokens) >= req.max_tokens:
-            self._finish(job, "length")
-        elif len(slot.tokens) + 1 >= slot.n_ctx:
+        elif (
+            req.max_tokens is not None
+            and len(job.output_tokens) >= req.max_tokens
+            or len(slot.tokens) + 1 >= slot.n_ctx
+        ):
             self._finish(job, "length")
 
     def _drop_cancelled(self) -> None:
@@ -338,7 +395,9 @@ class Scheduler:
     def _finish_unstarted(self, job: Job, reason: FinishReason, error: EngineError | None = None):
         job.finished = True
         self.stats.count_finish(reason)
-        self._emit(job, FinishEvent(reason, job.timings, len(job.request.prompt_tokens), 0, -1, error))
+        self._emit(
+            job, FinishEvent(reason, job.timings, len(job.request.prompt_tokens), 0, -1, error)
+        )
 
     def _fail_all(self, error: EngineError) -> None:
         for slot in self.slots:

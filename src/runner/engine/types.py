@@ -53,12 +53,17 @@ class EngineConfig:
     gpu_layers: int = -1
     similarity: float = 0.5
     queue_size: int = 64
-    # One KV buffer shared by all slots: lets a prefix be copied between slots with
-    # llama_memory_seq_cp instead of being recomputed (see scheduler for the measurement).
-    kv_unified: bool = True
+    # Separate KV streams per slot (llama-server's default). Measured here: with one unified
+    # buffer, a sequence's numerics depend on where other slots' cells sit (the attention
+    # kernels tile over the whole buffer), so a greedy answer could change with the cache;
+    # per-slot streams keep a sequence's KV layout its own and were no slower for 1-8
+    # streams on this model. Prefixes move between slots as sequence state instead.
+    kv_unified: bool = False
     # Gemma 3 and other SWA models forget old positions unless the SWA cache is full size,
     # which silently breaks prefix trimming (engine-facts.md).
     swa_full: bool = True
+    # Reused prefixes are a multiple of this many tokens (see PrefixPlanner.prepare).
+    cache_align: int = 4
     # Prefixes shorter than this are recomputed rather than restored from RAM/disk.
     min_restore_tokens: int = 64
 

@@ -10,6 +10,7 @@ from .errors import (
     StoreError,
 )
 from .fileio import ProgressFn, TqdmProgress
+from .gguf_header import GGUFHeader, TensorInfo, check_magic, read_header
 from .gguf_meta import GGUFMetadata, format_params, read_metadata
 from .names import DEFAULT_ORG, DEFAULT_TAG, ModelRef, normalize, parse, resolve
 from .store import ModelEntry, ModelStore, Removed
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_ORG",
     "DEFAULT_TAG",
     "AmbiguousModelName",
+    "GGUFHeader",
     "GGUFMetadata",
     "InvalidModelFile",
     "InvalidModelName",
@@ -30,10 +32,13 @@ __all__ = [
     "ProgressFn",
     "Removed",
     "StoreError",
+    "TensorInfo",
     "TqdmProgress",
     "format_params",
+    "check_magic",
     "normalize",
     "parse",
+    "read_header",
     "read_metadata",
     "resolve",
 ]

@@ -87,6 +87,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the store is meant to be readable
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,9 +1,4 @@
-"""GGUF header metadata (architecture, size, quantization, shapes) without reading tensor data.
-
-`gguf.GGUFReader` memory-maps the file, so only the header pages are actually read. We check
-the magic ourselves first so that a random file gets a clear `InvalidModelFile` instead of
-whatever numpy/gguf raise, and we map every parser failure (truncation, garbage) to it too.
-"""
+"""Model metadata for the store (architecture, size, quantization, shapes) from a GGUF header."""
 
 from __future__ import annotations
 
@@ -15,8 +10,7 @@ import gguf
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from .errors import InvalidModelFile
-
-GGUF_MAGIC = b"GGUF"
+from .gguf_header import GGUFArray, TensorInfo, read_header
 
 
 class GGUFMetadata(BaseModel):
@@ -51,113 +45,64 @@ class GGUFMetadata(BaseModel):
         return bool(self.chat_template)
 
 
-def check_magic(path: str | Path) -> None:
-    """Raise `InvalidModelFile` unless `path` is a regular file starting with `GGUF`."""
-    path = Path(path)
-    if not path.exists():
-        raise InvalidModelFile(f"{path}: no such file")
-    if not path.is_file():
-        raise InvalidModelFile(f"{path}: not a regular file")
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise InvalidModelFile(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if magic != GGUF_MAGIC:
-        raise InvalidModelFile(f"{path}: not a GGUF model file (bad magic {magic!r})")
-
-
-def read_metadata(path: str | Path) -> GGUFMetadata:
-    """Parse the GGUF header of `path`; raises `InvalidModelFile` for anything unreadable."""
-    path = Path(path)
-    check_magic(path)
-    try:
-        reader = gguf.GGUFReader(path, "r")
-        return _extract(reader, path.stat().st_size)
-    except InvalidModelFile:
-        raise
-    except Exception as exc:  # the parser raises ValueError/IndexError/KeyError/... on garbage
-        raise InvalidModelFile(f"{path}: corrupt or truncated GGUF ({exc})") from exc
-
-
-def _scalar(reader: gguf.GGUFReader, key: str) -> Any:
-    field = reader.get_field(key)
-    if field is None or not field.types:
-        return None
-    if field.types[0] == gguf.GGUFValueType.ARRAY:
-        if field.types[-1] == gguf.GGUFValueType.STRING:
-            return None  # only per-layer numeric arrays are meaningful here
-        values = field.contents()
-        return max(values) if values else None  # per-layer counts: the max bounds memory
-    return field.contents()
-
-
-def _int(reader: gguf.GGUFReader, key: str) -> int | None:
-    value = _scalar(reader, key)
+def _int(fields: dict[str, Any], key: str) -> int | None:
+    value = fields.get(key)
+    if isinstance(value, GGUFArray):  # per-layer values: the max bounds memory use
+        nums = [v for v in value.values or [] if isinstance(v, int | float)]
+        value = max(nums) if nums else None
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _str(reader: gguf.GGUFReader, key: str) -> str | None:
-    value = _scalar(reader, key)
+def _str(fields: dict[str, Any], key: str) -> str | None:
+    value = fields.get(key)
     return value if isinstance(value, str) else None
 
 
-def quantization_name(file_type: int | None, tensors: list[Any]) -> str:
+def quantization_name(file_type: int | None, tensors: list[TensorInfo]) -> str:
     """`Q4_K_M` etc. from `general.file_type`, else the dominant type of the 2-D tensors."""
     if file_type is not None:
         try:
-            name = gguf.LlamaFileType(file_type).name
-            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+            return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
         except ValueError:
             pass
     weights: Counter[str] = Counter()
     for t in tensors:
         if len(t.shape) >= 2:
-            weights[t.tensor_type.name] += int(t.n_elements)
+            weights[t.type_name] += t.n_elements
     return weights.most_common(1)[0][0] if weights else "unknown"
 
 
-def _extract(reader: gguf.GGUFReader, file_size: int) -> GGUFMetadata:
-    tensors = reader.tensors
-    # GGUFReader builds views lazily against the memmap, so a file cut inside the tensor data
-    # can still parse; compare where the last tensor ends with the real size.
-    data_end = max((int(t.data_offset) + int(t.n_bytes) for t in tensors), default=0)
-    if data_end > file_size:
-        raise InvalidModelFile(
-            f"truncated GGUF: tensor data needs {data_end} bytes, file has {file_size}"
-        )
-    arch = _str(reader, "general.architecture")
+def read_metadata(path: str | Path) -> GGUFMetadata:
+    """Parse the GGUF header of `path`; raises `InvalidModelFile` for anything unreadable."""
+    header = read_header(path)
+    f, tensors = header.fields, header.tensors
+    arch = _str(f, "general.architecture")
     if not arch:
-        raise InvalidModelFile("GGUF file has no general.architecture")
-
-    def a(key: str) -> int | None:
-        return _int(reader, f"{arch}.{key}")
-
-    params = _int(reader, "general.parameter_count") or sum(int(t.n_elements) for t in tensors)
-    file_type = _int(reader, "general.file_type")
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    vocab = a("vocab_size") or (len(tokens.data) if tokens is not None else None)
+        raise InvalidModelFile(f"{path}: GGUF file has no general.architecture")
+    tokens = f.get("tokenizer.ggml.tokens")
+    file_type = _int(f, "general.file_type")
     return GGUFMetadata(
         architecture=arch,
-        name=_str(reader, "general.name"),
-        parameter_count=params,
+        name=_str(f, "general.name"),
+        parameter_count=_int(f, "general.parameter_count") or sum(t.n_elements for t in tensors),
         quantization=quantization_name(file_type, tensors),
         file_type=file_type,
-        context_length=a("context_length"),
-        chat_template=_str(reader, "tokenizer.chat_template"),
-        block_count=a("block_count"),
-        embedding_length=a("embedding_length"),
-        feed_forward_length=a("feed_forward_length"),
-        head_count=a("attention.head_count"),
-        head_count_kv=a("attention.head_count_kv"),
-        key_length=a("attention.key_length"),
-        value_length=a("attention.value_length"),
-        sliding_window=a("attention.sliding_window"),
-        vocab_size=vocab,
-        bos_token_id=_int(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_int(reader, "tokenizer.ggml.eos_token_id"),
+        context_length=_int(f, f"{arch}.context_length"),
+        chat_template=_str(f, "tokenizer.chat_template"),
+        block_count=_int(f, f"{arch}.block_count"),
+        embedding_length=_int(f, f"{arch}.embedding_length"),
+        feed_forward_length=_int(f, f"{arch}.feed_forward_length"),
+        head_count=_int(f, f"{arch}.attention.head_count"),
+        head_count_kv=_int(f, f"{arch}.attention.head_count_kv"),
+        key_length=_int(f, f"{arch}.attention.key_length"),
+        value_length=_int(f, f"{arch}.attention.value_length"),
+        sliding_window=_int(f, f"{arch}.attention.sliding_window"),
+        vocab_size=_int(f, f"{arch}.vocab_size")
+        or (tokens.length if isinstance(tokens, GGUFArray) else None),
+        bos_token_id=_int(f, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=_int(f, "tokenizer.ggml.eos_token_id"),
         tensor_count=len(tensors),
-        gguf_version=_int(reader, "GGUF.version"),
+        gguf_version=header.version,
     )
 
 

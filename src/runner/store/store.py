@@ -78,7 +78,11 @@ class ModelStore:
         return sorted(entries, key=lambda e: (not e.tags, e.name))
 
     def resolve(self, name: str) -> str:
-        """The canonical tag (or full ID, for ID references) that `name` refers to."""
+        """The canonical tag (or full ID, for ID references) that `name` refers to.
+
+        Unlike `get`, never materializes the bundled model, so `resolve` then `remove` can't
+        resurrect a model only to delete it again.
+        """
         return self._lookup(self._read_index(), name)[1]
 
     def get(self, name: str) -> ModelEntry:

@@ -1,0 +1,89 @@
+"""`create_app`: the FastAPI application, its middleware, routers and lifespan.
+
+All state lives on `app.state` (settings, store, loader, metrics registry): no globals, so
+tests can run several apps in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from runner import __version__
+from runner.config import Settings
+from runner.loader import Loader
+from runner.store import ModelStore
+
+from . import extras, openai_routes
+from .errors import install_error_handlers
+from .management import router as management_router
+from .metrics import make_registry
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, FormAsJsonMiddleware
+from .streaming import SHUTDOWN_GRACE_SECONDS
+
+log = logging.getLogger(__name__)
+
+# Browsers on the same machine are always welcome (DMR does the same).
+LOCALHOST_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+
+
+def create_app(
+    settings: Settings,
+    store: ModelStore | None = None,
+    loader: Loader | None = None,
+    shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
+) -> FastAPI:
+    """The server app. Missing `store`/`loader` are created from `settings`; the lifespan
+    preloads `settings.model` and, on shutdown, lets requests drain for `shutdown_grace`
+    seconds before freeing the models."""
+    store = store or ModelStore(settings.models_dir)
+    loader = loader or Loader(settings, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for name in settings.model:
+            # A model the user asked for by name must exist: failing here makes uvicorn
+            # exit non-zero instead of serving without it.
+            model = await loader.preload(name)
+            log.info("preloaded %s", model.name)
+        try:
+            yield
+        finally:
+            await loader.shutdown(shutdown_grace)
+
+    app = FastAPI(
+        title="runner",
+        version=__version__,
+        description="Local LLM inference server (OpenAI-compatible, llama.cpp in-process)",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.loader = loader
+    app.state.shutdown_grace = shutdown_grace
+    app.state.metrics_registry = make_registry(loader)
+
+    install_error_handlers(app)
+    app.include_router(extras.router)
+    for prefix in openai_routes.PREFIXES:
+        app.include_router(openai_routes.router, prefix=prefix)
+    app.include_router(management_router)
+
+    # Added last = outermost: the body cap runs before anything reads the body.
+    app.add_middleware(FormAsJsonMiddleware)
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    origins = list(settings.cors_origins)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_origin_regex=None if "*" in origins else LOCALHOST_ORIGINS,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

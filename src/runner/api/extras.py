@@ -1,0 +1,74 @@
+"""llama-server's extra routes: /health, /slots, /tokenize, /detokenize, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .errors import APIError
+from .inference import engine_of, hold_model, loader_of, model_name, tokenize
+from .schemas import DetokenizeRequest, TokenizeRequest
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    # Liveness of the server: models load on demand, so none needs to be resident.
+    return {"status": "ok"}
+
+
+@router.get("/slots")
+async def slots(request: Request, model: str | None = None, fail_on_no_slot: bool = False):
+    """Slots of `?model=` (must be resident), else of the first resident model; [] if none."""
+    loader = loader_of(request)
+    if model:
+        resident = loader.get_resident(model)
+        if resident is None or resident.engine is None:
+            raise APIError(404, f"model {model!r} is not loaded", "model_not_loaded", param="model")
+    else:
+        resident = next((m for m in loader.resident() if m.engine is not None), None)
+        if resident is None:
+            return []
+    engine = resident.engine
+    assert engine is not None
+    described = engine.slots()
+    if fail_on_no_slot and all(s.get("is_processing") for s in described):
+        raise APIError(503, "no slot available", "no_slot_available")
+    return [{**s, "model": resident.name} for s in described]
+
+
+@router.post("/tokenize")
+async def tokenize_route(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    async with hold_model(request, model_name(request, body.model)) as model:
+        engine = engine_of(model)
+        tokens = await tokenize(engine, body.content, body.add_special, body.parse_special)
+        if not body.with_pieces:
+            return {"tokens": tokens}
+        # Pieces are read on the engine thread: the model's piece buffer is not thread-safe.
+        future = engine.run_on_engine(lambda: [engine.token_piece(t) for t in tokens])
+        pieces = await asyncio.wrap_future(future)
+    return {"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces, strict=True)]}
+
+
+@router.post("/detokenize")
+async def detokenize_route(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    async with hold_model(request, model_name(request, body.model)) as model:
+        engine = engine_of(model)
+        n_vocab = engine.model.n_vocab
+        bad = next((t for t in body.tokens if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise APIError(
+                400, f"token {bad} is outside the vocabulary [0, {n_vocab})", param="tokens"
+            )
+        return {"content": engine.detokenize(body.tokens)}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    data = generate_latest(request.app.state.metrics_registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

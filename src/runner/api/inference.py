@@ -1,0 +1,220 @@
+"""What every inference route does: pick the model, hold it, build the engine request,
+submit it, and collect or stream the events. Handlers never touch llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import Request
+
+from runner import __version__
+from runner.chat import grammar_for
+from runner.config import Settings
+from runner.engine import (
+    Engine,
+    FinishEvent,
+    GenerationRequest,
+    RequestHandle,
+    SamplingParams,
+    TokenEvent,
+)
+from runner.loader import Loader, ResidentModel
+from runner.store import BUNDLED_TAGS, ModelNotFound, ModelStore
+
+from .errors import APIError, model_not_found
+from .schemas import GenerationFields
+
+SYSTEM_FINGERPRINT = f"runner-{__version__}"
+# Texts above this many characters are tokenized (and templates rendered) on a worker thread
+# so one huge prompt does not stall every other stream on the event loop.
+INLINE_LIMIT = 16 * 1024
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def store_of(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def loader_of(request: Request) -> Loader:
+    return request.app.state.loader
+
+
+def model_name(request: Request, requested: str | None) -> str:
+    """The model a request means: its own `model`, else the first preloaded, else the bundled."""
+    if requested and requested.strip():
+        return requested.strip()
+    preloaded = settings_of(request).model
+    return preloaded[0] if preloaded else BUNDLED_TAGS[-1]
+
+
+async def available_models(store: ModelStore) -> list[str]:
+    entries = await asyncio.to_thread(store.list)
+    return [tag for entry in entries for tag in entry.tags]
+
+
+@contextlib.asynccontextmanager
+async def hold_model(request: Request, name: str) -> AsyncIterator[ResidentModel]:
+    """`loader.use(name)`, with an unknown name reported as 404 listing the models there are.
+    Other loader errors carry their own status (`errors.py`)."""
+    try:
+        async with loader_of(request).use(name) as model:
+            yield model
+    except ModelNotFound:
+        raise model_not_found(name, await available_models(store_of(request))) from None
+
+
+def preload_only(request: Request) -> bool:
+    """DMR's `X-Preload-Only: true`: load the model, generate nothing."""
+    return request.headers.get("x-preload-only", "").strip().lower() in {"1", "true", "yes"}
+
+
+def engine_of(model: ResidentModel) -> Engine:
+    if model.engine is None:  # unloaded between acquire and use: cannot happen while held
+        raise APIError(503, f"model {model.name} is not loaded", "model_unloaded")
+    return model.engine
+
+
+async def tokenize(
+    engine: Engine, text: str, add_special: bool = True, parse_special: bool = True
+) -> list[int]:
+    if len(text) <= INLINE_LIMIT:
+        return engine.tokenize(text, add_special, parse_special)
+    return await asyncio.to_thread(engine.tokenize, text, add_special, parse_special)
+
+
+def sampling_from(body: GenerationFields) -> SamplingParams:
+    """Engine sampling params; unset fields keep `SamplingParams`' llama-server defaults."""
+    defaults = SamplingParams()
+    grammar = grammar_for(body.response_format, grammar=body.grammar, json_schema=body.json_schema)
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    seed = body.seed
+    return SamplingParams(
+        temperature=pick(body.temperature, defaults.temperature),
+        top_k=pick(body.top_k, defaults.top_k),
+        top_p=pick(body.top_p, defaults.top_p),
+        min_p=pick(body.min_p, defaults.min_p),
+        seed=None if seed is None or seed < 0 else seed & 0xFFFFFFFF,
+        repeat_penalty=pick(body.repeat_penalty, defaults.repeat_penalty),
+        repeat_last_n=pick(body.repeat_last_n, defaults.repeat_last_n),
+        presence_penalty=pick(body.presence_penalty, defaults.presence_penalty),
+        frequency_penalty=pick(body.frequency_penalty, defaults.frequency_penalty),
+        logit_bias=body.token_bias,
+        grammar=grammar,
+    )
+
+
+def generation_request(
+    body: GenerationFields, prompt: list[int], extra_stops: tuple[str, ...] = ()
+) -> GenerationRequest:
+    stops = body.stop_list
+    stops += [s for s in extra_stops if s not in stops]
+    return GenerationRequest(
+        prompt_tokens=prompt,
+        sampling=sampling_from(body),
+        max_tokens=body.token_limit(),
+        stop=stops,
+        ignore_eos=bool(body.ignore_eos),
+        cache_prompt=body.cache_prompt is not False,
+        id_slot=-1 if body.id_slot is None else body.id_slot,
+    )
+
+
+def usage(final: FinishEvent) -> dict[str, Any]:
+    return {
+        "prompt_tokens": final.prompt_tokens,
+        "completion_tokens": final.completion_tokens,
+        "total_tokens": final.prompt_tokens + final.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": final.timings.cache_n},
+    }
+
+
+def finish_error(final: FinishEvent) -> APIError | None:
+    """The API error for a request the engine ended with `error`, else None."""
+    if final.finish_reason != "error":
+        return None
+    exc = final.error
+    if exc is None:
+        return APIError(500, "generation failed", "engine_error")
+    return APIError(exc.status, str(exc) or exc.code, exc.code)
+
+
+@dataclass(eq=False)
+class Generation:
+    """A submitted request plus the model hold that keeps its engine alive until `close`."""
+
+    model: ResidentModel
+    handle: RequestHandle
+    hold: contextlib.AsyncExitStack
+    id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    closed: bool = False
+
+    async def close(self) -> None:
+        """Cancel (if still running) and release the model. Idempotent; shielded because it
+        often runs inside a cancelled scope (client gone), where any await would re-raise."""
+        if self.closed:
+            return
+        self.closed = True
+        self.handle.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.hold.aclose()
+
+
+async def start(
+    request: Request,
+    name: str,
+    prompt_of: Any,
+    body: GenerationFields,
+    id_prefix: str,
+) -> Generation:
+    """Hold `name`, build the prompt with `await prompt_of(model)` -> (tokens, extra stops),
+    and submit. Every error before the stream starts is raised here, as an HTTP error."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        model = await stack.enter_async_context(hold_model(request, name))
+        engine = engine_of(model)
+        tokens, stops = await prompt_of(model, engine)
+        handle = engine.submit(generation_request(body, tokens, stops))
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stack.aclose()
+        raise
+    return Generation(model, handle, stack, id_prefix + secrets.token_urlsafe(24))
+
+
+async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
+    """Run a non-streamed request to the end; a client that hangs up cancels it."""
+
+    async def watch_disconnect() -> None:
+        # The body is already read, so the next message can only be the disconnect.
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gen.handle.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    parts: list[str] = []
+    try:
+        async for event in gen.handle:
+            if isinstance(event, TokenEvent):
+                parts.append(event.text)
+            else:
+                return "".join(parts), event
+        raise APIError(500, "the engine ended the request without a result", "engine_error")
+    finally:
+        watcher.cancel()
+        await gen.close()

@@ -1,0 +1,345 @@
+"""DMR's management routes: engine status, `ps`, unload, per-model configuration, and the
+models API (list, inspect, import a local GGUF, delete).
+
+Everything here goes through `app.state.loader` (which models are resident) and
+`app.state.store` (which models exist); errors use the OpenAI shape from `errors.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from runner.api.errors import APIError, to_api_error
+from runner.loader import Loader, ModelBusy, validate_config
+from runner.store import (
+    InvalidModelFile,
+    ModelEntry,
+    ModelStore,
+    StoreError,
+    format_params,
+    normalize,
+    read_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+BACKEND = "llama.cpp"
+
+
+# ----- helpers -----------------------------------------------------------------------------
+
+
+def _loader(request: Request) -> Loader:
+    return request.app.state.loader
+
+
+def _store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from exc
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", "invalid_request")
+    return body
+
+
+def _api_error(exc: Exception, store: ModelStore | None = None) -> Exception:
+    """The APIError for a library exception (the exception itself if unknown: a 500)."""
+    available: list[str] = []
+    if store is not None:
+        with contextlib.suppress(StoreError):
+            available = [tag for entry in store.list() for tag in entry.tags]
+    return to_api_error(exc, available) or exc
+
+
+async def _entry(request: Request, name: str) -> ModelEntry:
+    store = _store(request)
+    try:
+        return await asyncio.to_thread(store.get, name)
+    except StoreError as exc:
+        raise _api_error(exc, store) from exc
+
+
+def _check_backend(backend: str | None) -> None:
+    if backend not in (None, "", BACKEND):
+        raise APIError(404, f"unknown backend {backend!r}; this server runs {BACKEND}", "not_found")
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} TiB"
+
+
+def model_json(entry: ModelEntry, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DMR's model object: `id, tags, created, config{format, quantization, parameters,
+    architecture, size, context_size}` (context_size: the configured one, else the model's)."""
+    meta = entry.metadata
+    context = (config or {}).get("context-size") or meta.context_length
+    return {
+        "id": f"sha256:{entry.id}",
+        "tags": entry.tags,
+        "created": entry.created,
+        "config": {
+            "format": "gguf",
+            "quantization": meta.quantization,
+            "parameters": format_params(meta.parameter_count),
+            "architecture": meta.architecture,
+            "size": _human_size(entry.size),
+            "context_size": context,
+        },
+    }
+
+
+# ----- engines -----------------------------------------------------------------------------
+
+
+def _llama_version() -> str:
+    import llama_cpp
+
+    try:
+        core = llama_cpp.llama_version().decode("utf-8", "replace")
+    except Exception:  # older bindings: no llama_version()
+        core = "unknown"
+    return f"llama-cpp-python {llama_cpp.__version__}, llama.cpp {core}"
+
+
+@router.get("/engines/status")
+@router.get("/engines/llama.cpp/status", include_in_schema=False)
+async def engines_status(request: Request) -> JSONResponse:
+    """Is the backend running, which llama.cpp, on which devices, with which models loaded."""
+    from runner import memory
+    from runner.engine import gpu_offload_supported, system_info
+
+    loader = _loader(request)
+    devices = await asyncio.to_thread(memory.devices)
+    models = [m.describe() for m in loader.resident()]
+    version = _llama_version()
+    settings = loader.settings
+    return JSONResponse(
+        {
+            BACKEND: f"running {version}",
+            "running": True,
+            "backend": BACKEND,
+            "version": version,
+            "system_info": system_info(),
+            "gpu_offload": gpu_offload_supported(),
+            "devices": [d.to_dict() for d in devices],
+            "memory_budget": loader.budget,
+            "memory_used_estimate": sum(m["memory_estimate"] for m in models),
+            "max_models": settings.max_models,
+            "idle_timeout": settings.idle_timeout,
+            "models": models,
+        }
+    )
+
+
+@router.get("/engines/ps")
+@router.get("/engines/llama.cpp/ps", include_in_schema=False)
+async def engines_ps(request: Request) -> list[dict[str, Any]]:
+    """DMR's running-models table: one row per resident (or loading) model."""
+    return [m.describe() for m in _loader(request).resident()]
+
+
+@router.post("/engines/unload")
+@router.post("/engines/llama.cpp/unload", include_in_schema=False)
+async def engines_unload(request: Request) -> dict[str, Any]:
+    """`{all, backend, models[]}`: unload idle models now. A model serving requests is left
+    alone (reported in `busy`); it unloads on its idle timer as usual."""
+    body = await _json_body(request)
+    _check_backend(body.get("backend"))
+    everything = body.get("all", False)
+    names = body.get("models") or []
+    if not isinstance(everything, bool):
+        raise APIError(400, "'all' must be a boolean", "invalid_request", param="all")
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise APIError(400, "'models' must be a list of names", "invalid_request", param="models")
+    loader = _loader(request)
+    unloaded = await loader.unload(names, everything=everything)
+    busy = sorted(
+        m.name
+        for m in loader.resident()
+        if (everything or any(loader.matches(m, n) for n in names)) and m.name not in unloaded
+    )
+    return {"unloaded_runners": len(unloaded), "unloaded": unloaded, "busy": busy}
+
+
+@router.post("/engines/_configure")
+@router.post("/engines/llama.cpp/_configure")
+async def engines_configure(request: Request) -> JSONResponse:
+    """`{model, context-size, keep_alive, slots, similarity, gpu-layers, chat-template,
+    runtime-flags}`: persisted in the store (survives restarts), applied at the next load.
+    202 on success; 409 while the model serves requests; 400 for bad values."""
+    body = await _json_body(request)
+    name = body.get("model")
+    if not isinstance(name, str) or not name.strip():
+        raise APIError(400, "'model' is required", "invalid_request", param="model")
+    loader = _loader(request)
+    entry = await _entry(request, name)
+    try:
+        validate_config(body)  # 400 before anything else (busy or not)
+        config = await loader.configure(name, body)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "invalid_config") from exc
+    except ModelBusy as exc:
+        raise APIError(409, str(exc), exc.code) from exc
+    except StoreError as exc:
+        raise _api_error(exc, _store(request)) from exc
+    return JSONResponse(
+        {"model": entry.name, "id": f"sha256:{entry.id}", "config": config}, status_code=202
+    )
+
+
+@router.get("/engines/_configure")
+@router.get("/engines/llama.cpp/_configure", include_in_schema=False)
+async def engines_configs(request: Request, model: str | None = None) -> Any:
+    """Every model's persisted configuration, or `?model=NAME`'s alone."""
+    store = _store(request)
+    if model:
+        entry = await _entry(request, model)
+        return {
+            "model": entry.name,
+            "id": f"sha256:{entry.id}",
+            "config": store.get_config(entry.id),
+        }
+    entries = await asyncio.to_thread(store.list)
+    return [
+        {"model": e.name, "id": f"sha256:{e.id}", "config": store.get_config(e.id)}
+        for e in entries
+        if store.get_config(e.id)
+    ]
+
+
+# ----- models ------------------------------------------------------------------------------
+
+
+@router.get("/models")
+async def models_list(request: Request) -> list[dict[str, Any]]:
+    store = _store(request)
+    entries = await asyncio.to_thread(store.list)
+    return [model_json(e, store.get_config(e.id)) for e in entries]
+
+
+@router.post("/models/create")
+async def models_create(request: Request) -> StreamingResponse:
+    """`{"from": "/path/to/local.gguf", "tag"?: NAME}`: import a local GGUF into the store,
+    streaming progress lines (JSON lines with `Accept: application/json`, else text), then a
+    success or error line. Problems found before the import starts are plain HTTP errors."""
+    body = await _json_body(request)
+    source = body.get("from")
+    if not isinstance(source, str) or not source.strip():
+        raise APIError(400, "'from' (path to a local .gguf file) is required", param="from")
+    path = Path(source).expanduser()
+    tag = body.get("tag") or body.get("name") or _name_from_file(path)
+    if not isinstance(tag, str):
+        raise APIError(400, "'tag' must be a string", "invalid_request", param="tag")
+    try:
+        tag = normalize(tag)
+        await asyncio.to_thread(read_metadata, path)
+    except InvalidModelFile as exc:
+        status = 404 if not path.exists() else 400
+        raise APIError(status, str(exc), "invalid_model_file", param="from") from exc
+    except StoreError as exc:
+        raise _api_error(exc) from exc
+    as_json = "application/json" in request.headers.get("accept", "")
+    media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
+    store = _store(request)
+    return StreamingResponse(_import(store, tag, path, as_json), media_type=media)
+
+
+def _name_from_file(path: Path) -> str:
+    stem = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-._") or "model"
+    return stem
+
+
+async def _import(store: ModelStore, tag: str, path: Path, as_json: bool) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent != last[0]:  # at most ~100 lines
+            last[0] = percent
+            loop.call_soon_threadsafe(queue.put_nowait, (done, total))
+
+    def line(kind: str, message: str, **extra: Any) -> bytes:
+        if as_json:
+            return (json.dumps({"type": kind, "message": message, **extra}) + "\n").encode()
+        return (message + "\n").encode()
+
+    yield line("progress", f"Importing {path} as {tag}", total=0, pulled=0)
+    task = asyncio.ensure_future(asyncio.to_thread(store.add, tag, path, progress=progress))
+    while not task.done() or not queue.empty():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            done, total = getter.result()
+            yield line(
+                "progress",
+                f"Imported: {done / (1 << 20):.2f} MB / {total / (1 << 20):.2f} MB",
+                total=total,
+                pulled=done,
+            )
+        else:
+            getter.cancel()
+    try:
+        entry = task.result()
+    except Exception as exc:
+        log.warning("import of %s as %s failed: %s", path, tag, exc)
+        yield line("error", f"Model import failed: {exc}")
+        return
+    log.info("imported %s as %s (sha256:%s)", path, tag, entry.short_id)
+    yield line("success", f"Model imported successfully: {tag}", id=f"sha256:{entry.id}")
+
+
+@router.get("/models/{name:path}")
+async def models_get(request: Request, name: str) -> dict[str, Any]:
+    """One model by name; partial names match (`gemma3` finds `ai/gemma3:latest`)."""
+    entry = await _entry(request, name)
+    return model_json(entry, _store(request).get_config(entry.id))
+
+
+@router.delete("/models/{name:path}")
+async def models_delete(request: Request, name: str) -> dict[str, Any]:
+    """Remove a model name (or every name of `sha256:ID`); the file goes with its last name.
+    409 while the model is loaded and serving; an idle resident copy is unloaded first."""
+    store = _store(request)
+    loader = _loader(request)
+    try:
+        canonical = await asyncio.to_thread(store.resolve, name)
+        await loader.forget(canonical)
+        removed = await asyncio.to_thread(store.remove, canonical)
+    except ModelBusy as exc:
+        raise APIError(409, str(exc), exc.code) from exc
+    except StoreError as exc:
+        raise _api_error(exc, store) from exc
+    log.info("deleted %s (untagged %s; file deleted: %s)", name, removed.untagged, removed.deleted)
+    return {
+        "id": f"sha256:{removed.id}",
+        "untagged": removed.untagged,
+        "deleted": removed.deleted,
+    }

@@ -1,0 +1,138 @@
+"""Pure ASGI middleware: request body cap and optional bearer-token check.
+
+Pure ASGI (not Starlette's BaseHTTPMiddleware) so streaming responses and the disconnect
+watcher in the handlers see the real `receive` channel and nothing is buffered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_body
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when a body without (or with a lying) Content-Length overflows.
+
+    An HTTPException so FastAPI's body parsing re-raises it unchanged and the app's handler
+    turns it into the 413 response.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
+
+
+async def _send_error(send: Send, status: int, message: str, code: str, close: bool) -> None:
+    body = json.dumps(error_body(status, message, code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the unread body is still on the wire; the connection cannot be reused
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over `max_bytes`: by Content-Length up front, and by counting
+    what `receive` delivers for chunked or mislabelled bodies."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            too_big = declared.isdigit()
+            message = (
+                f"the request body is larger than the limit of {self.max_bytes} bytes"
+                if too_big
+                else "invalid Content-Length header"
+            )
+            status = 413 if too_big else 400
+            await _send_error(send, status, message, "request_too_large", close=True)
+            return
+
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge as exc:  # only reaches here if no handler answered it
+            if started:
+                raise
+            await _send_error(send, 413, str(exc.detail), "request_too_large", close=True)
+
+
+class FormAsJsonMiddleware:
+    """Treat `application/x-www-form-urlencoded` bodies as JSON.
+
+    `curl -d '{...}'` sends that content type unless told otherwise; llama-server parses the
+    body as JSON regardless, and users paste such commands. No route here takes form data.
+    """
+
+    FORM = b"application/x-www-form-urlencoded"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = scope.get("headers", [])
+            if any(k == b"content-type" and v.startswith(self.FORM) for k, v in headers):
+                fixed = [(k, v) for k, v in headers if k != b"content-type"]
+                fixed.append((b"content-type", b"application/json"))
+                scope = {**scope, "headers": fixed}
+        await self.app(scope, receive, send)
+
+
+class ApiKeyMiddleware:
+    """With `--api-key`, every route but /health needs `Authorization: Bearer <key>`."""
+
+    OPEN_PATHS = frozenset({"/health"})
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
+            or scope["path"] in self.OPEN_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        given = (_header(scope, b"authorization") or "").encode()
+        if not hmac.compare_digest(given, self.expected):
+            await _send_error(send, 401, "invalid or missing API key", "invalid_api_key", False)
+            return
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return None

@@ -1,0 +1,210 @@
+"""OpenAI-compatible routes: chat/completions, completions, embeddings, models.
+
+One router, mounted by `app.py` under each of `PREFIXES` (DMR's spellings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from runner.engine import Engine
+from runner.loader import ResidentModel
+from runner.store import ModelEntry, ModelNotFound, format_params
+
+from .errors import APIError, model_not_found
+from .inference import (
+    INLINE_LIMIT,
+    SYSTEM_FINGERPRINT,
+    Generation,
+    available_models,
+    collect,
+    engine_of,
+    finish_error,
+    hold_model,
+    model_name,
+    preload_only,
+    start,
+    store_of,
+    tokenize,
+    usage,
+)
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .streaming import chat_stream, completion_stream
+
+PREFIXES = ("/engines/llama.cpp/v1", "/engines/v1", "/v1")
+
+router = APIRouter()
+
+
+def _grace(request: Request) -> float:
+    return float(request.app.state.shutdown_grace)
+
+
+async def _preload(request: Request, name: str) -> JSONResponse:
+    async with hold_model(request, name):
+        return JSONResponse({})
+
+
+def _result(gen: Generation, final: Any, obj: str, choice: dict[str, Any]) -> dict[str, Any]:
+    err = finish_error(final)
+    if err is not None:
+        raise err
+    if final.finish_reason == "cancelled":  # the client is gone; this answer goes nowhere
+        raise APIError(499, "the request was cancelled", "cancelled")
+    choice = {"index": 0, **choice, "finish_reason": final.finish_reason}
+    return {
+        "id": gen.id,
+        "object": obj,
+        "created": gen.created,
+        "model": gen.model.name,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [choice],
+        "usage": usage(final),
+        "timings": final.timings.to_dict(),
+    }
+
+
+# ----- chat --------------------------------------------------------------------------------
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    name = model_name(request, body.model)
+    if preload_only(request):
+        return await _preload(request, name)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+
+    def render(model: ResidentModel, engine: Engine) -> list[int]:
+        if model.template is None:
+            raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
+        text = model.template.render(messages, tools=body.tools, extra=body.chat_template_kwargs)
+        # The rendered text carries the template's special tokens (<start_of_turn>...) and
+        # no BOS (templates' bos_token is stripped): the tokenizer adds BOS and parses them.
+        return engine.tokenize(text, add_special=True, parse_special=True)
+
+    async def prompt_of(model: ResidentModel, engine: Engine):
+        size = sum(len(str(m.get("content") or "")) for m in messages)
+        if size > INLINE_LIMIT or body.tools:
+            tokens = await asyncio.to_thread(render, model, engine)
+        else:
+            tokens = render(model, engine)
+        stops = model.template.stop_strings if model.template else ()
+        return tokens, stops
+
+    gen = await start(request, name, prompt_of, body, "chatcmpl-")
+    if body.stream:
+        return chat_stream(gen, body.include_usage, _grace(request))
+    text, final = await collect(request, gen)
+    message = {"role": "assistant", "content": text}
+    result = _result(gen, final, "chat.completion", {"message": message, "logprobs": None})
+    return JSONResponse(result)
+
+
+# ----- text completions --------------------------------------------------------------------
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    name = model_name(request, body.model)
+    if preload_only(request):
+        return await _preload(request, name)
+
+    async def prompt_of(model: ResidentModel, engine: Engine):
+        if isinstance(body.prompt, str):
+            return await tokenize(engine, body.prompt), ()
+        return list(body.prompt), ()
+
+    gen = await start(request, name, prompt_of, body, "cmpl-")
+    if body.stream:
+        return completion_stream(gen, body.include_usage, _grace(request))
+    text, final = await collect(request, gen)
+    choice = {"text": text, "logprobs": None}
+    return JSONResponse(_result(gen, final, "text_completion", choice))
+
+
+# ----- embeddings --------------------------------------------------------------------------
+
+
+def _encode(vector: list[float], fmt: str | None) -> list[float] | str:
+    if fmt == "base64":  # OpenAI: little-endian float32, base64
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    name = model_name(request, body.model)
+    if preload_only(request):
+        return await _preload(request, name)
+    async with hold_model(request, name) as model:
+        engine = engine_of(model)
+        inputs = [
+            await tokenize(engine, item) if isinstance(item, str) else item for item in body.items()
+        ]
+        results = await engine.embed(inputs)
+    n_tokens = sum(n for _, n in results)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(vector, body.encoding_format)}
+        for i, (vector, _) in enumerate(results)
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": model.name,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+    )
+
+
+# ----- models ------------------------------------------------------------------------------
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} TiB"
+
+
+def model_item(tag: str, entry: ModelEntry) -> dict[str, Any]:
+    """OpenAI's model object plus DMR's `dmr` block."""
+    meta = entry.metadata
+    return {
+        "id": tag,
+        "object": "model",
+        "created": entry.created,
+        "owned_by": tag.split("/", 1)[0] if "/" in tag else "local",
+        "dmr": {
+            "context_window": meta.context_length,
+            "architecture": meta.architecture,
+            "parameters": format_params(meta.parameter_count),
+            "quantization": meta.quantization,
+            "size": _human_size(entry.size),
+        },
+    }
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    entries = await asyncio.to_thread(store_of(request).list)
+    data = [model_item(tag, e) for e in entries for tag in (e.tags or [e.name])]
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{name:path}")
+async def get_model(name: str, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    try:
+        entry = await asyncio.to_thread(store.get, name)
+        tag = await asyncio.to_thread(store.resolve, name)
+    except ModelNotFound:
+        raise model_not_found(name, await available_models(store)) from None
+    return model_item(tag, entry)

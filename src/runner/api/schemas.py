@@ -1,0 +1,238 @@
+"""Request bodies: OpenAI's field names plus llama-server's extras.
+
+Sampling fields default to None and fall back to `SamplingParams`' defaults, which are
+llama-server's (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05) rather than OpenAI's
+(temperature 1, top_p 1): the seed's users expect llama-server behaviour, and small local
+models ramble at temperature 1. Explicit nulls mean "default", as OpenAI clients send them.
+
+Unknown fields are ignored (clients send `user`, `store`, `metadata`...). Type errors become
+400 `invalid_request_error` through the handler in `errors.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_STRINGS = 16
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def _check_limit(value: int | None) -> int | None:
+    if value is not None and value != -1 and value < 1:
+        raise ValueError("must be at least 1 (or -1 for no limit)")
+    return value
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ChatMessage(BaseModel):
+    """One message; extra keys (tool_calls, name...) pass through to the chat template."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class GenerationFields(_Body):
+    """What chat and text completions share: model, sampling, limits, streaming."""
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repeat_penalty: float | None = Field(None, ge=0)
+    repeat_last_n: int | None = Field(None, ge=-1)
+    logit_bias: dict[str, float] | None = None
+    max_tokens: int | None = None
+    n_predict: int | None = None  # llama-server's name for max_tokens
+    n: int | None = 1
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # llama-server extras
+    cache_prompt: bool | None = True
+    id_slot: int | None = -1
+    n_keep: int | None = None  # accepted and ignored: runner never shifts the context
+    n_probs: int | None = 0
+    ignore_eos: bool | None = False
+    grammar: str | None = None
+    json_schema: dict[str, Any] | bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("max_tokens", "n_predict")
+    @classmethod
+    def _limit(cls, value: int | None) -> int | None:
+        return _check_limit(value)
+
+    @field_validator("n")
+    @classmethod
+    def _only_one(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("n_probs")
+    @classmethod
+    def _no_probs(cls, value: int | None) -> int | None:
+        if value:
+            raise ValueError("token probabilities (n_probs) are not supported")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.strip().isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"bias for token {key} must be between -100 and 100")
+        return value
+
+    @property
+    def stop_list(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    @property
+    def token_bias(self) -> dict[int, float]:
+        return {int(k): v for k, v in (self.logit_bias or {}).items()}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def token_limit(self) -> int | None:
+        """max_tokens as the engine wants it: None runs to the end of the slot's context."""
+        value = self.max_tokens if self.max_tokens is not None else self.n_predict
+        return None if value is None or value < 0 else value
+
+
+class ChatCompletionRequest(GenerationFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _limit2(cls, value: int | None) -> int | None:
+        return _check_limit(value)
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    def token_limit(self) -> int | None:
+        if self.max_completion_tokens is not None:
+            return None if self.max_completion_tokens < 0 else self.max_completion_tokens
+        return super().token_limit()
+
+
+Prompt = str | list[int] | list[str] | list[list[int]]
+
+
+class CompletionRequest(GenerationFields):
+    prompt: Prompt
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: Prompt) -> str | list[int]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("the prompt is empty")
+        if isinstance(value[0], str | list):
+            if len(value) != 1:
+                raise ValueError("only one prompt per request is supported")
+            return value[0]  # type: ignore[return-value]
+        return value  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("echo is not supported")
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.best_of not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        if self.logprobs:
+            raise ValueError("logprobs are not supported")
+        return self
+
+
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(_Body):
+    model: str | None = None
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value: EmbeddingInput) -> EmbeddingInput:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be empty")
+        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        return value
+
+    @field_validator("dimensions")
+    @classmethod
+    def _no_dimensions(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("dimensions is not supported (the model's size is used)")
+        return value
+
+    def items(self) -> list[str | list[int]]:
+        """The inputs as a list: each a string or a token list."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value[0], int):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(_Body):
+    model: str | None = None
+    content: str
+    add_special: bool = False  # llama-server's default
+    parse_special: bool = True
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[int]

@@ -1,0 +1,61 @@
+"""`serve(settings)`: run the app under uvicorn until SIGTERM/SIGINT, then drain and exit 0.
+
+Shutdown order: uvicorn stops accepting connections and waits for in-flight requests (up to
+the grace period; SSE streams get the same grace from sse-starlette), then the lifespan calls
+`loader.shutdown(grace)`, which lets engines finish what they hold and frees llama.cpp.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from runner.config import Settings
+
+from .app import create_app
+from .streaming import SHUTDOWN_GRACE_SECONDS
+
+log = logging.getLogger("runner")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _swallow(signum: int, frame: FrameType | None) -> None:
+    """After a graceful shutdown uvicorn re-raises the signal it caught; land it here so
+    the process exits 0 instead of dying by SIGTERM (or KeyboardInterrupt)."""
+
+
+def serve(settings: Settings, grace: float = SHUTDOWN_GRACE_SECONDS) -> int:
+    """Serve until a signal; 0 after a clean shutdown, 1 if the app failed to start."""
+    level = settings.log_level.lower()
+    _configure_logging(level)
+    app = create_app(settings, shutdown_grace=grace)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=level,
+        lifespan="on",
+        # A bit more than the stream grace so sse-starlette ends streams first.
+        timeout_graceful_shutdown=grace + 5,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    previous = {sig: signal.signal(sig, _swallow) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        log.error("the server did not start (see the errors above)")
+        return 1
+    return 0

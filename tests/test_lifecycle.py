@@ -1,0 +1,166 @@
+"""Model lifecycle end to end (issue 5): a real `runner serve` process, the real model, HTTP.
+
+Load on demand, idle unload and reload, several models resident, `--max-models` eviction that
+waits for a busy model, streams that outlive the idle timeout, and `_configure` persisting
+across a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_proc import (
+    MODEL,
+    SECOND,
+    chat,
+    private_store,
+    ps,
+    running,
+    stream_chat,
+    tokens_for,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+class Background(threading.Thread):
+    """Run `fn` in a thread; `.result` / `.error` afterwards, `.finished_at` when it ended."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.result, self.error, self.finished_at = fn, None, None, 0.0
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        self.finished_at = time.monotonic()
+
+    def value(self, timeout: float = 300) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), "background request did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture
+def two_name_store(tmp_path: Path, bundled_model_path: Path) -> Path:
+    return private_store(tmp_path / "models", bundled_model_path, SECOND)
+
+
+def test_idle_model_unloads_and_reloads_with_a_full_prompt(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    with running(models_dir, tmp_path, "--idle-timeout", "3s") as server, server.client() as c:
+        assert ps(c) == []  # nothing loads until asked for
+        first = chat(c)
+        rows = c.get("/engines/ps").json()
+        assert [r["model_name"] for r in rows] == [MODEL]
+        assert rows[0]["keep_alive"] == "3s" and rows[0]["in_use"] is False
+
+        time.sleep(5)
+        assert wait_for(lambda: ps(c) == [], timeout=10), "model still resident after idle time"
+
+        second = chat(c)  # loads it again
+        assert ps(c) == [MODEL]
+        timings = second["timings"]
+        assert timings["cache_n"] == 0
+        assert timings["prompt_n"] == second["usage"]["prompt_tokens"] > 0
+        assert (
+            second["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+        )
+    logs = server.logs()
+    assert f"loaded {MODEL} in" in logs
+    assert f"unloaded {MODEL} (idle for 3s" in logs
+
+
+def test_long_stream_outlives_a_short_idle_timeout(models_dir: Path, tmp_path: Path) -> None:
+    with running(models_dir, tmp_path, "--idle-timeout", "1s") as server, server.client() as c:
+        n = tokens_for(c, seconds=4)  # loaded, then idle
+        started = time.monotonic()
+        text, last = stream_chat(c, max_tokens=n)
+        elapsed = time.monotonic() - started
+        assert elapsed > 1.5, f"stream too short ({elapsed:.2f}s) to test the idle timeout"
+        assert last["choices"][0]["finish_reason"] == "length"
+        assert text
+        # After the stream the idle timer starts, and the model goes.
+        assert wait_for(lambda: ps(c) == [], timeout=15)
+    assert "unloaded" in server.logs()
+
+
+def test_two_names_resident_and_served_concurrently(two_name_store: Path, tmp_path: Path) -> None:
+    with running(two_name_store, tmp_path) as server, server.client() as c:
+        a = Background(lambda: stream_chat(server.client(), MODEL, max_tokens=48))
+        b = Background(lambda: stream_chat(server.client(), SECOND, max_tokens=48))
+        a.start()
+        b.start()
+        for job in (a, b):
+            _, last = job.value()
+            assert last["choices"][0]["finish_reason"] == "length"
+        assert ps(c) == sorted([MODEL, SECOND])
+        status = c.get("/engines/status").json()
+        assert sorted(m["model_name"] for m in status["models"]) == sorted([MODEL, SECOND])
+
+
+def test_max_models_one_evicts_only_once_idle(two_name_store: Path, tmp_path: Path) -> None:
+    with (
+        running(two_name_store, tmp_path, "--max-models", "1") as server,
+        server.client() as c,
+    ):
+        n = tokens_for(c, seconds=6)
+        streaming = threading.Event()
+        a = Background(
+            lambda: stream_chat(server.client(), MODEL, max_tokens=n, on_first_chunk=streaming.set)
+        )
+        a.start()
+        assert streaming.wait(180), "stream on model A never started"
+        b = Background(lambda: chat(server.client(), SECOND, max_tokens=4))
+        b.start()
+
+        def b_is_waiting() -> bool:
+            rows = {r["model_name"]: r for r in c.get("/engines/ps").json()}
+            return SECOND in rows and rows[SECOND]["loading"] and rows[MODEL]["in_use"]
+
+        assert wait_for(b_is_waiting, timeout=30), c.get("/engines/ps").json()
+        assert a.is_alive(), "A finished before B's wait could be observed"
+        assert b.is_alive(), "B finished while A was still serving"
+
+        _, last = a.value()
+        assert last["choices"][0]["finish_reason"] == "length"  # A was not cut off
+        assert b.value()["choices"][0]["message"]["content"] is not None
+        assert b.finished_at > a.finished_at
+        assert ps(c) == [SECOND]
+    logs = server.logs()
+    assert f"unloaded {MODEL} (evicted to make room for {SECOND}" in logs
+
+
+def test_configured_context_size_applies_at_next_load_and_survives_restart(
+    two_name_store: Path, tmp_path: Path
+) -> None:
+    with running(two_name_store, tmp_path) as server, server.client() as c:
+        chat(c, max_tokens=1)
+        assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {1024}
+        r = c.post("/engines/_configure", json={"model": MODEL, "context-size": 512})
+        assert r.status_code == 202, r.text
+        assert r.json()["config"] == {"context-size": 512}
+        chat(c, max_tokens=1)  # next load
+        assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {512}
+        assert c.get("/engines/ps").json()[0]["context_size"] == 512
+
+    with running(two_name_store, tmp_path) as server, server.client() as c:
+        r = c.get("/engines/_configure", params={"model": MODEL})
+        assert r.json()["config"] == {"context-size": 512}
+        chat(c, max_tokens=1)
+        assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {512}
+        # The setting belongs to the file, so the second name of the same GGUF shares it.
+        chat(c, SECOND, max_tokens=1)
+        assert {s["n_ctx"] for s in c.get("/slots", params={"model": SECOND}).json()} == {512}
+        # The model's listing reports the configured context.
+        assert c.get(f"/models/{MODEL}").json()["config"]["context_size"] == 512
