@@ -1,29 +1,31 @@
-"""Helpers for the lifecycle tests: a real `python -m runner serve` subprocess, a private copy
-of the model store, and small HTTP helpers. (Plain functions, importable from test modules.)
+"""Helpers for the lifecycle tests (issue 5): a private copy of the model store, servers from
+conftest's `start_server` factory, and small HTTP helpers. Importable from test modules.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from runner.store import BUNDLED_TAGS, ModelStore
 
+if TYPE_CHECKING:
+    from conftest import ServerHandle
+
 MODEL = BUNDLED_TAGS[0]  # ai/gemma3:270m
 SECOND = "test/gemma-two:latest"  # a second name for the same GGUF (temporary stores only)
 
-# Small and quick on a 2-core machine shared with other test runs.
-FAST_FLAGS = ("--ctx-size", "1024", "--slots", "2", "--threads", "2", "--no-persist")
+# Small and quick on a 2-core machine shared with other test runs; no disk prompt cache, so a
+# reloaded model computes its prompt from scratch.
+FAST_FLAGS = ("--ctx-size", "1024", "--slots", "2", "--no-persist")
 
 
 def free_port() -> int:
@@ -40,58 +42,17 @@ def private_store(root: Path, bundled_model_path: Path, *names: str) -> Path:
     return root
 
 
-class Server:
-    """A running `runner serve` process: `.url`, `.stop()`, `.logs()`."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-        self.proc, self.url, self.log_path = proc, url, log_path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def client(self, timeout: float = 180.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
-
-
-def start_server(
-    models_dir: Path, tmp: Path, *args: str, timeout: float = 180.0, fast: bool = True
-) -> Server:
-    """Start `python -m runner serve --port <free> ...` against `models_dir`; wait for /health."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-    env["RUNNER_MODELS_DIR"] = str(models_dir)
-    env["RUNNER_CACHE_DIR"] = str(tmp / "kv-cache")
-    port = free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    log_path = tmp / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "runner", "serve", "--port", str(port)]
-    cmd += [*(FAST_FLAGS if fast else ()), *args]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.url + "/health", timeout=5).status_code == 200:
-                return server
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"server did not come up in {timeout}s:\n{server.logs()}")
+def http(server: ServerHandle, timeout: float = 180.0) -> httpx.Client:
+    """An HTTP client for a server started with conftest's `start_server`."""
+    return httpx.Client(base_url=server.url, timeout=timeout)
 
 
 @contextlib.contextmanager
-def running(models_dir: Path, tmp: Path, *args: str, **kwargs: Any) -> Iterator[Server]:
-    server = start_server(models_dir, tmp, *args, **kwargs)
+def running(
+    start_server: Callable[..., ServerHandle], models_dir: Path, *args: str
+) -> Iterator[ServerHandle]:
+    """`start_server(FAST_FLAGS..., *args)` against store `models_dir`, stopped afterwards."""
+    server = start_server(*FAST_FLAGS, *args, env={"RUNNER_MODELS_DIR": str(models_dir)})
     try:
         yield server
     finally:
@@ -163,6 +124,17 @@ def ps(client: httpx.Client) -> list[str]:
     return sorted(row["model_name"] for row in response.json())
 
 
+def wait_idle(client: httpx.Client, model: str, timeout: float = 30.0) -> None:
+    """Wait until `model` holds no request. A client sees a stream's last chunk a moment
+    before the server lets go of the model, so "busy" right after a stream is expected."""
+
+    def idle() -> bool:
+        rows = [r for r in client.get("/engines/ps").json() if r["model_name"] == model]
+        return all(not r["in_use"] for r in rows)
+
+    assert wait_for(idle, timeout), f"{model} still in use after {timeout}s"
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -170,3 +142,25 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+class Background(threading.Thread):
+    """Run `fn` in a thread; `.result` / `.error` afterwards, `.finished_at` when it ended."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.result, self.error, self.finished_at = fn, None, None, 0.0
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        self.finished_at = time.monotonic()
+
+    def value(self, timeout: float = 300) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), "background request did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result

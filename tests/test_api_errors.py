@@ -37,7 +37,11 @@ def still_serving(server):
 
 
 def test_malformed_json(server) -> None:
-    r = _chat(server, content=b'{"model": "ai/gemma3", "messages": [', headers={"content-type": "application/json"})
+    r = _chat(
+        server,
+        content=b'{"model": "ai/gemma3", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     err = _assert_error(r, 400, "invalid_request_error")
     assert "JSON" in err["message"]
 
@@ -141,11 +145,14 @@ def test_queue_full_503(server, one_slot_server) -> None:
     with httpx.Client(timeout=120) as client:
         with client.stream("POST", url, json=long_body) as stream:
             assert stream.status_code == 200
-            lines = stream.iter_lines()
             # Wait for real content: the request then certainly holds the only slot.
-            for line in lines:
-                if '"content":"' in line:
-                    break
+            for line in stream.iter_lines():
+                if line.startswith("data: {"):
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    if delta.get("content"):
+                        break
+            else:
+                pytest.fail("the stream ended before the queue-full check")
             r = client.post(url, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1})
             err = _assert_error(r, 503, "unavailable_error")
             assert r.headers["retry-after"].isdigit()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import pytest
 from server_proc import (
     MODEL,
     SECOND,
+    Background,
     chat,
+    http,
     private_store,
     ps,
     running,
@@ -25,29 +28,9 @@ from server_proc import (
     wait_for,
 )
 
+StartServer = Callable[..., Any]
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-class Background(threading.Thread):
-    """Run `fn` in a thread; `.result` / `.error` afterwards, `.finished_at` when it ended."""
-
-    def __init__(self, fn: Any) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.result, self.error, self.finished_at = fn, None, None, 0.0
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        self.finished_at = time.monotonic()
-
-    def value(self, timeout: float = 300) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), "background request did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 @pytest.fixture
@@ -56,9 +39,9 @@ def two_name_store(tmp_path: Path, bundled_model_path: Path) -> Path:
 
 
 def test_idle_model_unloads_and_reloads_with_a_full_prompt(
-    models_dir: Path, tmp_path: Path
+    start_server: StartServer, models_dir: Path
 ) -> None:
-    with running(models_dir, tmp_path, "--idle-timeout", "3s") as server, server.client() as c:
+    with running(start_server, models_dir, "--idle-timeout", "3s") as server, http(server) as c:
         assert ps(c) == []  # nothing loads until asked for
         first = chat(c)
         rows = c.get("/engines/ps").json()
@@ -81,8 +64,10 @@ def test_idle_model_unloads_and_reloads_with_a_full_prompt(
     assert f"unloaded {MODEL} (idle for 3s" in logs
 
 
-def test_long_stream_outlives_a_short_idle_timeout(models_dir: Path, tmp_path: Path) -> None:
-    with running(models_dir, tmp_path, "--idle-timeout", "1s") as server, server.client() as c:
+def test_long_stream_outlives_a_short_idle_timeout(
+    start_server: StartServer, models_dir: Path
+) -> None:
+    with running(start_server, models_dir, "--idle-timeout", "1s") as server, http(server) as c:
         n = tokens_for(c, seconds=4)  # loaded, then idle
         started = time.monotonic()
         text, last = stream_chat(c, max_tokens=n)
@@ -95,10 +80,12 @@ def test_long_stream_outlives_a_short_idle_timeout(models_dir: Path, tmp_path: P
     assert "unloaded" in server.logs()
 
 
-def test_two_names_resident_and_served_concurrently(two_name_store: Path, tmp_path: Path) -> None:
-    with running(two_name_store, tmp_path) as server, server.client() as c:
-        a = Background(lambda: stream_chat(server.client(), MODEL, max_tokens=48))
-        b = Background(lambda: stream_chat(server.client(), SECOND, max_tokens=48))
+def test_two_names_resident_and_served_concurrently(
+    start_server: StartServer, two_name_store: Path
+) -> None:
+    with running(start_server, two_name_store) as server, http(server) as c:
+        a = Background(lambda: stream_chat(http(server), MODEL, max_tokens=48))
+        b = Background(lambda: stream_chat(http(server), SECOND, max_tokens=48))
         a.start()
         b.start()
         for job in (a, b):
@@ -109,19 +96,21 @@ def test_two_names_resident_and_served_concurrently(two_name_store: Path, tmp_pa
         assert sorted(m["model_name"] for m in status["models"]) == sorted([MODEL, SECOND])
 
 
-def test_max_models_one_evicts_only_once_idle(two_name_store: Path, tmp_path: Path) -> None:
+def test_max_models_one_evicts_only_once_idle(
+    start_server: StartServer, two_name_store: Path
+) -> None:
     with (
-        running(two_name_store, tmp_path, "--max-models", "1") as server,
-        server.client() as c,
+        running(start_server, two_name_store, "--max-models", "1") as server,
+        http(server) as c,
     ):
-        n = tokens_for(c, seconds=6)
+        n = tokens_for(c, seconds=4)
         streaming = threading.Event()
         a = Background(
-            lambda: stream_chat(server.client(), MODEL, max_tokens=n, on_first_chunk=streaming.set)
+            lambda: stream_chat(http(server), MODEL, max_tokens=n, on_first_chunk=streaming.set)
         )
         a.start()
         assert streaming.wait(180), "stream on model A never started"
-        b = Background(lambda: chat(server.client(), SECOND, max_tokens=4))
+        b = Background(lambda: chat(http(server), SECOND, max_tokens=4))
         b.start()
 
         def b_is_waiting() -> bool:
@@ -142,25 +131,28 @@ def test_max_models_one_evicts_only_once_idle(two_name_store: Path, tmp_path: Pa
 
 
 def test_configured_context_size_applies_at_next_load_and_survives_restart(
-    two_name_store: Path, tmp_path: Path
+    start_server: StartServer, two_name_store: Path
 ) -> None:
-    with running(two_name_store, tmp_path) as server, server.client() as c:
-        chat(c, max_tokens=1)
-        assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {1024}
-        r = c.post("/engines/_configure", json={"model": MODEL, "context-size": 512})
-        assert r.status_code == 202, r.text
-        assert r.json()["config"] == {"context-size": 512}
-        chat(c, max_tokens=1)  # next load
-        assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {512}
-        assert c.get("/engines/ps").json()[0]["context_size"] == 512
+    with running(start_server, two_name_store) as server:
+        with http(server) as c:
+            chat(c, max_tokens=1)
+            assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {1024}
+            r = c.post("/engines/_configure", json={"model": MODEL, "context-size": 512})
+            assert r.status_code == 202, r.text
+            assert r.json()["config"] == {"context-size": 512}
+            chat(c, max_tokens=1)  # next load
+            assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {512}
+            assert c.get("/engines/ps").json()[0]["context_size"] == 512
 
-    with running(two_name_store, tmp_path) as server, server.client() as c:
-        r = c.get("/engines/_configure", params={"model": MODEL})
-        assert r.json()["config"] == {"context-size": 512}
-        chat(c, max_tokens=1)
-        assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {512}
-        # The setting belongs to the file, so the second name of the same GGUF shares it.
-        chat(c, SECOND, max_tokens=1)
-        assert {s["n_ctx"] for s in c.get("/slots", params={"model": SECOND}).json()} == {512}
-        # The model's listing reports the configured context.
-        assert c.get(f"/models/{MODEL}").json()["config"]["context_size"] == 512
+        server.restart()
+        with http(server) as c:
+            assert ps(c) == []
+            r = c.get("/engines/_configure", params={"model": MODEL})
+            assert r.json()["config"] == {"context-size": 512}
+            chat(c, max_tokens=1)
+            assert {s["n_ctx"] for s in c.get("/slots", params={"model": MODEL}).json()} == {512}
+            # The setting belongs to the file, so another name of the same GGUF shares it.
+            chat(c, SECOND, max_tokens=1)
+            assert {s["n_ctx"] for s in c.get("/slots", params={"model": SECOND}).json()} == {512}
+            # The model's listing reports the configured context.
+            assert c.get(f"/models/{MODEL}").json()["config"]["context_size"] == 512

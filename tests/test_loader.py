@@ -50,7 +50,7 @@ def make_loader(store: ModelStore, log: list[str], **settings: Any) -> Loader:
     settings.setdefault("idle_timeout", -1)
     s = Settings(models_dir=store.root, **settings)
 
-    def factory(path: Path, config: EngineConfig, name: str) -> FakeEngine:
+    def factory(path: Path, config: EngineConfig, name: str, **_: Any) -> FakeEngine:
         return FakeEngine(path, config, name, log)
 
     return Loader(s, store, factory)  # type: ignore[arg-type]
@@ -99,6 +99,23 @@ def test_idle_timer_starts_when_the_last_holder_lets_go(store: ModelStore) -> No
         async with loader.use("a"):  # loads again
             pass
         assert log[-1] == "load ai/a:latest"
+        await loader.shutdown()
+
+    run(main())
+
+
+def test_a_load_nobody_waits_for_any_more_still_gets_an_idle_timer(store: ModelStore) -> None:
+    log: list[str] = []
+
+    async def main() -> None:
+        loader = make_loader(store, log, idle_timeout="0.2s")
+        waiter = asyncio.create_task(loader.preload("a"))
+        await asyncio.sleep(0.01)
+        waiter.cancel()  # the client went away while the model was loading
+        await asyncio.sleep(0.1)
+        assert names(loader) == ["ai/a:latest"]
+        await asyncio.sleep(0.4)
+        assert names(loader) == []
         await loader.shutdown()
 
     run(main())
@@ -244,7 +261,7 @@ def test_load_failure_reaches_every_waiter_and_is_retried(store: ModelStore) -> 
     async def main() -> None:
         s = Settings(models_dir=store.root, idle_timeout=-1)
 
-        def factory(path: Path, config: EngineConfig, name: str) -> FakeEngine:
+        def factory(path: Path, config: EngineConfig, name: str, **_: Any) -> FakeEngine:
             attempts.append(1)
             time.sleep(0.05)
             if len(attempts) == 1:

@@ -234,6 +234,17 @@ def add_models(sub: Any) -> None:
     show.set_defaults(func=cmd_models_show)
 
 
+# ----- bench -------------------------------------------------------------------------------
+
+
+@command
+def add_bench(sub: Any) -> None:
+    from runner.bench.cli import configure  # argparse only; workloads import lazily
+
+    help_ = "benchmark runner or any OpenAI-compatible server"
+    configure(sub.add_parser("bench", parents=[_common()], help=help_, description=help_))
+
+
 # ----- entry point -------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .cache import CacheKey, PromptCache
 from .chat import ChatTemplate, template_for
 from .config import Settings, parse_duration, parse_gpu_layers
 from .engine import Engine, EngineConfig, ModelLoadError
@@ -244,13 +245,32 @@ class Loader:
             estimate=estimate(entry.metadata, entry.size, config),
         )
 
+    def _prompt_cache(self, model: ResidentModel) -> PromptCache | None:
+        """The model's RAM/disk prompt cache; its disk tier outlives the engine, so prefixes
+        survive idle unloads and restarts. Keyed to the exact file and KV layout."""
+        settings = self.settings
+        if settings.cache_ram <= 0 and (settings.cache_disk <= 0 or not settings.persist):
+            return None
+        key = CacheKey(model_sha256=model.entry.id, kv_layout=model.config.kv_key())
+        return PromptCache(
+            key,
+            ram_bytes=settings.cache_ram,
+            disk_bytes=settings.cache_disk if settings.persist else 0,
+            disk_dir=settings.resolved_cache_dir if settings.persist else None,
+            persist=settings.persist,
+        )
+
     async def _load(self, model: ResidentModel) -> None:
         try:
             await self._make_room(model)
             model.template = self._template(model)
             started = time.perf_counter()
             model.engine = await asyncio.to_thread(
-                self._engine_factory, model.entry.path, model.config, model.name
+                self._engine_factory,
+                model.entry.path,
+                model.config,
+                model.name,
+                prompt_cache=self._prompt_cache(model),
             )
             model.load_seconds = time.perf_counter() - started
             model.loaded_at = time.time()
@@ -263,7 +283,13 @@ class Loader:
                 model.engine.model.gpu_layers,
                 model.estimate.total / (1 << 20),
             )
-            model.ready.set_result(None)
+            async with self._lock:
+                model.ready.set_result(None)
+                if model.in_use == 0:  # every waiter gave up (client gone) meanwhile
+                    if model.retired:
+                        await self._unload_locked(model, "its name now refers to another file")
+                    else:
+                        self._arm_idle_timer(model)
         except BaseException as exc:
             async with self._lock:
                 if self._models.get(model.name) is model:
@@ -273,8 +299,9 @@ class Loader:
             if isinstance(exc, ModelLoadError):
                 exc = LoadFailed(str(exc))
             log.error("could not load %s: %s", model.name, exc)
-            model.ready.set_exception(exc)
-            model.ready.exception()  # mark retrieved: waiters re-raise it themselves
+            if not model.ready.done():
+                model.ready.set_exception(exc)
+                model.ready.exception()  # mark retrieved: waiters re-raise it themselves
             if not isinstance(exc, Exception):
                 raise
 

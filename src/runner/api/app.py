@@ -48,7 +48,11 @@ def create_app(
         for name in settings.model:
             # A model the user asked for by name must exist: failing here makes uvicorn
             # exit non-zero instead of serving without it.
-            model = await loader.preload(name)
+            try:
+                model = await loader.preload(name)
+            except Exception as exc:
+                log.error("cannot preload %s: %s", name, exc)
+                raise
             log.info("preloaded %s", model.name)
         try:
             yield

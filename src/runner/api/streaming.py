@@ -33,7 +33,11 @@ ChunkFactory = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _event(payload: dict[str, Any] | str) -> ServerSentEvent:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    data = (
+        payload
+        if isinstance(payload, str)
+        else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    )
     return ServerSentEvent(data=data)
 
 

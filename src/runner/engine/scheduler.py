@@ -157,7 +157,9 @@ class Scheduler:
                     if self._wait_for_work():
                         break
                     continue
+                step_started = time.perf_counter()
                 self._step()
+                self.stats.step_seconds_total += time.perf_counter() - step_started
         except Exception:  # pragma: no cover - a bug; fail every request rather than hang
             log.exception("engine loop crashed")
             self._fail_all(EngineError("internal engine error"))

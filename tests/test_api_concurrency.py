@@ -1,0 +1,126 @@
+"""Concurrent streams on the shared 4-slot server; a dropped stream frees its slot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+MODEL = "ai/gemma3"
+
+
+async def _stream(client: httpx.AsyncClient, url: str, i: int) -> list[dict]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Tell me fact number {i} about the sea."}],
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks: list[dict] = []
+    async with client.stream("POST", url, json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                chunks.append({"done": True} if data == "[DONE]" else json.loads(data))
+    return chunks
+
+
+def _slots(server) -> list[dict]:
+    r = httpx.get(server.url + "/slots", params={"model": MODEL}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait_all_idle(server, timeout: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        slots = _slots(server)
+        if not any(s["is_processing"] for s in slots) or time.monotonic() > deadline:
+            return slots
+        time.sleep(0.1)
+
+
+def test_eight_streams_on_four_slots(server) -> None:
+    url = server.base_url + "/chat/completions"
+
+    async def main() -> list[list[dict]]:
+        async with httpx.AsyncClient(timeout=180) as client:
+            return await asyncio.gather(*(_stream(client, url, i) for i in range(8)))
+
+    results = asyncio.run(main())
+    assert len(results) == 8
+    for chunks in results:
+        assert chunks[-1] == {"done": True}
+        assert chunks[-2]["choices"] == [] and chunks[-2]["usage"]["completion_tokens"] >= 1
+        assert chunks[-3]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert len(_slots(server)) == 4
+    assert not any(s["is_processing"] for s in _wait_all_idle(server))
+
+
+def test_disconnect_frees_slot(server) -> None:
+    url = server.base_url + "/chat/completions"
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+        "max_tokens": 1000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+    async def main() -> None:
+        # Leaving the block closes the connection mid-stream.
+        async with (
+            httpx.AsyncClient(timeout=120) as client,
+            client.stream("POST", url, json=body) as r,
+        ):
+            received = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and '"content"' in line:
+                    received += 1
+                    if received == 3:
+                        break
+            assert any(s["is_processing"] for s in _slots(server))
+
+    asyncio.run(main())
+    slots = _wait_all_idle(server, timeout=10)
+    assert not any(s["is_processing"] for s in slots), slots
+    metrics = httpx.get(server.url + "/metrics").text
+    cancelled = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("runner:requests_finished_total") and 'reason="cancelled"' in line
+    ]
+    assert cancelled and float(cancelled[0].split()[-1]) >= 1
+    _wait_released(server)
+
+
+def _wait_released(server, timeout: float = 10.0) -> None:
+    """The request's hold on the model is released too (else it could never unload)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = httpx.get(server.url + "/engines/ps", timeout=10).json()
+        if not any(row["in_use"] for row in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not any(row["in_use"] for row in rows), rows
+
+
+def test_non_streaming_disconnect_cancels(server) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story about a cat."}],
+        "max_tokens": 1000,
+        "ignore_eos": True,
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.base_url + "/chat/completions", json=body, timeout=1.5)
+    slots = _wait_all_idle(server, timeout=10)
+    assert not any(s["is_processing"] for s in slots), slots
+    _wait_released(server)

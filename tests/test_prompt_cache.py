@@ -1,0 +1,88 @@
+"""Issue 6: a prompt cache that outlives slots, idle unloads and restarts (real server)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+MODEL = "ai/gemma3"
+pytestmark = pytest.mark.timeout(900)
+
+
+def system_prompt(seed: int, words: int) -> str:
+    topics = ["rivers", "mountains", "trains", "gardens", "stars", "ships", "bridges", "forests"]
+    topic = topics[seed % len(topics)]
+    body = " ".join(f"Fact {i} about {topic}: item {seed}-{i} is worth remembering." for i in range(words))
+    return f"You are assistant number {seed}, an expert on {topic}. {body}"
+
+
+def ask(client: httpx.Client, messages: list[dict], **extra) -> dict:
+    body = {"model": MODEL, "messages": messages, "max_tokens": 12, "temperature": 0, **extra}
+    response = client.post("/engines/llama.cpp/v1/chat/completions", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def conversation(system: str, question: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def assert_restored_matches_uncached(client: httpx.Client, system: str, source: str) -> None:
+    messages = conversation(system, "What is fact 3 about?")
+    cached = ask(client, messages)
+    timings = cached["timings"]
+    assert timings["cache_n"] >= 1000, timings
+    assert timings["cache_source"] == source, timings
+    assert cached["usage"]["prompt_tokens_details"]["cached_tokens"] == timings["cache_n"]
+    uncached = ask(client, messages, cache_prompt=False)
+    assert uncached["timings"]["cache_n"] == 0
+    assert cached["choices"][0]["message"]["content"] == uncached["choices"][0]["message"]["content"]
+
+
+def test_cache_survives_a_server_restart(start_server):
+    server = start_server("--slots", "2", "--ctx-size", "2048")
+    system = system_prompt(1, 90)
+    with httpx.Client(base_url=server.url) as client:
+        first = ask(client, conversation(system, "Which fact comes first?"))
+        assert first["usage"]["prompt_tokens"] > 1000
+    assert server.stop() == 0  # SIGTERM: slots are written to the disk tier
+    server.start()
+    with httpx.Client(base_url=server.url) as client:
+        assert_restored_matches_uncached(client, system, "disk")
+
+
+def test_cache_survives_an_idle_unload(start_server):
+    server = start_server("--slots", "2", "--ctx-size", "2048", "--idle-timeout", "2s")
+    system = system_prompt(2, 90)
+    with httpx.Client(base_url=server.url) as client:
+        ask(client, conversation(system, "Which fact comes first?"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not client.get("/engines/ps").json():
+                break
+            time.sleep(0.5)
+        assert client.get("/engines/ps").json() == []
+        assert_restored_matches_uncached(client, system, "disk")
+
+
+def test_more_users_than_slots_keep_their_prefixes(start_server):
+    """8 users with distinct ~500-token system prompts take turns on 2 slots."""
+    server = start_server("--slots", "2", "--ctx-size", "2048", "--no-persist")
+    users = [conversation(system_prompt(u, 40), "Tell me one fact.") for u in range(8)]
+    with httpx.Client(base_url=server.url) as client:
+        for round_ in range(3):
+            for u, messages in enumerate(users):
+                reply = ask(client, messages, max_tokens=6)
+                timings = reply["timings"]
+                if round_ == 0:
+                    assert reply["usage"]["prompt_tokens"] >= 500
+                else:
+                    assert timings["cache_n"] >= 500, (round_, u, timings)
+                messages += [
+                    {"role": "assistant", "content": reply["choices"][0]["message"]["content"]},
+                    {"role": "user", "content": f"And another one, please ({round_})."},
+                ]
+        metrics = client.get("/metrics").text
+    assert "ram" in metrics
