@@ -32,11 +32,10 @@ SKIP_KEYS = ("GGUF.", "general.architecture")
 
 
 def _bundled_path() -> Path:
+    from runner.config import Settings
     from runner.store import BUNDLED_TAGS, ModelStore
 
-    return ModelStore(os.environ.get("RUNNER_MODELS_DIR") or Path.home() / ".cache/runner/models").get(
-        BUNDLED_TAGS[0]
-    ).path
+    return ModelStore(Settings().models_dir).get(BUNDLED_TAGS[0]).path
 
 
 def extract(src: Path, dst: Path) -> None:
@@ -107,7 +106,9 @@ def expand(skeleton: Path, dst: Path, keep_f16: bool = False, seed: int = 0) -> 
     f16.unlink()
     if rc != 0:
         sys.exit(f"llama_model_quantize failed ({rc})")
-    print(f"{dst}: {dst.stat().st_size / 1e6:.0f} MB, file type {ftype}, {time.monotonic() - t0:.1f}s")
+    print(
+        f"{dst}: {dst.stat().st_size / 1e6:.0f} MB, file type {ftype}, {time.monotonic() - t0:.1f}s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,3 +67,4 @@ def test_metrics(server) -> None:
     assert values["llamacpp:requests_deferred"] == 0
     assert values["runner:slots_total"] == 4
     assert values["runner:models_loaded"] >= 1
+    assert 'runner:prompt_cache_bytes{model="ai/gemma3:latest",tier="ram"}' in r.text

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,8 @@ from .errors import APIError, model_not_found
 from .schemas import GenerationFields
 
 SYSTEM_FINGERPRINT = f"runner-{__version__}"
+# Builds a request's prompt on the held model: (prompt tokens, extra stop strings).
+PromptBuilder = Callable[[ResidentModel, Engine], Awaitable[tuple[list[int], Sequence[str]]]]
 # Texts above this many characters are tokenized (and templates rendered) on a worker thread
 # so one huge prompt does not stall every other stream on the event loop.
 INLINE_LIMIT = 16 * 1024
@@ -117,7 +119,7 @@ def sampling_from(body: GenerationFields) -> SamplingParams:
 
 
 def generation_request(
-    body: GenerationFields, prompt: list[int], extra_stops: tuple[str, ...] = ()
+    body: GenerationFields, prompt: list[int], extra_stops: Sequence[str] = ()
 ) -> GenerationRequest:
     stops = body.stop_list
     stops += [s for s in extra_stops if s not in stops]
@@ -176,7 +178,7 @@ class Generation:
 async def start(
     request: Request,
     name: str,
-    prompt_of: Any,
+    prompt_of: PromptBuilder,
     body: GenerationFields,
     id_prefix: str,
 ) -> Generation:

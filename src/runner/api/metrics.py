@@ -89,10 +89,58 @@ class EngineCollector(Collector):
                 finished.add_metric([model, reason], count)
         yield finished
 
+        yield from _prompt_cache_metrics(engines)
         yield GaugeMetricFamily("runner:models_loaded", "Models resident.", value=len(engines))
 
     def describe(self) -> Iterable[Metric]:
         return []  # no fixed set up front: series depend on which models are resident
+
+
+# (name, help, key in a tier's stats, counter?) for the RAM and disk prompt-cache tiers
+_TIER_SERIES = (
+    ("runner:prompt_cache_hits", "Prompt-cache lookups served by this tier.", "hits", True),
+    (
+        "runner:prompt_cache_restored_tokens",
+        "Tokens restored from this tier.",
+        "restored_tokens",
+        True,
+    ),
+    ("runner:prompt_cache_evictions", "Entries evicted from this tier.", "evictions", True),
+    ("runner:prompt_cache_entries", "Entries held by this tier.", "entries", False),
+    ("runner:prompt_cache_bytes", "Bytes held by this tier.", "bytes", False),
+    ("runner:prompt_cache_capacity_bytes", "Capacity of this tier.", "capacity_bytes", False),
+)
+_CACHE_COUNTERS = (
+    ("runner:prompt_cache_lookups", "Prompt-cache lookups.", "lookups"),
+    ("runner:prompt_cache_misses", "Prompt-cache lookups that found nothing.", "misses"),
+    ("runner:prompt_cache_writes", "Prompt states saved to the cache.", "writes"),
+    ("runner:prompt_cache_write_errors", "Failed prompt-cache disk writes.", "write_errors"),
+)
+
+
+def _prompt_cache_metrics(engines: list[tuple[str, Any]]) -> Iterator[Metric]:
+    """The RAM/disk prompt-cache tiers of each engine that has one (labels model, tier)."""
+    stats = []
+    for model, engine in engines:
+        cache = getattr(engine, "prompt_cache", None)
+        if cache is not None:
+            stats.append((model, cache.stats()))
+    if not stats:
+        return
+    for name, doc, key, is_counter in _TIER_SERIES:
+        kind = CounterMetricFamily if is_counter else GaugeMetricFamily
+        family = kind(name, doc, labels=["model", "tier"])
+        for model, st in stats:
+            for tier in ("ram", "disk"):
+                if key in st.get(tier, {}):
+                    family.add_metric([model, tier], st[tier][key])
+        yield family
+    for name, doc, key in _CACHE_COUNTERS:
+        counter = CounterMetricFamily(name, doc, labels=["model"])
+        for model, st in stats:
+            if key in st:
+                counter.add_metric([model], st[key])
+        yield counter
 
 
 def _rate(tokens: float, seconds: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -88,7 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         # no BOS (templates' bos_token is stripped): the tokenizer adds BOS and parses them.
         return engine.tokenize(text, add_special=True, parse_special=True)
 
-    async def prompt_of(model: ResidentModel, engine: Engine):
+    async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         size = sum(len(str(m.get("content") or "")) for m in messages)
         if size > INLINE_LIMIT or body.tools:
             tokens = await asyncio.to_thread(render, model, engine)
@@ -115,7 +116,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     if preload_only(request):
         return await _preload(request, name)
 
-    async def prompt_of(model: ResidentModel, engine: Engine):
+    async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         if isinstance(body.prompt, str):
             return await tokenize(engine, body.prompt), ()
         return list(body.prompt), ()

@@ -87,7 +87,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--prompt-tokens", type=int, default=128, metavar="N")
             p.add_argument("--rounds", type=int, default=1, help="batches per level")
             p.add_argument(
-                "--no-ignore-eos", action="store_true", help="don't send ignore_eos (strict servers)"
+                "--no-ignore-eos",
+                action="store_true",
+                help="don't send ignore_eos (strict servers)",
             )
         if name == "chat":
             p.add_argument("--users", type=int, default=4)
@@ -134,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
     }
     json_path = out / f"{stem}.json"
     report.write_json(json_path, data)
-    title = f"runner bench {args.workload} · {args.model} · " + " vs ".join(r["label"] for r in runs)
+    title = f"runner bench {args.workload} · {args.model} · " + " vs ".join(
+        r["label"] for r in runs
+    )
     png = report.plot(args.workload, runs, out / f"{stem}.png", title)
     for i, r in enumerate(runs):
         name = f"{'AB'[i]}: " if len(runs) == 2 else ""

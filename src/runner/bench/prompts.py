@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import uuid
 
-_WORDS = (
+_VOCABULARY = (
     "the of and to in is it that for on with as was at by be this from or have an they which "
     "one you were her all she there would their we him been has when who will more no if out "
     "so said what up its about into than them can only other new some could time these two "
@@ -21,7 +21,8 @@ _WORDS = (
     "get here between both life being under never day same another know while last might us "
     "great old year off come since against go came right used take three house garden river "
     "market music winter summer window table paper water light stone city road field letter"
-).split()
+)
+_WORDS = tuple(_VOCABULARY.split())
 
 QUESTIONS = (
     "What is the capital of France?",

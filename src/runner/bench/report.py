@@ -63,7 +63,11 @@ def _nvidia_gpus() -> list[dict[str, str]]:
     except (OSError, subprocess.SubprocessError):
         return []
     keys = fields.split(",")
-    return [dict(zip(keys, (c.strip() for c in line.split(",")), strict=False)) for line in out.splitlines() if line.strip()]
+    return [
+        dict(zip(keys, (c.strip() for c in line.split(",")), strict=False))
+        for line in out.splitlines()
+        if line.strip()
+    ]
 
 
 def ratios(runs: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -107,13 +111,29 @@ def table(workload: str, run: dict[str, Any]) -> str:
     if workload == "cache":
         rows = [
             ["", "prompt_ms", "cache_n", "prompt_n", "TTFT ms"],
-            ["cold", *(_fmt(s[f"cold_{k}"]) for k in ("prompt_ms", "cache_n", "prompt_n", "ttft_ms"))],
-            ["cached", *(_fmt(s[f"cached_{k}"]) for k in ("prompt_ms", "cache_n", "prompt_n", "ttft_ms"))],
+            [
+                "cold",
+                *(_fmt(s[f"cold_{k}"]) for k in ("prompt_ms", "cache_n", "prompt_n", "ttft_ms")),
+            ],
+            [
+                "cached",
+                *(_fmt(s[f"cached_{k}"]) for k in ("prompt_ms", "cache_n", "prompt_n", "ttft_ms")),
+            ],
         ]
         tail = f"prompt speedup {_fmt(s['prompt_speedup'])}x (TTFT {_fmt(s['ttft_speedup'])}x), system prompt ~{_fmt(s['prompt_tokens'])} tokens"
         return _grid(rows) + "\n" + tail
     if workload == "concurrency":
-        rows = [["streams", "tok/s", "TTFT p50 ms", "TTFT p95 ms", "stream tok/s", "errors", "outside decode"]]
+        rows = [
+            [
+                "streams",
+                "tok/s",
+                "TTFT p50 ms",
+                "TTFT p95 ms",
+                "stream tok/s",
+                "errors",
+                "outside decode",
+            ]
+        ]
         for lv in run["levels"]:
             share = (lv["engine"] or {}).get("outside_decode_share")
             rows.append(
@@ -182,9 +202,15 @@ def plot(workload: str, runs: list[dict[str, Any]], path: Path, title: str) -> P
         for i, run in enumerate(runs):
             s = run["summary"]
             xs = [j + i * width for j in range(2)]
-            axes[0].bar(xs, [s["cold_prompt_ms"] or 0, s["cached_prompt_ms"] or 0], width, label=labels[i])
-            axes[1].bar(xs, [s["cold_ttft_ms"] or 0, s["cached_ttft_ms"] or 0], width, label=labels[i])
-        for ax, ylabel in zip(axes, ("prompt_ms (server timings)", "TTFT ms (client)"), strict=True):
+            axes[0].bar(
+                xs, [s["cold_prompt_ms"] or 0, s["cached_prompt_ms"] or 0], width, label=labels[i]
+            )
+            axes[1].bar(
+                xs, [s["cold_ttft_ms"] or 0, s["cached_ttft_ms"] or 0], width, label=labels[i]
+            )
+        for ax, ylabel in zip(
+            axes, ("prompt_ms (server timings)", "TTFT ms (client)"), strict=True
+        ):
             ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(2)], ["cold", "cached"])
             ax.set_ylabel(ylabel)
     else:
@@ -195,7 +221,12 @@ def plot(workload: str, runs: list[dict[str, Any]], path: Path, title: str) -> P
             reused = [t["reused"] for t in run["turns"]]
             axes[0].bar(xs, computed, width, label=f"{labels[i]} computed")
             axes[0].bar(xs, reused, width, bottom=computed, alpha=0.5, label=f"{labels[i]} reused")
-            axes[1].plot([t["turn"] for t in run["turns"]], [t["ttft_p50_ms"] for t in run["turns"]], "o-", label=labels[i])
+            axes[1].plot(
+                [t["turn"] for t in run["turns"]],
+                [t["ttft_p50_ms"] for t in run["turns"]],
+                "o-",
+                label=labels[i],
+            )
         axes[0].set_xlabel("turn")
         axes[0].set_ylabel("prompt tokens (all users)")
         axes[1].set_xlabel("turn")

@@ -19,6 +19,7 @@ from .context import Batch, DecodeError, LlamaContext
 from .job import Completion, Job, RequestHandle, SyncHandle, collect
 from .model import LlamaModel
 from .scheduler import Scheduler
+from .slot_files import slot_file
 from .types import EngineConfig, GenerationRequest, InvalidRequest, PromptTooLong
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Engine:
             raise InvalidRequest("action must be save, restore or erase")
         if action != "erase" and not path:
             raise InvalidRequest(f"action {action} needs a filename")
-        future = self.scheduler.call(lambda: self.scheduler.slot_file(slot_id, action, path))
+        future = self.scheduler.call(lambda: slot_file(self.scheduler, slot_id, action, path))
         return await asyncio.wrap_future(future)
 
     # -- state ----------------------------------------------------------------------------

@@ -64,7 +64,6 @@ class LlamaModel:
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self._piece_buf = ctypes.create_string_buffer(256)
         self._piece_cache: dict[int, bytes] = {}
 
     @property
@@ -109,13 +108,13 @@ class LlamaModel:
         cached = self._piece_cache.get(token)
         if cached is not None:
             return cached
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+        # A buffer per call: this runs on HTTP threads too (tokenize with pieces).
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
-            out = big.raw[:n]
-        else:
-            out = self._piece_buf.raw[:n]
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        out = buf.raw[:n]
         self._piece_cache[token] = out
         return out
 

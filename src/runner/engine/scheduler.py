@@ -8,7 +8,6 @@ logits. Requests join between steps and leave as soon as they finish.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -30,7 +29,6 @@ from .types import (
     EngineError,
     FinishEvent,
     FinishReason,
-    InvalidRequest,
     QueueFull,
     TokenEvent,
 )
@@ -114,39 +112,6 @@ class Scheduler:
         return sum(1 for s in self.slots if s.busy)
 
     # -- the engine thread ---------------------------------------------------------------
-
-    def slot_file(self, slot_id: int, action: str, path: str | None) -> dict[str, Any]:
-        """Runs on the engine thread (via `call`)."""
-        slot = self.slots[slot_id]
-        if slot.busy:
-            raise InvalidRequest(f"slot {slot_id} is processing a request")
-        started = time.perf_counter()
-        if action == "erase":
-            n = len(slot.tokens)
-            self.ctx.clear_seq(slot.id)
-            slot.tokens = []
-            return {"id_slot": slot_id, "n_erased": n}
-        assert path is not None
-        if action == "save":
-            written = self.ctx.save_seq_file(slot.id, path, slot.tokens)
-            return {
-                "id_slot": slot_id,
-                "filename": os.path.basename(path),
-                "n_saved": len(slot.tokens),
-                "n_written": written,
-                "timings": {"save_ms": (time.perf_counter() - started) * 1e3},
-            }
-        tokens = self.ctx.load_seq_file(slot.id, path, slot.n_ctx)
-        if tokens is None:
-            slot.tokens = []
-            raise InvalidRequest("the slot file could not be restored (wrong model or format)")
-        slot.tokens = tokens
-        return {
-            "id_slot": slot_id,
-            "filename": os.path.basename(path),
-            "n_restored": len(tokens),
-            "timings": {"restore_ms": (time.perf_counter() - started) * 1e3},
-        }
 
     def run(self) -> None:
         try:
