@@ -77,7 +77,9 @@ def run_level(engine: Engine, n: int, tokens: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model", help="GGUF path (default: the bundled Gemma 3 270M)")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--levels", default="1,2,4,8")

@@ -33,7 +33,9 @@ MODEL = "ai/gemma3"
 
 
 def system_prompt(user: int, facts: int) -> str:
-    body = " ".join(f"Fact {i}: item {user}-{i} is filed under drawer {i % 7}." for i in range(facts))
+    body = " ".join(
+        f"Fact {i}: item {user}-{i} is filed under drawer {i % 7}." for i in range(facts)
+    )
     return f"You are archive assistant number {user}. {body}"
 
 
@@ -138,17 +140,25 @@ def start_runner(slots: int, extra: list[str], cache_dir: str) -> tuple[subproce
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--url", help="benchmark this server only")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--facts", type=int, default=40, help="system prompt size (~13 tokens each)")
+    parser.add_argument(
+        "--facts", type=int, default=40, help="system prompt size (~13 tokens each)"
+    )
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    configs = {"given": []} if args.url else {"tiered cache": [], "slots only": ["--cache-ram", "0", "--no-persist"]}
+    configs = (
+        {"given": []}
+        if args.url
+        else {"tiered cache": [], "slots only": ["--cache-ram", "0", "--no-persist"]}
+    )
     report: dict = {"settings": vars(args) | {"json": str(args.json)}, "results": {}}
     for name, extra in configs.items():
         with tempfile.TemporaryDirectory() as cache_dir:

@@ -56,7 +56,8 @@ def test_engine_profile() -> None:
     assert prof["decode_share_of_wall"] == pytest.approx(0.75)
     # No step counter (older server, llama-server): no share, but no crash either.
     del after["runner:step_seconds_total"]
-    assert engine_profile(before, after, 10.0)["outside_decode_share"] is None  # type: ignore[index]
+    prof = engine_profile(before, after, 10.0)
+    assert prof is not None and prof["outside_decode_share"] is None
     assert engine_profile(None, after, 10.0) is None
 
 
@@ -102,8 +103,8 @@ def test_bench_cache_local_server(runner_env: dict[str, str], tmp_path: Path) ->
         env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
-    speedup = float(re.search(r"prompt speedup ([\d.]+)x", result.stdout).group(1))  # type: ignore[union-attr]
-    assert speedup > 1
+    match = re.search(r"prompt speedup ([\d.]+)x", result.stdout)
+    assert match and float(match.group(1)) > 1, result.stdout
     data = _report(tmp_path, "cache")
     summary = data["runs"][0]["summary"]
     assert summary["cached_cache_n"] > 0

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.timeout(900)
 def system_prompt(seed: int, words: int) -> str:
     topics = ["rivers", "mountains", "trains", "gardens", "stars", "ships", "bridges", "forests"]
     topic = topics[seed % len(topics)]
-    body = " ".join(f"Fact {i} about {topic}: item {seed}-{i} is worth remembering." for i in range(words))
+    body = " ".join(
+        f"Fact {i} about {topic}: item {seed}-{i} is worth remembering." for i in range(words)
+    )
     return f"You are assistant number {seed}, an expert on {topic}. {body}"
 
 
@@ -38,7 +40,9 @@ def assert_restored_matches_uncached(client: httpx.Client, system: str, source: 
     assert cached["usage"]["prompt_tokens_details"]["cached_tokens"] == timings["cache_n"]
     uncached = ask(client, messages, cache_prompt=False)
     assert uncached["timings"]["cache_n"] == 0
-    assert cached["choices"][0]["message"]["content"] == uncached["choices"][0]["message"]["content"]
+    assert (
+        cached["choices"][0]["message"]["content"] == uncached["choices"][0]["message"]["content"]
+    )
 
 
 def test_cache_survives_a_server_restart(start_server):
@@ -86,3 +90,27 @@ def test_more_users_than_slots_keep_their_prefixes(start_server):
                 ]
         metrics = client.get("/metrics").text
     assert "ram" in metrics
+
+
+def test_slot_files_save_erase_restore(server):
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        ask(client, conversation("You keep notes.", "Note: the key is under the mat."), id_slot=1)
+
+        def cached() -> int:
+            slots = client.get("/slots", params={"model": MODEL}).json()
+            return next(s for s in slots if s["id"] == 1)["n_cached_tokens"]
+
+        before = cached()
+        assert before > 0
+        url = "/slots/1"
+        saved = client.post(url, params={"action": "save"}, json={"filename": "notes.bin"})
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["n_saved"] == before
+        assert client.post(url, params={"action": "erase"}).status_code == 200
+        assert cached() == 0
+        restored = client.post(url, params={"action": "restore"}, json={"filename": "notes.bin"})
+        assert restored.status_code == 200, restored.text
+        assert cached() == before
+        bad = client.post(url, params={"action": "save"}, json={"filename": "../escape"})
+        assert bad.status_code == 400
+        assert client.post("/slots/99", params={"action": "erase"}).status_code == 400

@@ -12,128 +12,36 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .cache import CacheKey, PromptCache
 from .chat import ChatTemplate, template_for
-from .config import Settings, parse_duration, parse_gpu_layers
+from .config import Settings, parse_duration
 from .engine import Engine, EngineConfig, ModelLoadError
-from .memory import MemoryEstimate, default_budget, estimate
+from .memory import default_budget, estimate
+from .model_config import validate_config
+from .resident import (
+    InsufficientMemory,
+    LoaderError,
+    LoadFailed,
+    ModelBusy,
+    ResidentModel,
+    format_keep_alive,
+)
 from .store import ModelEntry, ModelStore
 
+__all__ = [
+    "InsufficientMemory",
+    "LoadFailed",
+    "Loader",
+    "LoaderError",
+    "ModelBusy",
+    "ResidentModel",
+    "validate_config",
+]
+
 log = logging.getLogger(__name__)
-
-# Keys accepted by `_configure` (DMR spelling) and persisted per model.
-CONFIG_KEYS = {
-    "context-size": int,
-    "slots": int,
-    "similarity": float,
-    "keep_alive": str,
-    "gpu-layers": int,
-    "chat-template": str,
-}
-
-
-class LoaderError(Exception):
-    """Base of the loader's errors; `status` and `code` say how HTTP reports them."""
-
-    status: int = 500
-    code: str = "loader_error"
-
-
-class InsufficientMemory(LoaderError):
-    """The model cannot fit in the memory budget even with every other model unloaded."""
-
-    status = 507
-    code = "insufficient_memory"
-
-
-class ModelBusy(LoaderError):
-    """The operation needs the model idle, and it is serving requests."""
-
-    status = 409
-    code = "model_busy"
-
-
-class LoadFailed(LoaderError):
-    """llama.cpp could not load the model file (or the server is shutting down)."""
-
-    status = 500
-    code = "model_load_failed"
-
-
-@dataclass(eq=False)
-class ResidentModel:
-    """A model in memory (or on its way there).
-
-    Residents are keyed by canonical name (tag), so two tags of one file are two residents:
-    that lets each carry its own settings and lets them be evicted independently.
-    """
-
-    name: str
-    entry: ModelEntry
-    config: EngineConfig
-    keep_alive: float
-    estimate: MemoryEstimate
-    template: ChatTemplate | None = None
-    engine: Engine | None = None
-    ready: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    in_use: int = 0
-    last_used: float = field(default_factory=time.time)
-    loaded_at: float = 0.0
-    load_seconds: float = 0.0
-    idle_timer: asyncio.TimerHandle | None = None
-    # Granted its share of the memory budget / model count (counts against it from then on).
-    admitted: bool = False
-    # Replaced in the name table (its tag now names another file): unload once idle.
-    retired: bool = False
-
-    @property
-    def loading(self) -> bool:
-        return not self.ready.done()
-
-    @property
-    def busy(self) -> bool:
-        return self.in_use > 0 or (self.engine is not None and self.engine.busy)
-
-    def describe(self) -> dict[str, Any]:
-        """DMR's `/engines/ps` row (plus runner's own fields)."""
-        gpu_layers = self.engine.model.gpu_layers if self.engine is not None else None
-        return {
-            "backend_name": "llama.cpp",
-            "model_name": self.name,
-            "model_id": self.entry.id,
-            "mode": "completion",
-            "last_used": _rfc3339(self.last_used),
-            "in_use": self.busy,
-            "loading": self.loading,
-            "keep_alive": _format_keep_alive(self.keep_alive),
-            "slots": self.config.slots,
-            "context_size": self.config.ctx_per_slot,
-            "n_gpu_layers": gpu_layers,
-            "memory_estimate": self.estimate.total,
-            "loaded_at": _rfc3339(self.loaded_at) if self.loaded_at else None,
-            "load_seconds": round(self.load_seconds, 3),
-        }
-
-
-def _rfc3339(ts: float) -> str:
-    return (
-        datetime.fromtimestamp(ts, timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-def _format_keep_alive(seconds: float) -> str:
-    if seconds < 0:
-        return "-1"
-    return f"{seconds:g}s"
 
 
 class Loader:
@@ -389,7 +297,7 @@ class Loader:
                 # Requests running without a holder (should not happen): look again shortly.
                 self._arm_idle_timer(model, delay=1.0)
                 return
-            await self._unload_locked(model, f"idle for {_format_keep_alive(model.keep_alive)}")
+            await self._unload_locked(model, f"idle for {format_keep_alive(model.keep_alive)}")
 
     async def _retire_locked(self, model: ResidentModel) -> None:
         if self._models.get(model.name) is model:
@@ -507,100 +415,3 @@ class Loader:
             for model in doomed:
                 await self._unload_locked(model, "deleted from the store")
         return doomed
-
-
-# llama-server flags accepted in `runtime-flags`, and the config key each one sets.
-RUNTIME_FLAGS = {
-    "-c": "context-size",
-    "--ctx-size": "context-size",
-    "-np": "slots",
-    "--parallel": "slots",
-    "-ngl": "gpu-layers",
-    "--gpu-layers": "gpu-layers",
-    "--n-gpu-layers": "gpu-layers",
-    "-sps": "similarity",
-    "--slot-prompt-similarity": "similarity",
-}
-
-
-def _config_key(key: str) -> str:
-    key = key.strip().lower().replace("_", "-")
-    return "keep_alive" if key == "keep-alive" else key
-
-
-def parse_runtime_flags(flags: Any) -> dict[str, Any]:
-    """`["--ctx-size", "2048", "-np=2"]` -> `{"context-size": "2048", "slots": "2"}`."""
-    if isinstance(flags, str):
-        flags = flags.split()
-    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
-        raise ValueError("'runtime-flags' must be a list of strings")
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(flags):
-        flag, eq, value = flags[i].partition("=")
-        if flag not in RUNTIME_FLAGS:
-            known = ", ".join(sorted(RUNTIME_FLAGS))
-            raise ValueError(f"unsupported runtime flag {flag!r} (supported: {known})")
-        if not eq:
-            if i + 1 >= len(flags):
-                raise ValueError(f"runtime flag {flag!r} needs a value")
-            i += 1
-            value = flags[i]
-        out[RUNTIME_FLAGS[flag]] = value
-        i += 1
-    return out
-
-
-def _coerce(key: str, value: Any) -> Any:
-    kind = CONFIG_KEYS[key]
-    if key == "gpu-layers":
-        return parse_gpu_layers(value)
-    if key == "keep_alive":
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError
-        parse_duration(value)
-        return str(value)
-    if kind is int:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)
-        if isinstance(value, float) and number != value:
-            raise ValueError
-        return number
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError
-    return value
-
-
-def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
-    """Check `_configure` values (DMR spelling; `runtime-flags` translated); raises
-    ValueError naming the bad key. Unknown keys are ignored; None clears a setting."""
-    items = {_config_key(k): v for k, v in changes.items()}
-    merged: dict[str, Any] = {}
-    if items.get("runtime-flags") is not None:
-        merged.update(parse_runtime_flags(items["runtime-flags"]))
-    merged.update({k: v for k, v in items.items() if k in CONFIG_KEYS})
-    clean: dict[str, Any] = {}
-    for key, value in merged.items():
-        if value is None:
-            clean[key] = None
-            continue
-        try:
-            clean[key] = _coerce(key, value)
-        except (TypeError, ValueError):
-            kind = "a duration like 30s, 5m or -1" if key == "keep_alive" else None
-            kind = kind or ("'all' or a layer count" if key == "gpu-layers" else None)
-            kind = kind or f"of type {CONFIG_KEYS[key].__name__}"
-            raise ValueError(f"'{key}' must be {kind}, got {value!r}") from None
-    size = clean.get("context-size")
-    if size is not None and not 64 <= size <= 1 << 20:
-        raise ValueError("'context-size' must be between 64 and 1048576")
-    if clean.get("slots") is not None and not 1 <= clean["slots"] <= 256:
-        raise ValueError("'slots' must be between 1 and 256")
-    if clean.get("similarity") is not None and not 0.0 <= clean["similarity"] <= 1.0:
-        raise ValueError("'similarity' must be between 0 and 1")
-    return clean

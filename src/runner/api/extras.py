@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+import re
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -11,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import APIError
 from .inference import engine_of, hold_model, loader_of, model_name, tokenize
-from .schemas import DetokenizeRequest, TokenizeRequest
+from .schemas import DetokenizeRequest, SlotFileRequest, TokenizeRequest
 
 router = APIRouter()
 
@@ -40,6 +42,36 @@ async def slots(request: Request, model: str | None = None, fail_on_no_slot: boo
     if fail_on_no_slot and all(s.get("is_processing") for s in described):
         raise APIError(503, "no slot available", "no_slot_available")
     return [{**s, "model": resident.name} for s in described]
+
+
+_SLOT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@router.post("/slots/{slot_id}")
+async def slot_action(
+    slot_id: int,
+    request: Request,
+    action: Literal["save", "restore", "erase"],
+    model: str | None = None,
+    body: SlotFileRequest | None = None,
+) -> dict[str, Any]:
+    """llama-server's slot files: `?action=save|restore` with `{"filename": ...}`, or erase.
+
+    Files live in `<cache dir>/slots/<model id>/`; a filename is a plain name, never a path.
+    """
+    filename = body.filename if body else None
+    path = None
+    async with hold_model(request, model_name(request, model)) as resident:
+        if action != "erase":
+            if not filename or not _SLOT_FILE.match(filename) or ".." in filename:
+                raise APIError(400, "filename must be a plain file name", param="filename")
+            folder = request.app.state.settings.resolved_cache_dir / "slots" / resident.entry.id
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(folder / filename)
+            if action == "restore" and not os.path.isfile(path):
+                raise APIError(404, f"no slot file named {filename!r}", "slot_file_not_found")
+        result = await engine_of(resident).slot_action(slot_id, action, path)
+    return {**result, "model": resident.name}
 
 
 @router.post("/tokenize")

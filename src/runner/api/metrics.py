@@ -31,6 +31,11 @@ _COUNTERS = (
     ("llamacpp:prompt_tokens_cached", "Prompt tokens reused from a cache.", "cache_tokens_total"),
     ("llamacpp:n_decode", "llama_decode calls.", "n_decode_total"),
     ("runner:decode_seconds", "Time spent in llama_decode.", "decode_seconds_total"),
+    (
+        "runner:step_seconds",
+        "Wall time of engine steps (decode plus Python work).",
+        "step_seconds_total",
+    ),
     ("runner:requests", "Requests accepted by the engine.", "requests_total"),
     ("runner:requests_rejected", "Requests refused because the queue was full.", "rejected_total"),
 )

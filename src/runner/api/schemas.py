@@ -236,3 +236,9 @@ class TokenizeRequest(_Body):
 class DetokenizeRequest(_Body):
     model: str | None = None
     tokens: list[int]
+
+
+class SlotFileRequest(BaseModel):
+    """Body of `POST /slots/{id}?action=save|restore`."""
+
+    filename: str | None = None

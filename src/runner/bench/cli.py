@@ -16,9 +16,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import WORKLOADS
+
+if TYPE_CHECKING:  # the workload modules import httpx; keep `runner --help` light
+    from .workloads import Plan
 
 DEFAULT_MODEL = "ai/gemma3"
 DEFAULT_OUT = "bench-results"
@@ -79,12 +82,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, parents=[common], help=_HELP[name], description=_HELP[name])
         p.set_defaults(func=run)
         if name in ("cache", "chat"):
-            p.add_argument("--system-tokens", type=int, default=1000, metavar="N")
+            p.add_argument(
+                "--system-tokens", type=int, default=1000, metavar="N", help="system prompt size"
+            )
         if name == "cache":
             p.add_argument("--repeats", type=int, default=3, help="cold/cached pairs")
         if name == "concurrency":
             p.add_argument("--levels", type=_levels, default=(1, 2, 4, 8, 16), metavar="LIST")
-            p.add_argument("--prompt-tokens", type=int, default=128, metavar="N")
+            p.add_argument(
+                "--prompt-tokens", type=int, default=128, metavar="N", help="about (+template)"
+            )
             p.add_argument("--rounds", type=int, default=1, help="batches per level")
             p.add_argument(
                 "--no-ignore-eos",
@@ -96,7 +103,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--turns", type=int, default=3)
 
 
-def _plan(args: argparse.Namespace) -> Any:
+def _plan(args: argparse.Namespace) -> Plan:
     from .workloads import Plan
 
     plan = Plan(max_tokens=args.max_tokens, warmup=not args.no_warmup)
@@ -124,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if len({r["label"] for r in runs}) < len(runs):
+        for i, r in enumerate(runs):
+            r["label"] += f" #{i + 1}"
     found = report.ratios(runs)
     data = {
         "workload": args.workload,
@@ -150,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_one(args: argparse.Namespace, plan: Any, url: str, log: Path) -> dict[str, Any]:
+def _run_one(args: argparse.Namespace, plan: Plan, url: str, log: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     from .server import LocalServer
@@ -186,7 +196,7 @@ def _run_one(args: argparse.Namespace, plan: Any, url: str, log: Path) -> dict[s
     return {"label": label, "url": url, "local": server is not None, **extra, **result}
 
 
-async def _measure(args: argparse.Namespace, plan: Any, url: str, tick: Any) -> dict[str, Any]:
+async def _measure(args: argparse.Namespace, plan: Plan, url: str, tick: Any) -> dict[str, Any]:
     from .client import BenchClient
     from .workloads import WORKLOADS as RUNS
 
@@ -197,7 +207,9 @@ async def _measure(args: argparse.Namespace, plan: Any, url: str, tick: Any) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runner bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="runner bench", description="Benchmark runner or any OpenAI-compatible server."
+    )
     configure(parser)
     args = parser.parse_args(argv)
     try:

@@ -95,6 +95,8 @@ def _fmt(value: Any, pct: bool = False) -> str:
         return "-"
     if pct:
         return f"{100 * value:.1f}%"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+        return str(int(value))
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
@@ -102,25 +104,25 @@ def _fmt(value: Any, pct: bool = False) -> str:
 
 def _grid(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
 
 
 def table(workload: str, run: dict[str, Any]) -> str:
     """A few lines summing up one server's run."""
     s = run["summary"]
     if workload == "cache":
-        rows = [
-            ["", "prompt_ms", "cache_n", "prompt_n", "TTFT ms"],
-            [
-                "cold",
-                *(_fmt(s[f"cold_{k}"]) for k in ("prompt_ms", "cache_n", "prompt_n", "ttft_ms")),
-            ],
-            [
-                "cached",
-                *(_fmt(s[f"cached_{k}"]) for k in ("prompt_ms", "cache_n", "prompt_n", "ttft_ms")),
-            ],
-        ]
-        tail = f"prompt speedup {_fmt(s['prompt_speedup'])}x (TTFT {_fmt(s['ttft_speedup'])}x), system prompt ~{_fmt(s['prompt_tokens'])} tokens"
+        keys = ("prompt_ms", "cache_n", "prompt_n", "ttft_ms")
+        rows = [["", "prompt_ms", "cache_n", "prompt_n", "TTFT ms"]]
+        rows += [[kind, *(_fmt(s[f"{kind}_{k}"]) for k in keys)] for kind in ("cold", "cached")]
+        tail = (
+            f"prompt speedup {_fmt(s['prompt_speedup'])}x (TTFT {_fmt(s['ttft_speedup'])}x), "
+            f"system prompt ~{_fmt(s['prompt_tokens'])} tokens"
+        )
         return _grid(rows) + "\n" + tail
     if workload == "concurrency":
         rows = [
@@ -191,11 +193,14 @@ def plot(workload: str, runs: list[dict[str, Any]], path: Path, title: str) -> P
             p95 = [lv["ttft_p95_ms"] for lv in run["levels"]]
             line = axes[1].plot(xs, p50, "o-", label=f"{label} p50")[0]
             axes[1].plot(xs, p95, "s--", color=line.get_color(), label=f"{label} p95")
+        levels = sorted({lv["concurrency"] for run in runs for lv in run["levels"]})
         for ax in axes:
             ax.set_xscale("log", base=2)
+            ax.set_xticks(levels, [str(n) for n in levels])
             ax.set_xlabel("concurrent streams")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("aggregate output tokens/s")
+        axes[0].set_ylim(bottom=0)
         axes[1].set_ylabel("time to first token (ms)")
     elif workload == "cache":
         width = 0.8 / len(runs)
@@ -227,6 +232,9 @@ def plot(workload: str, runs: list[dict[str, Any]], path: Path, title: str) -> P
                 "o-",
                 label=labels[i],
             )
+        turns = [t["turn"] for t in runs[0]["turns"]]
+        for ax in axes:
+            ax.set_xticks(turns)
         axes[0].set_xlabel("turn")
         axes[0].set_ylabel("prompt tokens (all users)")
         axes[1].set_xlabel("turn")

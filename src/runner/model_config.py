@@ -1,0 +1,114 @@
+"""Per-model settings set through `_configure` (DMR's spelling) and persisted in the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import parse_duration, parse_gpu_layers
+
+# Keys accepted by `_configure` (DMR spelling) and persisted per model.
+CONFIG_KEYS = {
+    "context-size": int,
+    "slots": int,
+    "similarity": float,
+    "keep_alive": str,
+    "gpu-layers": int,
+    "chat-template": str,
+}
+
+
+# llama-server flags accepted in `runtime-flags`, and the config key each one sets.
+RUNTIME_FLAGS = {
+    "-c": "context-size",
+    "--ctx-size": "context-size",
+    "-np": "slots",
+    "--parallel": "slots",
+    "-ngl": "gpu-layers",
+    "--gpu-layers": "gpu-layers",
+    "--n-gpu-layers": "gpu-layers",
+    "-sps": "similarity",
+    "--slot-prompt-similarity": "similarity",
+}
+
+
+def _config_key(key: str) -> str:
+    key = key.strip().lower().replace("_", "-")
+    return "keep_alive" if key == "keep-alive" else key
+
+
+def parse_runtime_flags(flags: Any) -> dict[str, Any]:
+    """`["--ctx-size", "2048", "-np=2"]` -> `{"context-size": "2048", "slots": "2"}`."""
+    if isinstance(flags, str):
+        flags = flags.split()
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise ValueError("'runtime-flags' must be a list of strings")
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(flags):
+        flag, eq, value = flags[i].partition("=")
+        if flag not in RUNTIME_FLAGS:
+            known = ", ".join(sorted(RUNTIME_FLAGS))
+            raise ValueError(f"unsupported runtime flag {flag!r} (supported: {known})")
+        if not eq:
+            if i + 1 >= len(flags):
+                raise ValueError(f"runtime flag {flag!r} needs a value")
+            i += 1
+            value = flags[i]
+        out[RUNTIME_FLAGS[flag]] = value
+        i += 1
+    return out
+
+
+def _coerce(key: str, value: Any) -> Any:
+    kind = CONFIG_KEYS[key]
+    if key == "gpu-layers":
+        return parse_gpu_layers(value)
+    if key == "keep_alive":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError
+        parse_duration(value)
+        return str(value)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+        if isinstance(value, float) and number != value:
+            raise ValueError
+        return number
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError
+    return value
+
+
+def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
+    """Check `_configure` values (DMR spelling; `runtime-flags` translated); raises
+    ValueError naming the bad key. Unknown keys are ignored; None clears a setting."""
+    items = {_config_key(k): v for k, v in changes.items()}
+    merged: dict[str, Any] = {}
+    if items.get("runtime-flags") is not None:
+        merged.update(parse_runtime_flags(items["runtime-flags"]))
+    merged.update({k: v for k, v in items.items() if k in CONFIG_KEYS})
+    clean: dict[str, Any] = {}
+    for key, value in merged.items():
+        if value is None:
+            clean[key] = None
+            continue
+        try:
+            clean[key] = _coerce(key, value)
+        except (TypeError, ValueError):
+            kind = "a duration like 30s, 5m or -1" if key == "keep_alive" else None
+            kind = kind or ("'all' or a layer count" if key == "gpu-layers" else None)
+            kind = kind or f"of type {CONFIG_KEYS[key].__name__}"
+            raise ValueError(f"'{key}' must be {kind}, got {value!r}") from None
+    size = clean.get("context-size")
+    if size is not None and not 64 <= size <= 1 << 20:
+        raise ValueError("'context-size' must be between 64 and 1048576")
+    if clean.get("slots") is not None and not 1 <= clean["slots"] <= 256:
+        raise ValueError("'slots' must be between 1 and 256")
+    if clean.get("similarity") is not None and not 0.0 <= clean["similarity"] <= 1.0:
+        raise ValueError("'similarity' must be between 0 and 1")
+    return clean

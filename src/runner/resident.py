@@ -1,0 +1,113 @@
+"""A model the loader holds in memory, and the loader's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .chat import ChatTemplate
+from .engine import Engine, EngineConfig
+from .memory import MemoryEstimate
+from .store import ModelEntry
+
+
+class LoaderError(Exception):
+    """Base of the loader's errors; `status` and `code` say how HTTP reports them."""
+
+    status: int = 500
+    code: str = "loader_error"
+
+
+class InsufficientMemory(LoaderError):
+    """The model cannot fit in the memory budget even with every other model unloaded."""
+
+    status = 507
+    code = "insufficient_memory"
+
+
+class ModelBusy(LoaderError):
+    """The operation needs the model idle, and it is serving requests."""
+
+    status = 409
+    code = "model_busy"
+
+
+class LoadFailed(LoaderError):
+    """llama.cpp could not load the model file (or the server is shutting down)."""
+
+    status = 500
+    code = "model_load_failed"
+
+
+@dataclass(eq=False)
+class ResidentModel:
+    """A model in memory (or on its way there).
+
+    Residents are keyed by canonical name (tag), so two tags of one file are two residents:
+    that lets each carry its own settings and lets them be evicted independently.
+    """
+
+    name: str
+    entry: ModelEntry
+    config: EngineConfig
+    keep_alive: float
+    estimate: MemoryEstimate
+    template: ChatTemplate | None = None
+    engine: Engine | None = None
+    ready: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    in_use: int = 0
+    last_used: float = field(default_factory=time.time)
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+    idle_timer: asyncio.TimerHandle | None = None
+    # Granted its share of the memory budget / model count (counts against it from then on).
+    admitted: bool = False
+    # Replaced in the name table (its tag now names another file): unload once idle.
+    retired: bool = False
+
+    @property
+    def loading(self) -> bool:
+        return not self.ready.done()
+
+    @property
+    def busy(self) -> bool:
+        return self.in_use > 0 or (self.engine is not None and self.engine.busy)
+
+    def describe(self) -> dict[str, Any]:
+        """DMR's `/engines/ps` row (plus runner's own fields)."""
+        gpu_layers = self.engine.model.gpu_layers if self.engine is not None else None
+        return {
+            "backend_name": "llama.cpp",
+            "model_name": self.name,
+            "model_id": self.entry.id,
+            "mode": "completion",
+            "last_used": _rfc3339(self.last_used),
+            "in_use": self.busy,
+            "loading": self.loading,
+            "keep_alive": format_keep_alive(self.keep_alive),
+            "slots": self.config.slots,
+            "context_size": self.config.ctx_per_slot,
+            "n_gpu_layers": gpu_layers,
+            "memory_estimate": self.estimate.total,
+            "loaded_at": _rfc3339(self.loaded_at) if self.loaded_at else None,
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+def _rfc3339(ts: float) -> str:
+    return (
+        datetime.fromtimestamp(ts, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def format_keep_alive(seconds: float) -> str:
+    if seconds < 0:
+        return "-1"
+    return f"{seconds:g}s"
