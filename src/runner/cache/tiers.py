@@ -26,18 +26,28 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import secrets
-import struct
-import sys
 import threading
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from runner.cache.diskformat import (
+    FORMAT_VERSION,
+    HEADER,
+    MAGIC,
+    SUFFIX,
+    InvalidEntry,
+    decode_tokens,
+    encode_tokens,
+    file_name,
+    read_exact,
+    safe_component,
+    unlink_quietly,
+    write_all,
+)
 from runner.cache.radix import RadixIndex
 
 __all__ = ["CacheEntryCorrupt", "CacheHit", "CacheKey", "PromptCache", "FORMAT_VERSION"]
@@ -46,21 +56,11 @@ log = logging.getLogger(__name__)
 
 Tier = Literal["ram", "disk"]
 
-MAGIC = b"RUNRKVC\x00"
-FORMAT_VERSION = 1
-SUFFIX = ".kvc"
-# magic, version, header_len, n_tokens, state_len, sha256(tokens+state), len(model), len(layout)
-_HEAD = struct.Struct("<8sIIIQ32sHH")
 _MAX_WRITE_FAILURES = 3  # consecutive; then the disk tier stops writing (full/broken disk)
-assert array("i").itemsize == 4
 
 
 class CacheEntryCorrupt(Exception):
     """A disk entry was damaged, truncated or gone when loaded; it has been dropped."""
-
-
-class _Invalid(Exception):
-    """A cache file that must not be used (and is deleted)."""
 
 
 @dataclass(frozen=True)
@@ -136,61 +136,6 @@ class _Tier:
         }  # fmt: skip
 
 
-def _safe_component(s: str) -> str:
-    """A path component from `s`; a hash suffix keeps distinct inputs apart."""
-    clean = re.sub(r"[^A-Za-z0-9._-]", "_", s).lstrip(".")[:64]
-    if clean != s or not clean:
-        clean = f"{clean}-{hashlib.sha256(s.encode()).hexdigest()[:12]}"
-    return clean
-
-
-def _encode_tokens(tokens: Sequence[int]) -> bytes:
-    arr = array("i", tokens)
-    if sys.byteorder == "big":
-        arr.byteswap()
-    return arr.tobytes()
-
-
-def _decode_tokens(raw: bytes) -> tuple[int, ...]:
-    arr = array("i")
-    arr.frombytes(raw)
-    if sys.byteorder == "big":
-        arr.byteswap()
-    return tuple(arr)
-
-
-def _file_name(token_bytes: bytes) -> str:
-    return hashlib.sha256(token_bytes).hexdigest()[:32] + SUFFIX
-
-
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-    # Unbuffered read(n) fills a fresh bytes object directly (no extra copy of MB-sized
-    # states); the loop only runs for short reads (EOF, or >2 GiB on Linux).
-    data = f.read(n)
-    if len(data) == n:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n and (chunk := f.read(n - got)):
-        parts.append(chunk)
-        got += len(chunk)
-    if got != n:
-        raise _Invalid(f"truncated: wanted {n} bytes, got {got}")
-    return b"".join(parts)
-
-
-def _write_all(fd: int, buf: bytes | memoryview) -> None:
-    mv = memoryview(buf).cast("B")
-    while mv:
-        mv = mv[os.write(fd, mv) :]
-
-
-def _unlink(path: Path | None) -> None:
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 class PromptCache:
     """Prompt-prefix states for one `CacheKey`: an LRU in RAM spilling to an LRU on disk.
 
@@ -215,8 +160,8 @@ class PromptCache:
         self._dir: Path | None = None
         self._writable = False
         if persist and disk_dir is not None and disk_bytes > 0:
-            d = Path(disk_dir) / _safe_component(key.model_sha256[:16])
-            d = d / _safe_component(key.kv_layout)
+            d = Path(disk_dir) / safe_component(key.model_sha256[:16])
+            d = d / safe_component(key.kv_layout)
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -247,7 +192,7 @@ class PromptCache:
                 return  # stored nowhere: keep what it would have replaced
             for tier, m in olds:
                 if m is not None and tier.discard(m[1].tokens) is m[1]:
-                    _unlink(m[1].path)
+                    unlink_quietly(m[1].path)
             if to_ram:
                 self._ram.add(entry)
                 while self._ram.nbytes > self._ram.capacity:
@@ -308,7 +253,7 @@ class PromptCache:
         with self._lock:
             for e in self._disk.lru.values():
                 if e.path is not None:
-                    _unlink(e.path)
+                    unlink_quietly(e.path)
             self._ram.clear()
             self._disk.clear()
 
@@ -331,31 +276,31 @@ class PromptCache:
         """Write one entry (lock held); False if it was not stored."""
         if self._dir is None or not self._writable or not state:
             return False
-        tok_bytes = _encode_tokens(tokens)
+        tok_bytes = encode_tokens(tokens)
         digest = hashlib.sha256(tok_bytes)
         digest.update(state)
         m, lay = self._model_b, self._layout_b
-        head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, _HEAD.size + len(m) + len(lay), len(tokens), len(state),
+        head = HEADER.pack(
+            MAGIC, FORMAT_VERSION, HEADER.size + len(m) + len(lay), len(tokens), len(state),
             digest.digest(), len(m), len(lay),
         ) + m + lay  # fmt: skip
         size = len(head) + len(tok_bytes) + len(state)
         if size > self._disk.capacity:
             return False
         self._evict_disk(size)  # before writing, so the space is free
-        path = self._dir / _file_name(tok_bytes)
+        path = self._dir / file_name(tok_bytes)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, head + tok_bytes)
-                _write_all(fd, state)  # one syscall for the MB-sized part
+                write_all(fd, head + tok_bytes)
+                write_all(fd, state)  # one syscall for the MB-sized part
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
-            _unlink(tmp)
+            unlink_quietly(tmp)
             self._write_errors += 1
             self._failures += 1
             if self._failures >= _MAX_WRITE_FAILURES:
@@ -372,20 +317,20 @@ class PromptCache:
 
     def _read_head(self, f: BinaryIO, file_size: int) -> tuple[bytes, int, bytes]:
         """Validate a file's header; return (token bytes, state length, digest)."""
-        raw = f.read(_HEAD.size)
-        if len(raw) != _HEAD.size:
-            raise _Invalid("truncated header")
-        magic, version, head_len, n_tok, state_len, digest, lm, ll = _HEAD.unpack(raw)
+        raw = f.read(HEADER.size)
+        if len(raw) != HEADER.size:
+            raise InvalidEntry("truncated header")
+        magic, version, head_len, n_tok, state_len, digest, lm, ll = HEADER.unpack(raw)
         if magic != MAGIC:
-            raise _Invalid("not a cache file")
+            raise InvalidEntry("not a cache file")
         if version != FORMAT_VERSION:
-            raise _Invalid(f"format version {version}")
-        if head_len != _HEAD.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
-            raise _Invalid("size mismatch (truncated?)")
-        names = _read_exact(f, lm + ll)
+            raise InvalidEntry(f"format version {version}")
+        if head_len != HEADER.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
+            raise InvalidEntry("size mismatch (truncated?)")
+        names = read_exact(f, lm + ll)
         if names[:lm] != self._model_b or names[lm:] != self._layout_b:
-            raise _Invalid("other model or KV layout")
-        return _read_exact(f, 4 * n_tok), state_len, digest
+            raise InvalidEntry("other model or KV layout")
+        return read_exact(f, 4 * n_tok), state_len, digest
 
     def _scan(self) -> None:
         """Rebuild the disk index from headers; delete what cannot be used."""
@@ -398,7 +343,7 @@ class PromptCache:
             return
         for p in paths:
             if p.name.endswith(".tmp"):  # a write interrupted by a crash
-                _unlink(p)
+                unlink_quietly(p)
                 continue
             if not p.name.endswith(SUFFIX):
                 continue  # not ours: leave it alone
@@ -406,19 +351,19 @@ class PromptCache:
                 with open(p, "rb", buffering=0) as f:
                     st = os.fstat(f.fileno())
                     tok_bytes, _, _ = self._read_head(f, st.st_size)
-                if _file_name(tok_bytes) != p.name:
-                    raise _Invalid("tokens do not match file name")
-                found.append((st.st_mtime_ns, _decode_tokens(tok_bytes), st.st_size, p))
-            except (OSError, _Invalid) as exc:
+                if file_name(tok_bytes) != p.name:
+                    raise InvalidEntry("tokens do not match file name")
+                found.append((st.st_mtime_ns, decode_tokens(tok_bytes), st.st_size, p))
+            except (OSError, InvalidEntry) as exc:
                 log.info("prompt cache: dropping %s: %s", p, exc)
                 self._dropped_files += 1
-                _unlink(p)
+                unlink_quietly(p)
         # Longest first, so a file another one covers (left by a crash) meets it and goes.
         kept: list[tuple[int, tuple[int, ...]]] = []
         for mtime, tokens, size, p in sorted(found, key=lambda t: -len(t[1])):
             if self._disk.cover(tokens) is not None:
                 self._dropped_files += 1
-                _unlink(p)
+                unlink_quietly(p)
             else:
                 self._disk.add(_Entry(tokens, size, path=p))
                 kept.append((mtime, tokens))
@@ -429,29 +374,29 @@ class PromptCache:
     def _evict_disk(self, need: int) -> None:
         while self._disk.lru and self._disk.nbytes + need > self._disk.capacity:
             self._disk.evictions += 1
-            _unlink(self._disk.pop_lru().path)
+            unlink_quietly(self._disk.pop_lru().path)
 
     def _load_disk(self, entry: _Entry) -> bytes:
         assert entry.path is not None
         try:
             with open(entry.path, "rb", buffering=0) as f:
                 tok_bytes, state_len, digest = self._read_head(f, os.fstat(f.fileno()).st_size)
-                if tok_bytes != _encode_tokens(entry.tokens):
-                    raise _Invalid("tokens differ from the index")
-                state = _read_exact(f, state_len)
+                if tok_bytes != encode_tokens(entry.tokens):
+                    raise InvalidEntry("tokens differ from the index")
+                state = read_exact(f, state_len)
             check = hashlib.sha256(tok_bytes)
             check.update(state)
             if check.digest() != digest:
-                raise _Invalid("payload checksum mismatch")
+                raise InvalidEntry("payload checksum mismatch")
             return state
-        except (OSError, _Invalid) as exc:
+        except (OSError, InvalidEntry) as exc:
             log.warning("prompt cache: dropping unusable entry %s: %s", entry.path, exc)
             with self._lock:
                 self._load_errors += 1
                 # Only if still indexed: a rewrite may have replaced the file meanwhile.
                 if self._disk.lru.get(entry.tokens) is entry:
                     self._disk.discard(entry.tokens)
-                    _unlink(entry.path)
+                    unlink_quietly(entry.path)
             raise CacheEntryCorrupt(f"{entry.path}: {exc}") from exc
 
 
