@@ -31,6 +31,7 @@ _COUNTERS = (
     ("llamacpp:prompt_tokens_cached", "Prompt tokens reused from a cache.", "cache_tokens_total"),
     ("llamacpp:n_decode", "llama_decode calls.", "n_decode_total"),
     ("runner:decode_seconds", "Time spent in llama_decode.", "decode_seconds_total"),
+    ("runner:sample_seconds", "Time in llama.cpp's samplers.", "sample_seconds_total"),
     (
         "runner:step_seconds",
         "Wall time of engine steps (decode plus Python work).",

@@ -278,7 +278,9 @@ class Scheduler:
 
     def _sample(self, slot: Slot, job: Job, now: float) -> None:
         assert job.sampler is not None
+        started = time.perf_counter()
         token = job.sampler.sample(self.ctx.handle, job.batch_index)
+        self.stats.sample_seconds_total += time.perf_counter() - started
         job.timings.predicted_n += 1
         req = job.request
         if self.model.is_eog(token) and not req.ignore_eos:

@@ -17,6 +17,7 @@ class EngineStats:
     predicted_seconds_total: float = 0.0
     n_decode_total: int = 0
     decode_seconds_total: float = 0.0
+    sample_seconds_total: float = 0.0  # inside llama_sampler_sample (C, per request)
     step_seconds_total: float = 0.0  # whole steps: batch filling, decode, sampling, events
     finished: dict[str, int] = field(default_factory=dict)
 
