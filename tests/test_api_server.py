@@ -68,6 +68,7 @@ def test_api_key_and_cors(start_server) -> None:
             handle.base_url + "/chat/completions",
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
         )
+        assert r.status_code == 403  # refused outright, not just left without CORS headers
         assert "access-control-allow-origin" not in r.headers
     finally:
         assert handle.stop() == 0

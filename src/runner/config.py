@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -22,13 +23,17 @@ def parse_duration(value: Any) -> float:
     Any negative value means "never" and is returned as -1.
     """
     if isinstance(value, int | float):
-        seconds = float(value)
+        if value != value:  # NaN
+            raise ValueError(f"invalid duration {value!r}")
+        seconds = float(value) if abs(value) < 1e300 else math.inf * (1 if value > 0 else -1)
     else:
         match = _DURATION.match(str(value))
         if not match:
             raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h or -1 for never")
         seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
-    return -1.0 if seconds < 0 else seconds
+    if math.isnan(seconds):
+        raise ValueError(f"invalid duration {value!r}")
+    return -1.0 if seconds < 0 or math.isinf(seconds) else seconds
 
 
 def parse_size(value: Any) -> int:

@@ -406,7 +406,7 @@ class Loader:
         """Before tag `name` (or full ID) is removed from the store: unload the residents
         that will lose their file or name. Raises ModelBusy (unloading nothing) if one
         of them is serving requests; idle ones are unloaded."""
-        entry = await asyncio.to_thread(self.store.get, name)
+        entry = await asyncio.to_thread(self.store.entry, name)  # works with a broken file
         whole_file = name == entry.id or len(entry.tags) <= 1
         async with self._lock:
             doomed = [m for m in self.holders_of(entry.id) if whole_file or self.matches(m, name)]

@@ -99,7 +99,7 @@ def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
             continue
         try:
             clean[key] = _coerce(key, value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(inf) overflows
             kind = "a duration like 30s, 5m or -1" if key == "keep_alive" else None
             kind = kind or ("'all' or a layer count" if key == "gpu-layers" else None)
             kind = kind or f"of type {CONFIG_KEYS[key].__name__}"

@@ -19,16 +19,23 @@ from runner.loader import Loader
 from runner.store import ModelStore
 
 from . import extras, openai_routes
+from .access import (
+    LOCALHOST_ORIGINS,
+    ApiKeyMiddleware,
+    HostMiddleware,
+    OriginMiddleware,
+    is_loopback,
+    normalize_origin,
+    warn_if_exposed,
+)
 from .errors import install_error_handlers
+from .guard import JsonGuardMiddleware
 from .management import router as management_router
 from .metrics import make_registry
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, FormAsJsonMiddleware
+from .middleware import BodyLimitMiddleware, FormAsJsonMiddleware
 from .streaming import SHUTDOWN_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
-
-# Browsers on the same machine are always welcome (DMR does the same).
-LOCALHOST_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 
 
 def create_app(
@@ -77,11 +84,13 @@ def create_app(
         app.include_router(openai_routes.router, prefix=prefix)
     app.include_router(management_router)
 
-    # Added last = outermost: the body cap runs before anything reads the body.
+    # Added last = outermost. Request path: body cap -> Host -> Origin -> CORS -> API key ->
+    # JSON guard -> form-as-JSON -> routes (see access.py and guard.py).
     app.add_middleware(FormAsJsonMiddleware)
+    app.add_middleware(JsonGuardMiddleware)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
-    origins = list(settings.cors_origins)
+    origins = [normalize_origin(o) for o in settings.cors_origins]
     app.add_middleware(
         CORSMiddleware,
         allow_origins=origins,
@@ -89,5 +98,9 @@ def create_app(
         allow_methods=["*"],
         allow_headers=["*"],
     )
+    app.add_middleware(OriginMiddleware, origins=origins)
+    if is_loopback(settings.host) and "*" not in origins:
+        app.add_middleware(HostMiddleware, origins=origins)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    warn_if_exposed(settings)
     return app

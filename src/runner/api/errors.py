@@ -72,6 +72,8 @@ class APIError(Exception):
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None):
     """The JSON body of an error response (also used for SSE error events)."""
+    # Messages quote user input; a lone surrogate in it would make the response unencodable.
+    message = message.encode("utf-8", "replace").decode("utf-8")
     body: dict[str, Any] = {
         "message": message,
         "type": error_type(status),

@@ -134,6 +134,21 @@ def generation_request(
     )
 
 
+def check_token_limit(body: GenerationFields, engine: Engine, name: str) -> None:
+    """400 for a max_tokens no request could reach: above what a slot holds. A prompt plus
+    output that outgrow the slot just end with finish_reason "length" (as in llama-server)."""
+    limit = body.token_limit()
+    n_ctx = engine.config.ctx_per_slot
+    if limit is not None and limit > n_ctx:
+        raise APIError(
+            400,
+            f"max_tokens is {limit} but a slot of {name} holds {n_ctx} tokens (prompt plus "
+            "output); lower it or raise the context size",
+            "invalid_request",
+            param="max_tokens",
+        )
+
+
 def usage(final: FinishEvent) -> dict[str, Any]:
     return {
         "prompt_tokens": final.prompt_tokens,
@@ -188,6 +203,7 @@ async def start(
     try:
         model = await stack.enter_async_context(hold_model(request, name))
         engine = engine_of(model)
+        check_token_limit(body, engine, model.name)
         tokens, stops = await prompt_of(model, engine)
         handle = engine.submit(generation_request(body, tokens, stops))
     except BaseException:

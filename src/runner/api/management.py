@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from runner.api.errors import APIError, to_api_error
+from runner.api.schemas import ConfigureRequest, CreateModelRequest, UnloadRequest, json_body
 from runner.loader import Loader, ModelBusy, validate_config
 from runner.store import (
     InvalidModelFile,
@@ -162,7 +163,7 @@ async def engines_ps(request: Request) -> list[dict[str, Any]]:
     return [m.describe() for m in _loader(request).resident()]
 
 
-@router.post("/engines/unload")
+@router.post("/engines/unload", openapi_extra=json_body(UnloadRequest, required=False))
 @router.post("/engines/llama.cpp/unload", include_in_schema=False)
 async def engines_unload(request: Request) -> dict[str, Any]:
     """`{all, backend, models[]}`: unload idle models now. A model serving requests is left
@@ -187,8 +188,8 @@ async def engines_unload(request: Request) -> dict[str, Any]:
     return {"unloaded_runners": len(unloaded), "unloaded": unloaded, "busy": busy}
 
 
-@router.post("/engines/_configure")
-@router.post("/engines/llama.cpp/_configure")
+@router.post("/engines/_configure", openapi_extra=json_body(ConfigureRequest))
+@router.post("/engines/llama.cpp/_configure", openapi_extra=json_body(ConfigureRequest))
 async def engines_configure(request: Request) -> JSONResponse:
     """`{model, context-size, keep_alive, slots, similarity, gpu-layers, chat-template,
     runtime-flags}`: persisted in the store (survives restarts), applied at the next load.
@@ -243,7 +244,7 @@ async def models_list(request: Request) -> list[dict[str, Any]]:
     return [model_json(e, store.get_config(e.id)) for e in entries]
 
 
-@router.post("/models/create")
+@router.post("/models/create", openapi_extra=json_body(CreateModelRequest))
 async def models_create(request: Request) -> StreamingResponse:
     """`{"from": "/path/to/local.gguf", "tag"?: NAME}`: import a local GGUF into the store,
     streaming progress lines (JSON lines with `Accept: application/json`, else text), then a
@@ -253,6 +254,8 @@ async def models_create(request: Request) -> StreamingResponse:
     if not isinstance(source, str) or not source.strip():
         raise APIError(400, "'from' (path to a local .gguf file) is required", param="from")
     path = Path(source).expanduser()
+    if not path.is_absolute():  # relative to what? The server's cwd is no one's business
+        raise APIError(400, "'from' must be an absolute path", "invalid_request", param="from")
     tag = body.get("tag") or body.get("name") or _name_from_file(path)
     if not isinstance(tag, str):
         raise APIError(400, "'tag' must be a string", "invalid_request", param="tag")

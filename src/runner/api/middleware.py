@@ -1,4 +1,6 @@
-"""Pure ASGI middleware: request body cap and optional bearer-token check.
+"""Pure ASGI middleware: the request body cap and form-as-JSON; shared error helpers.
+
+Access control (API key, origins, hosts) is in `access.py`, JSON shape checks in `guard.py`.
 
 Pure ASGI (not Starlette's BaseHTTPMiddleware) so streaming responses and the disconnect
 watcher in the handlers see the real `receive` channel and nothing is buffered.
@@ -6,7 +8,6 @@ watcher in the handlers see the real `receive` channel and nothing is buffered.
 
 from __future__ import annotations
 
-import hmac
 import json
 
 from starlette.exceptions import HTTPException
@@ -26,7 +27,8 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
-async def _send_error(send: Send, status: int, message: str, code: str, close: bool) -> None:
+async def send_error(send: Send, status: int, message: str, code: str, close: bool = False) -> None:
+    """Send an OpenAI-shaped error response straight from middleware."""
     body = json.dumps(error_body(status, message, code)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:  # the unread body is still on the wire; the connection cannot be reused
@@ -47,7 +49,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             too_big = declared.isdigit()
             message = (
@@ -56,7 +58,7 @@ class BodyLimitMiddleware:
                 else "invalid Content-Length header"
             )
             status = 413 if too_big else 400
-            await _send_error(send, status, message, "request_too_large", close=True)
+            await send_error(send, status, message, "request_too_large", close=True)
             return
 
         received = 0
@@ -82,7 +84,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge as exc:  # only reaches here if no handler answered it
             if started:
                 raise
-            await _send_error(send, 413, str(exc.detail), "request_too_large", close=True)
+            await send_error(send, 413, str(exc.detail), "request_too_large", close=True)
 
 
 class FormAsJsonMiddleware:
@@ -107,31 +109,7 @@ class FormAsJsonMiddleware:
         await self.app(scope, receive, send)
 
 
-class ApiKeyMiddleware:
-    """With `--api-key`, every route but /health needs `Authorization: Bearer <key>`."""
-
-    OPEN_PATHS = frozenset({"/health"})
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
-            or scope["path"] in self.OPEN_PATHS
-        ):
-            await self.app(scope, receive, send)
-            return
-        given = (_header(scope, b"authorization") or "").encode()
-        if not hmac.compare_digest(given, self.expected):
-            await _send_error(send, 401, "invalid or missing API key", "invalid_api_key", False)
-            return
-        await self.app(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return value.decode("latin-1").strip()

@@ -11,11 +11,15 @@ Unknown fields are ignored (clients send `user`, `store`, `metadata`...). Type e
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 1024  # characters per stop string
+INT32_MAX = (1 << 31) - 1
+_TOKEN_ID = re.compile(r"^\s*[0-9]{1,10}\s*$")  # ASCII digits only: int() takes more
 MAX_EMBEDDING_INPUTS = 2048
 
 
@@ -46,26 +50,30 @@ class GenerationFields(_Body):
     """What chat and text completions share: model, sampling, limits, streaming."""
 
     model: str | None = None
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repeat_penalty: float | None = Field(None, ge=0)
-    repeat_last_n: int | None = Field(None, ge=-1)
+    # Ranges: OpenAI's where it defines them; C-int fields fit an int32 (ctypes would
+    # silently wrap larger values); every float must be finite.
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    repeat_penalty: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    repeat_last_n: int | None = Field(None, ge=-1, le=INT32_MAX)  # the engine caps it at ctx
     logit_bias: dict[str, float] | None = None
-    max_tokens: int | None = None
-    n_predict: int | None = None  # llama-server's name for max_tokens
-    n: int | None = 1
+    # Also checked against the slot's context by the engine (400 when larger).
+    max_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
+    n_predict: int | None = Field(None, ge=-1, le=INT32_MAX)  # llama-server's max_tokens
+    n: int | None = 1  # only 1 (see _only_one)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # llama-server extras
     cache_prompt: bool | None = True
-    id_slot: int | None = -1
-    n_keep: int | None = None  # accepted and ignored: runner never shifts the context
+    id_slot: int | None = Field(-1, ge=-1, le=INT32_MAX)
+    # n_keep is accepted and ignored: runner never shifts the context.
+    n_keep: int | None = Field(None, ge=-1, le=INT32_MAX)
     n_probs: int | None = 0
     ignore_eos: bool | None = False
     grammar: str | None = None
@@ -96,15 +104,18 @@ class GenerationFields(_Body):
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        stops = [value] if isinstance(value, str) else value or []
+        if any(len(stop) > MAX_STOP_LENGTH for stop in stops):
+            raise ValueError(f"stop strings may be at most {MAX_STOP_LENGTH} characters long")
         return value
 
     @field_validator("logit_bias")
     @classmethod
     def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.strip().isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
-            if not -100 <= bias <= 100:
+            if not _TOKEN_ID.match(key):
+                raise ValueError(f"keys must be token ids, got {key[:32]!r}")
+            if not -100 <= bias <= 100:  # also false for NaN
                 raise ValueError(f"bias for token {key} must be between -100 and 100")
         return value
 
@@ -129,7 +140,7 @@ class GenerationFields(_Body):
 
 class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -242,3 +253,50 @@ class SlotFileRequest(BaseModel):
     """Body of `POST /slots/{id}?action=save|restore`."""
 
     filename: str | None = None
+
+
+# ----- management bodies -------------------------------------------------------------------
+# These routes read their JSON by hand (DMR's loose spellings, partial updates); the models
+# below only document the bodies in /openapi.json (`openapi_extra` in management.py).
+
+
+class UnloadRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    all: bool = False
+    backend: str | None = Field(None, description="must be 'llama.cpp' when given")
+    models: list[str] | str | None = None
+
+
+class ConfigureRequest(BaseModel):
+    """Per-model settings; None clears one. Numbers may also be sent as strings."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model: str
+    context_size: int | str | None = Field(None, alias="context-size")
+    slots: int | str | None = None
+    similarity: float | str | None = None
+    keep_alive: str | int | float | None = None
+    gpu_layers: int | str | None = Field(None, alias="gpu-layers")
+    chat_template: str | None = Field(None, alias="chat-template")
+    runtime_flags: list[str] | str | None = Field(None, alias="runtime-flags")
+
+
+class CreateModelRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    from_: str = Field(alias="from", description="absolute path of a local .gguf file")
+    tag: str | None = Field(None, description="name to give it (default: from the file name)")
+    name: str | None = Field(None, description="alias of tag")
+
+
+def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` declaring `model` as a route's JSON request body."""
+    schema = model.model_json_schema(by_alias=True)
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }

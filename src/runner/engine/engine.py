@@ -96,13 +96,6 @@ class Engine:
         if bad:
             raise InvalidRequest(f"logit_bias token {bad[0]} is outside the vocabulary")
         n_ctx = self.config.ctx_per_slot
-        if request.max_tokens is not None and request.max_tokens > n_ctx:
-            # A prompt plus output that outgrow the slot just end with "length" (as in
-            # llama-server); a limit no request could ever reach is a client bug.
-            raise InvalidRequest(
-                f"max_tokens is {request.max_tokens} but a slot holds {n_ctx} tokens "
-                "(prompt plus output)"
-            )
         # The penalty window: -1 means the whole context, and nothing beyond it exists.
         # llama.cpp allocates the window up front, so an unchecked value is a memory bomb.
         last_n = request.sampling.repeat_last_n

@@ -105,6 +105,12 @@ class ModelStore:
         self._check_blob(entry)
         return entry
 
+    def entry(self, name: str) -> ModelEntry:
+        """The model `name` refers to, as the index records it: its file is neither checked
+        nor repaired (for removing a model whose file is broken or gone)."""
+        index = self._read_index()
+        return self._entry(index, self._lookup(index, name)[0])
+
     # ----- mutations -----------------------------------------------------------------------
 
     def add(

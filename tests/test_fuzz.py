@@ -1,0 +1,95 @@
+"""Issue 8: fuzz every route described by /openapi.json with schemathesis; no 5xx allowed.
+
+One small server (`--slots 1 --ctx-size 512`) on a private copy of the store: the fuzzer may
+import, configure or delete models. Each distinct handler gets a few positive and negative
+cases (the `/v1` and `/engines/v1` spellings share the `/engines/llama.cpp/v1` handlers);
+generation is capped at 4 tokens so the run stays around a minute or two on 2 cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from server_proc import private_store
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+EXAMPLES_PER_OPERATION = 50
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
+# Same handlers as under /engines/llama.cpp/v1 (or /engines/_configure): fuzzed once there.
+DUPLICATES = r"^/(v1|engines/v1)/|^/engines/llama\.cpp/_configure$"
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(
+    start_server: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory, bundled_model_path
+) -> Iterator[Any]:
+    store = private_store(tmp_path_factory.mktemp("fuzz") / "models", bundled_model_path)
+    server = start_server(
+        "--model", "ai/gemma3", "--slots", "1", "--ctx-size", "512", "--no-persist",
+        env={"RUNNER_MODELS_DIR": str(store)},
+    )  # fmt: skip
+    yield server
+    server.stop()
+
+
+def cap_generation(body: Any) -> None:
+    """Keep generations short: any token limit (or none) becomes at most 4 tokens."""
+    if not isinstance(body, dict) or not ("messages" in body or "prompt" in body):
+        return
+    body.setdefault("max_tokens", 4)
+    for key in TOKEN_FIELDS:
+        value = body.get(key)
+        if key in body and (value is None or (type(value) is int and (value > 4 or value < 0))):
+            body[key] = 4
+
+
+def test_openapi_describes_custom_bodies(fuzz_server: Any) -> None:
+    spec = httpx.get(fuzz_server.url + "/openapi.json", timeout=30).json()
+    for path in ("/engines/_configure", "/models/create", "/engines/unload"):
+        body = spec["paths"][path]["post"]["requestBody"]
+        schema = body["content"]["application/json"]["schema"]
+        assert schema["properties"], path
+    create = spec["paths"]["/models/create"]["post"]["requestBody"]["content"]
+    assert "from" in create["application/json"]["schema"]["required"]
+
+
+def test_no_server_errors(fuzz_server: Any) -> None:
+    schema = schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json")
+    schema.config.update(base_url=fuzz_server.url, request_timeout=120)
+    operations = [r.ok() for r in schema.exclude(path_regex=DUPLICATES).get_all_operations()]
+    assert len(operations) >= 15
+    failures: list[str] = []
+    for operation in operations:
+        strategy = st.one_of(
+            operation.as_strategy(GenerationMode.POSITIVE),
+            operation.as_strategy(GenerationMode.NEGATIVE),
+        )
+
+        @given(case=strategy)
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: report and move on
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: Any) -> None:
+            cap_generation(case.body)
+            case.call_and_validate(checks=[not_a_server_error])
+
+        try:
+            run()
+        except Exception as exc:  # collect every failing operation, then fail once
+            failures.append(f"{operation.label}: {str(exc)[:1500]}")
+    assert httpx.get(fuzz_server.url + "/health", timeout=10).status_code == 200
+    assert not failures, "\n\n".join(failures)
