@@ -107,8 +107,9 @@ class Engine:
         Raises PromptTooLong/InvalidRequest at once, QueueFull when the wait queue is full.
         """
         self.validate(request)
-        handle = RequestHandle(asyncio.get_running_loop())
-        job = Job(request, handle.sink)
+        loop = asyncio.get_running_loop()
+        handle = RequestHandle(loop)
+        job = Job(request, handle.sink, channel=(loop, handle.queue))
         handle.job = job
         handle.on_cancel = self.scheduler.cancel
         self.scheduler.enqueue(job)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ..cache import PromptCache
 from .context import Batch, LlamaContext
-from .job import Job
+from .job import Job, Outbox
 from .model import LlamaModel
 from .prefix import PrefixPlanner
 from .sampling import Sampler
@@ -54,6 +54,7 @@ class Scheduler:
         self.slots = [Slot(id=i, n_ctx=config.ctx_per_slot) for i in range(config.slots)]
         self.batch = Batch(ctx.n_batch)
         self.stats = EngineStats()
+        self.outbox = Outbox()
         self.prefix = PrefixPlanner(self, prompt_cache)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
@@ -118,18 +119,21 @@ class Scheduler:
             while not (self._stopping and not self._drain):
                 self._run_commands()
                 self._admit()
+                self.outbox.flush()
                 if not any(s.busy for s in self.slots):
                     if self._wait_for_work():
                         break
                     continue
                 step_started = time.perf_counter()
                 self._step()
+                self.outbox.flush()
                 self.stats.step_seconds_total += time.perf_counter() - step_started
         except Exception:  # pragma: no cover - a bug; fail every request rather than hang
             log.exception("engine loop crashed")
             self._fail_all(EngineError("internal engine error"))
         finally:
             self._fail_all(EngineClosed("the model was unloaded"))
+            self.outbox.flush()
             self._persist()
 
     def _persist(self) -> None:
@@ -318,6 +322,8 @@ class Scheduler:
     # -- finishing -----------------------------------------------------------------------
 
     def _emit(self, job: Job, event: TokenEvent | FinishEvent) -> None:
+        if self.outbox.add(job, event):
+            return
         try:
             job.emit(event)
         except RuntimeError:  # the caller's event loop is gone: nobody is listening
