@@ -48,6 +48,17 @@ class Batch:
     def free(self) -> int:
         return self.capacity - self.n
 
+    def add_one(self, token: int, pos: int, seq: int) -> int:
+        """Append one token that wants logits (a generating slot's step): scalar writes,
+        no temporary arrays, since this runs for every stream on every step."""
+        i = self.n
+        self.token[i] = token
+        self.pos[i] = pos
+        self.seq_id[i] = seq
+        self.logits[i] = 1
+        self.n = i + 1
+        return i
+
     def add(self, tokens: list[int], start_pos: int, seq: int, want_last_logits: bool) -> int:
         """Append tokens of one sequence at positions start_pos...; returns the index of the
         last one (where its logits will be, if asked for)."""
@@ -61,22 +72,6 @@ class Batch:
             self.logits[b - 1] = 1
         self.n = b
         return b - 1
-
-    def view(self, offset: int, count: int) -> llama_cpp.llama_batch:
-        """A sub-batch over [offset, offset+count), for retrying a batch in halves."""
-        sub = llama_cpp.llama_batch()
-        sub.n_tokens = count
-        sub.token = ctypes.cast(self.token.ctypes.data + 4 * offset, type(self.struct.token))
-        sub.embd = None
-        sub.pos = ctypes.cast(self.pos.ctypes.data + 4 * offset, type(self.struct.pos))
-        sub.n_seq_id = ctypes.cast(
-            self.n_seq_id.ctypes.data + 4 * offset, type(self.struct.n_seq_id)
-        )
-        sub.seq_id = ctypes.cast(
-            self._seq_ptrs.ctypes.data + self._seq_ptrs.itemsize * offset, type(self.struct.seq_id)
-        )
-        sub.logits = ctypes.cast(self.logits.ctypes.data + offset, type(self.struct.logits))
-        return sub
 
 
 class LlamaContext:

@@ -107,9 +107,8 @@ class Engine:
         Raises PromptTooLong/InvalidRequest at once, QueueFull when the wait queue is full.
         """
         self.validate(request)
-        loop = asyncio.get_running_loop()
-        handle = RequestHandle(loop)
-        job = Job(request, handle.sink, channel=(loop, handle.queue))
+        handle = RequestHandle()
+        job = Job(request, channel=(asyncio.get_running_loop(), handle.queue))
         handle.job = job
         handle.on_cancel = self.scheduler.cancel
         self.scheduler.enqueue(job)

@@ -24,8 +24,9 @@ class Job:
     `cancelled`, which any thread may set."""
 
     request: GenerationRequest
-    emit: EventSink
-    # (loop, queue) of an async caller: its events go through the step's Outbox instead.
+    # Where events go: a blocking caller's sink, or an async caller's (loop, queue), which
+    # the scheduler serves through its Outbox (one wakeup per loop per step).
+    emit: EventSink | None = None
     channel: tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event]] | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: bool = False
@@ -86,8 +87,7 @@ class RequestHandle:
     the engine's next step and the tokens it computed stay cached.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self.job: Job | None = None
         self.final: FinishEvent | None = None
@@ -96,10 +96,6 @@ class RequestHandle:
     @property
     def queue(self) -> asyncio.Queue[Event]:
         return self._queue
-
-    def sink(self, event: Event) -> None:
-        """Called on the engine thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
     def cancel(self) -> None:
         if self.job is not None and self.final is None:

@@ -62,7 +62,6 @@ class Scheduler:
         self._idle_slots = config.slots
         self._stopping = False
         self._drain = False
-        self.on_idle: Callable[[], None] | None = None
 
     # -- called from any thread --------------------------------------------------------
 
@@ -229,7 +228,7 @@ class Scheduler:
         for slot in generating:
             job = slot.job
             assert job is not None
-            job.batch_index = batch.add([job.next_token], len(slot.tokens), slot.id, True)
+            job.batch_index = batch.add_one(job.next_token, len(slot.tokens), slot.id)
         reading: list[Slot] = []
         for slot in sorted(
             (s for s in self.slots if s.state is SlotState.PROMPT),
@@ -324,6 +323,7 @@ class Scheduler:
     def _emit(self, job: Job, event: TokenEvent | FinishEvent) -> None:
         if self.outbox.add(job, event):
             return
+        assert job.emit is not None
         try:
             job.emit(event)
         except RuntimeError:  # the caller's event loop is gone: nobody is listening
@@ -364,8 +364,6 @@ class Scheduler:
                 error=error,
             ),
         )
-        if self.on_idle is not None and not self._waiting and not any(s.busy for s in self.slots):
-            self.on_idle()
 
     def _finish_unstarted(self, job: Job, reason: FinishReason, error: EngineError | None = None):
         job.finished = True
