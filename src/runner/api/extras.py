@@ -70,7 +70,8 @@ async def slot_action(
             path = str(folder / filename)
             if action == "restore" and not os.path.isfile(path):
                 raise APIError(404, f"no slot file named {filename!r}", "slot_file_not_found")
-        result = await engine_of(resident).slot_action(slot_id, action, path)
+        engine = engine_of(resident)
+        result = await engine.slot_action(slot_id, action, path, resident.entry.id)
     return {**result, "model": resident.name}
 
 

@@ -1,8 +1,10 @@
-"""The on-disk entry format of the prompt cache and the small file helpers it needs.
+"""The on-disk entry format of the prompt cache (and of slot files) and the small file
+helpers it needs.
 
 One file per entry (``<sha256(tokens)[:32]>.kvc``): a header (magic, format version, header
 length, n_tokens, state length, sha256 over tokens+state, model sha256, KV layout), then the
-tokens as little-endian int32, then the state.
+tokens as little-endian int32, then the state. Slot files (``POST /slots/N?action=save``) use
+the same layout under their own magic, written and verified by `entry_header`/`read_entry`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 MAGIC = b"RUNRKVC\x00"
+SLOT_MAGIC = b"RUNRSLT\x00"
 FORMAT_VERSION = 1
 SUFFIX = ".kvc"
 # magic, version, header_len, n_tokens, state_len, sha256(tokens+state), len(model), len(layout)
@@ -83,3 +86,51 @@ def unlink_quietly(path: Path | None) -> None:
     if path is not None:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def entry_header(
+    tok_bytes: bytes, state: bytes, model: bytes, layout: bytes, magic: bytes = MAGIC
+) -> bytes:
+    """The header of an entry holding `tok_bytes` (from `encode_tokens`) and `state`."""
+    digest = hashlib.sha256(tok_bytes)
+    digest.update(state)
+    return (
+        HEADER.pack(
+            magic, FORMAT_VERSION, HEADER.size + len(model) + len(layout),
+            len(tok_bytes) // 4, len(state), digest.digest(), len(model), len(layout),
+        )
+        + model
+        + layout
+    )  # fmt: skip
+
+
+def read_entry(
+    f: BinaryIO, file_size: int, model: bytes, layout: bytes, magic: bytes = MAGIC
+) -> tuple[bytes, bytes]:
+    """Read and fully verify one entry: (token bytes, state). Raises `InvalidEntry` saying
+    why it cannot be used (another format, model or KV layout, truncation, a bad checksum)."""
+    raw = f.read(HEADER.size)
+    if len(raw) != HEADER.size:
+        raise InvalidEntry("truncated header")
+    got_magic, version, head_len, n_tok, state_len, digest, lm, ll = HEADER.unpack(raw)
+    if got_magic != magic:
+        raise InvalidEntry("not a file of this kind (wrong magic)")
+    if version != FORMAT_VERSION:
+        raise InvalidEntry(f"format version {version}, expected {FORMAT_VERSION}")
+    if head_len != HEADER.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
+        raise InvalidEntry("size mismatch (truncated or padded)")
+    names = read_exact(f, lm + ll)
+    if names[:lm] != model:
+        raise InvalidEntry("saved from another model file")
+    if names[lm:] != layout:
+        raise InvalidEntry(
+            f"saved with another KV layout ({names[lm:].decode('ascii', 'replace')!r}, "
+            f"this model runs {layout.decode('ascii', 'replace')!r})"
+        )
+    tok_bytes = read_exact(f, 4 * n_tok)
+    state = read_exact(f, state_len)
+    check = hashlib.sha256(tok_bytes)
+    check.update(state)
+    if check.digest() != digest:
+        raise InvalidEntry("checksum mismatch: the tokens or the KV data were altered")
+    return tok_bytes, state

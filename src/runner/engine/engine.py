@@ -10,16 +10,17 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..cache import PromptCache
+from . import slot_files
 from .context import Batch, DecodeError, LlamaContext
 from .job import Completion, Job, RequestHandle, SyncHandle, collect
 from .model import LlamaModel
 from .scheduler import Scheduler
-from .slot_files import slot_file
 from .types import EngineConfig, GenerationRequest, InvalidRequest, PromptTooLong
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,14 @@ class Engine:
 
     # -- slot files (llama-server's POST /slots/{id}?action=...) ---------------------------
 
-    async def slot_action(self, slot_id: int, action: str, path: str | None = None) -> dict:
+    async def slot_action(
+        self, slot_id: int, action: str, path: str | None = None, model_sha256: str = ""
+    ) -> dict:
         """`save` a slot's KV + tokens to `path`, `restore` it from there, or `erase` it.
 
         The slot must be idle; the caller validates `path` (it names a file the server owns).
+        Saved files carry `model_sha256` and this engine's KV layout, and only a file that
+        verifies against both (and its checksum) is restored (see slot_files.py).
         """
         if not 0 <= slot_id < len(self.scheduler.slots):
             raise InvalidRequest(f"no slot {slot_id}; this model has {len(self.scheduler.slots)}")
@@ -181,8 +186,9 @@ class Engine:
             raise InvalidRequest("action must be save, restore or erase")
         if action != "erase" and not path:
             raise InvalidRequest(f"action {action} needs a filename")
-        future = self.scheduler.call(lambda: slot_file(self.scheduler, slot_id, action, path))
-        return await asyncio.wrap_future(future)
+        key = slot_files.SlotFileKey(model_sha256, self.config.kv_key())
+        file = None if path is None else Path(path)
+        return await slot_files.slot_action(self, slot_id, action, file, key)
 
     # -- state ----------------------------------------------------------------------------
 
