@@ -233,6 +233,10 @@ def add_models(sub: Any) -> None:
     show.add_argument("name", metavar="NAME")
     show.set_defaults(func=cmd_models_show)
 
+    from runner.cli_pull import add_pull_commands  # pull | push | package
+
+    add_pull_commands(msub, _common)
+
 
 # ----- bench -------------------------------------------------------------------------------
 

@@ -246,13 +246,16 @@ async def models_list(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/models/create", openapi_extra=json_body(CreateModelRequest))
 async def models_create(request: Request) -> StreamingResponse:
-    """`{"from": "/path/to/local.gguf", "tag"?: NAME}`: import a local GGUF into the store,
-    streaming progress lines (JSON lines with `Accept: application/json`, else text), then a
-    success or error line. Problems found before the import starts are plain HTTP errors."""
+    """`{"from": NAME | URL | "/path/to/local.gguf", "tag"?: NAME, "sha256"?: HEX}`: pull a
+    model (registry name, `hf.co/...`, URL) or import a local GGUF into the store, streaming
+    progress lines (JSON lines with `Accept: application/json`, else text), then a success
+    or error line. Problems found before the transfer starts are plain HTTP errors."""
     body = await _json_body(request)
     source = body.get("from")
     if not isinstance(source, str) or not source.strip():
-        raise APIError(400, "'from' (path to a local .gguf file) is required", param="from")
+        raise APIError(400, "'from' (a model name or a local .gguf path) is required", param="from")
+    if _is_remote(source):
+        return await _pull(request, body, source.strip())
     path = Path(source).expanduser()
     if not path.is_absolute():  # relative to what? The server's cwd is no one's business
         raise APIError(400, "'from' must be an absolute path", "invalid_request", param="from")
@@ -271,6 +274,25 @@ async def models_create(request: Request) -> StreamingResponse:
     media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
     store = _store(request)
     return StreamingResponse(_import(store, tag, path, as_json), media_type=media)
+
+
+def _is_remote(source: str) -> bool:
+    text = source.strip()
+    if re.match(r"^https?://", text, re.IGNORECASE):
+        return True
+    return not text.startswith(("/", "~", ".")) and not text.lower().endswith(".gguf")
+
+
+async def _pull(request: Request, body: dict[str, Any], source: str) -> StreamingResponse:
+    from runner.api.model_pull import pull_response
+
+    tag = body.get("tag") or body.get("name")
+    sha256 = body.get("sha256")
+    for key, value in (("tag", tag), ("sha256", sha256)):
+        if value is not None and not isinstance(value, str):
+            raise APIError(400, f"'{key}' must be a string", "invalid_request", param=key)
+    as_json = "application/json" in request.headers.get("accept", "")
+    return await pull_response(_store(request), source, tag, sha256, as_json)
 
 
 def _name_from_file(path: Path) -> str:

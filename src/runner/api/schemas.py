@@ -286,7 +286,12 @@ class ConfigureRequest(BaseModel):
 class CreateModelRequest(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    from_: str = Field(alias="from", description="absolute path of a local .gguf file")
+    from_: str = Field(
+        alias="from",
+        description="model to pull (ai/gemma3, registry/repo:tag, hf.co/ORG/REPO:QUANT, an "
+        "https URL) or the absolute path of a local .gguf file",
+    )
+    sha256: str | None = Field(None, description="expected sha256 of a file pulled by URL")
     tag: str | None = Field(None, description="name to give it (default: from the file name)")
     name: str | None = Field(None, description="alias of tag")
 

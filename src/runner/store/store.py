@@ -150,6 +150,40 @@ class ModelStore:
             staged.unlink(missing_ok=True)
         return self._entry(self._read_index(), digest)
 
+    def has_model(self, model_id: str) -> bool:
+        """Whether the blob with full ID `model_id` is in the store (so a pull can skip it)."""
+        return model_id in self._read_index()["models"] and self._blob_ok(model_id)
+
+    def install(self, name: str, staged: Path, model_id: str) -> ModelEntry:
+        """Move `staged` (a file under `tmp_dir` whose sha256 the caller verified to be
+        `model_id`) into the store as `name`. The file is consumed either way."""
+        tag = normalize(name)
+        check_model_id(model_id)
+        try:
+            meta = read_metadata(staged)  # InvalidModelFile before the store changes
+            with self._lock():
+                index = self._read_index()
+                if not (model_id in index["models"] and self._blob_ok(model_id)):
+                    self._install_blob(index, model_id, staged, meta)
+                doomed = retag(index, tag, model_id)
+                self._write_index(index)
+                self._delete_blobs(doomed)
+        finally:
+            staged.unlink(missing_ok=True)
+        return self._entry(self._read_index(), model_id)
+
+    def tag(self, name: str, model_id: str) -> ModelEntry:
+        """Point `name` at the model with full ID `model_id`, which must be in the store."""
+        tag = normalize(name)
+        with self._lock():
+            index = self._read_index()
+            if model_id not in index["models"]:
+                raise ModelNotFound(model_id)
+            doomed = retag(index, tag, model_id)
+            self._write_index(index)
+            self._delete_blobs(doomed)
+        return self._entry(self._read_index(), model_id)
+
     def remove(self, name: str) -> Removed:
         """Remove tag `name` (exact, after normalization), or every tag of an ID reference.
 

@@ -1,0 +1,167 @@
+"""Pulls from Hugging Face (`hf.co/ORG/REPO[:QUANT]`) through `huggingface_hub`.
+
+The repo's file list (with each LFS file's sha256) picks the GGUF: the one whose name
+carries QUANT as a separate token (`model-Q4_K_M.gguf`, `model.q8_0.gguf`), or without a
+QUANT the default, as Docker Model Runner does: Q4_K_M if there is one, else Q4_0, else
+Q8_0, else the first GGUF by name. Projector files (`mmproj`) are never picked.
+
+`hf_hub_download` does the transfer (resumable; `HF_TOKEN` for gated repos; `HF_ENDPOINT`
+for a mirror; `HF_HUB_OFFLINE`), into the store's `tmp/`; the file enters the store only
+after its sha256 matches the one the Hub lists.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from typing import Any
+
+from tqdm import tqdm
+
+from .errors import DiskFull, PullError, RemoteNotFound, RemoteUnauthorized, RemoteUnreachable
+from .fileio import sha256_file
+from .index import ModelEntry
+from .pull import PullProgress, PullProgressFn, blob_progress, install_or_tag, staging_path
+from .refs import HfSource
+from .store import ModelStore
+
+DEFAULT_QUANTS = ("Q4_K_M", "Q4_0", "Q8_0")
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _has_quant(filename: str, quant: str) -> bool:
+    stem = filename.rsplit("/", 1)[-1]
+    pattern = rf"(?<![A-Za-z0-9]){re.escape(quant)}(?![A-Za-z0-9]|_[A-Za-z0-9])"
+    return re.search(pattern, stem, re.IGNORECASE) is not None
+
+
+def choose_file(files: list[str], quant: str | None, repo: str) -> str:
+    """The GGUF to pull among the repo's `files` (raises for none or for a sharded pick)."""
+    ggufs = sorted(f for f in files if f.lower().endswith(".gguf") and "mmproj" not in f.lower())
+    if not ggufs:
+        raise RemoteNotFound(f"hf.co/{repo}: the repo has no GGUF file")
+    wanted = [quant] if quant else [*DEFAULT_QUANTS, None]
+    for candidate in wanted:
+        matches = ggufs if candidate is None else [f for f in ggufs if _has_quant(f, candidate)]
+        if matches:
+            break
+    else:
+        found = ", ".join(f.rsplit("/", 1)[-1] for f in ggufs)
+        raise RemoteNotFound(f"hf.co/{repo}: no GGUF file for quantization {quant} (has: {found})")
+    pick = matches[0]
+    if _SHARD.search(pick):
+        raise PullError(
+            f"hf.co/{repo}: {pick} is one shard of a split GGUF; runner's store holds "
+            "single-file models, merge the shards with llama-gguf-split first",
+            status=400,
+            code="unsupported_artifact",
+        )
+    return pick
+
+
+def _bar_class(report: Any) -> type:
+    """A tqdm class for `hf_hub_download` that forwards byte counts instead of drawing."""
+
+    class _Forward(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["disable"] = True
+            self._done = int(kwargs.get("initial") or 0)
+            self._total = int(kwargs.get("total") or 0)
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done += int(n or 0)
+            report(self._done, max(self._total, self._done))
+            return None
+
+    return _Forward
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    from huggingface_hub import errors
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return DiskFull(f"{what}: no space left for the download ({exc})")
+    if isinstance(exc, errors.GatedRepoError):
+        return RemoteUnauthorized(f"{what}: gated repo; accept its terms and set HF_TOKEN")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return RemoteNotFound(f"{what}: no such repo (or it is private: set HF_TOKEN)")
+    if isinstance(exc, errors.RevisionNotFoundError | errors.EntryNotFoundError):
+        return RemoteNotFound(f"{what}: not found ({exc})".splitlines()[0])
+    if isinstance(exc, errors.OfflineModeIsEnabled | errors.LocalEntryNotFoundError):
+        return RemoteUnreachable(f"{what}: cannot reach the Hub (offline?)")
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return RemoteUnauthorized(f"{what}: access denied ({status}); set HF_TOKEN", status=status)
+    if isinstance(exc, errors.HfHubHTTPError):
+        return PullError(f"{what}: {str(exc).splitlines()[0]}")
+    return RemoteUnreachable(f"{what}: cannot reach the Hub ({exc or type(exc).__name__})")
+
+
+def pull_hf(
+    store: ModelStore, source: HfSource, name: str, emit: PullProgressFn
+) -> tuple[ModelEntry, int]:
+    import httpx
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    failures = (HfHubHTTPError, OfflineModeIsEnabled, httpx.TransportError, OSError)
+    what = str(source)
+    try:
+        info = HfApi(endpoint=_endpoint()).model_info(
+            source.repo_id, revision=source.revision, files_metadata=True
+        )
+    except failures as exc:
+        raise _translate(exc, what) from exc
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    filename = choose_file(list(siblings), source.quant, source.repo_id)
+    lfs = siblings[filename].lfs
+    expected = lfs.sha256.lower() if lfs is not None and lfs.sha256 else None
+    size = (lfs.size if lfs is not None else siblings[filename].size) or 0
+    workdir = store.tmp_dir / "hf" / re.sub(r"[^A-Za-z0-9._-]", "_", source.repo_id)
+    fetched: dict[str, str] = {}
+
+    def fetch() -> None:
+        progress = blob_progress(emit, expected or "0" * 64)
+        try:
+            path = hf_hub_download(
+                source.repo_id,
+                filename,
+                revision=info.sha or source.revision,
+                local_dir=workdir,
+                endpoint=_endpoint(),
+                tqdm_class=_bar_class(progress),
+            )
+        except failures as exc:
+            raise _translate(exc, f"{what} {filename}") from exc
+        emit(PullProgress("verifying sha256 digest"))
+        digest = sha256_file(path)  # type: ignore[arg-type]
+        if expected and digest != expected:
+            os.unlink(path)
+            raise PullError(
+                f"{what} {filename}: sha256 mismatch (got {digest}, expected {expected}); "
+                "the download was discarded",
+                code="digest_mismatch",
+            )
+        os.replace(path, staging_path(store, digest))
+        fetched["id"] = digest
+
+    try:
+        if expected:
+            return install_or_tag(store, name, expected, size, fetch, emit)
+        fetch()  # a non-LFS file: its digest is known only after the download
+        model_id = fetched["id"]
+        if store.has_model(model_id):
+            staging_path(store, model_id).unlink(missing_ok=True)
+            return store.tag(name, model_id), size
+        return store.install(name, staging_path(store, model_id), model_id), size
+    finally:
+        if fetched:  # keep the workdir only while it holds an unfinished download
+            shutil.rmtree(workdir, ignore_errors=True)

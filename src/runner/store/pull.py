@@ -1,0 +1,190 @@
+"""`pull(store, ref, progress)`: the one way a model gets from the network into the store.
+
+Used by `runner models pull`, `POST /models/create {"from": NAME}` and Ollama's `/api/pull`.
+`ref` is any name `refs.parse_source` understands (OCI, `hf.co/...`, an HTTPS URL).
+
+Every pull downloads into the store's `tmp/` dir, resumes what an earlier attempt left
+there, checks the sha256 before the file enters `blobs/`, and is idempotent: when the
+store already holds the blob, it only (re)points the name at it and downloads nothing.
+
+Progress events use Ollama's pull statuses so an API can stream them as they are:
+"pulling manifest", "pulling <12-hex>" (with digest, total, completed bytes),
+"verifying sha256 digest", "writing manifest", "success".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifact import parse_manifest
+from .download import fetch_verified, raise_for_status, unreachable
+from .errors import PullError
+from .index import ModelEntry
+from .names import normalize
+from .oci import Registry
+from .refs import HfSource, OciSource, Source, UrlSource, parse_source
+from .store import ModelStore
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
+
+PullProgressFn = Callable[[PullProgress], None]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    name: str  # the store tag the model is now under
+    entry: ModelEntry
+    downloaded: int  # bytes that came over the network in this pull (0: nothing needed)
+    source: str  # the fully spelled-out reference that was pulled
+
+
+def _quiet(_: PullProgress) -> None:
+    pass
+
+
+def pull(
+    store: ModelStore,
+    ref: str,
+    progress: PullProgressFn | None = None,
+    *,
+    tag: str | None = None,
+    sha256: str | None = None,
+) -> PullResult:
+    """Pull `ref` into `store` as `tag` (default: the name the reference implies).
+
+    Raises InvalidModelName for a malformed reference, and PullError subclasses (with
+    `.status` / `.code`) for everything that can go wrong remotely or on disk.
+    """
+    source = parse_source(ref, sha256=sha256)
+    name = normalize(tag) if tag else source.local_name
+    emit = progress or _quiet
+    emit(PullProgress("pulling manifest"))
+    if isinstance(source, OciSource):
+        result = _pull_oci(store, source, name, emit)
+    elif isinstance(source, HfSource):
+        from .hf import pull_hf  # huggingface_hub is a large import; only pay for it here
+
+        entry, downloaded = pull_hf(store, source, name, emit)
+        result = PullResult(name, entry, downloaded, str(source))
+    else:
+        result = _pull_url(store, source, name, emit)
+    emit(PullProgress("writing manifest"))
+    emit(PullProgress("success"))
+    return result
+
+
+def blob_progress(emit: PullProgressFn, model_id: str) -> Callable[[int, int], None]:
+    status = f"pulling {model_id[:12]}"
+
+    def report(done: int, total: int) -> None:
+        emit(PullProgress(status, f"sha256:{model_id}", total, done))
+
+    return report
+
+
+def install_or_tag(
+    store: ModelStore,
+    name: str,
+    model_id: str,
+    size: int,
+    fetch: Callable[[], None],
+    emit: PullProgressFn,
+) -> tuple[ModelEntry, int]:
+    """Skip the download when the store has `model_id`; else run `fetch`, which must leave
+    the verified file at `staging_path(store, model_id)`, and move it in."""
+    if store.has_model(model_id):
+        blob_progress(emit, model_id)(size, size)
+        return store.tag(name, model_id), 0
+    fetch()
+    emit(PullProgress("verifying sha256 digest"))
+    return store.install(name, staging_path(store, model_id), model_id), size
+
+
+def staging_path(store: ModelStore, key: str) -> Path:
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    return store.tmp_dir / f"pull-{key}.partial"
+
+
+def _pull_oci(store: ModelStore, source: OciSource, name: str, emit: PullProgressFn) -> PullResult:
+    with Registry(source.registry) as registry:
+        manifest, digest = registry.manifest(source)
+        artifact = parse_manifest(manifest)
+        if len(artifact.weights) > 1:
+            raise PullError(
+                f"{source} is a sharded GGUF ({len(artifact.weights)} files); runner's store "
+                "holds single-file models, merge the shards with llama-gguf-split first",
+                status=400,
+                code="unsupported_artifact",
+            )
+        layer = artifact.weights[0]
+        template = None
+        if artifact.chat_template is not None:
+            template = registry.blob_bytes(source.repository, artifact.chat_template.digest)
+
+        def fetch() -> None:
+            fetch_verified(
+                lambda headers: registry.blob_stream(source.repository, layer.digest, headers),
+                staging_path(store, layer.hex),
+                expected_sha256=layer.hex,
+                size=layer.size,
+                what=f"{source} layer {layer.hex[:12]}",
+                progress=blob_progress(emit, layer.hex),
+            )
+
+        entry, downloaded = install_or_tag(store, name, layer.hex, layer.size, fetch, emit)
+    if template is not None and "chat-template" not in store.get_config(entry.id):
+        config = store.get_config(entry.id)
+        config["chat-template"] = template.decode("utf-8", "replace")
+        store.set_config(entry.id, config)
+    return PullResult(name, entry, downloaded, f"{source.registry}/{source.repository}@{digest}")
+
+
+def _pull_url(store: ModelStore, source: UrlSource, name: str, emit: PullProgressFn) -> PullResult:
+    import hashlib
+
+    import httpx
+
+    if source.sha256 and store.has_model(source.sha256):
+        blob_progress(emit, source.sha256)(0, 0)
+        return PullResult(name, store.tag(name, source.sha256), 0, source.url)
+    key = source.sha256 or "url-" + hashlib.sha256(source.url.encode()).hexdigest()
+    partial = staging_path(store, key)
+    what = source.url
+    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0)) as client:
+        try:  # HEAD for the size, so an interrupted transfer can be detected and resumed
+            head = client.head(source.url)
+        except httpx.TransportError as exc:
+            raise unreachable(what, exc) from exc
+        raise_for_status(head, what)
+        length = head.headers.get("content-length", "")
+        size = (
+            int(length)
+            if length.isdigit() and "gzip" not in head.headers.get("content-encoding", "")
+            else None
+        )
+        digest = fetch_verified(
+            lambda headers: client.stream("GET", source.url, headers=headers),
+            partial,
+            expected_sha256=source.sha256,
+            size=size,
+            what=what,
+            progress=blob_progress(emit, source.sha256 or key[4:]),
+        )
+    emit(PullProgress("verifying sha256 digest"))
+    if store.has_model(digest):
+        partial.unlink(missing_ok=True)
+        return PullResult(name, store.tag(name, digest), size or 0, source.url)
+    entry = store.install(name, partial, digest)
+    return PullResult(name, entry, entry.size, source.url)
+
+
+__all__ = ["PullProgress", "PullProgressFn", "PullResult", "Source", "pull"]
