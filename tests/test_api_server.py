@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -35,6 +36,39 @@ def test_sigterm_drains_stream_and_exits_zero(start_server) -> None:
     assert data[-1] == "[DONE]", data[-3:]
     finish = json.loads(data[-2])
     assert finish["choices"][0]["finish_reason"] == "length"
+    assert handle.proc.returncode == 0, handle.logs()[-3000:]
+
+
+def test_stream_outliving_the_grace_ends_with_an_error_and_done(start_server) -> None:
+    handle = start_server(
+        "--model", "ai/gemma3", "--slots", "1", "--ctx-size", "2048", "--shutdown-grace", "1s"
+    )
+    body = {
+        "model": "ai/gemma3",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 2000,  # minutes of tokens on one thread: far past the 1 s grace
+        "ignore_eos": True,
+        "stream": True,
+    }
+    data: list[str] = []
+    stopped_at = 0.0
+    with httpx.stream("POST", handle.base_url + "/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data.append(line[len("data: ") :])
+            if len(data) == 2:  # mid-stream now
+                stopped_at = time.monotonic()
+                stopper = threading.Thread(target=handle.stop, kwargs={"timeout": 90})
+                stopper.start()
+    ended_after = time.monotonic() - stopped_at
+    stopper.join()
+    assert data[-1] == "[DONE]", data[-3:]
+    error = json.loads(data[-2])["error"]
+    assert error["code"] == "server_shutting_down" and "shutdown" in error["message"]
+    assert all("error" not in json.loads(d) for d in data[:-2])  # tokens until the cut-off
+    assert ended_after < 30, ended_after  # cut off at the grace, not at the end of the answer
     assert handle.proc.returncode == 0, handle.logs()[-3000:]
 
 

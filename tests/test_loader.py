@@ -246,9 +246,8 @@ def test_memory_budget_evicts_least_recently_used(store: ModelStore) -> None:
 def test_model_bigger_than_the_budget_fails_clearly(store: ModelStore) -> None:
     async def main() -> None:
         loader = make_loader(store, [], memory_budget="1MiB")
-        with pytest.raises(InsufficientMemory, match="memory budget is 1 MiB") as err:
+        with pytest.raises(InsufficientMemory, match="memory budget is 1 MiB"):
             await loader.preload("a")
-        assert err.value.status == 507
         assert loader.resident() == []
         await loader.shutdown()
 

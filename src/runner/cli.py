@@ -1,8 +1,8 @@
 """Command line: `runner serve`, `runner models list|add|rm|show`.
 
-Each subcommand is a registrar function decorated with `@command` that adds its parser and
-sets `func` (the handler returning an exit code). To add a command (status, ps, run, bench),
-write one more registrar here or in a module imported at the bottom of this file.
+Each subcommand has a registrar function that adds its parser and sets `func` (the handler
+returning an exit code); `build_parser` calls them in `--help` order: this module's own, then
+the client commands of `cli_client` (status, ps, run), which knows nothing of this module.
 
 Settings flags are declared with `add_setting`, and only flags the user actually typed reach
 `Settings(...)` (argparse default=SUPPRESS), so `RUNNER_*` env vars keep working beneath them.
@@ -19,19 +19,14 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from runner.config import Settings, parse_duration, parse_size
+from runner import cli_client
+from runner.cli_format import table
+from runner.config import Settings, format_size, parse_duration, parse_size
 
 Registrar = Callable[[Any], None]  # receives the subparsers action
 Handler = Callable[[argparse.Namespace], int]
 
-COMMANDS: list[Registrar] = []
 _SETTING_DESTS: set[str] = set()
-
-
-def command(registrar: Registrar) -> Registrar:
-    """Decorator registering a subcommand; order of registration is order in --help."""
-    COMMANDS.append(registrar)
-    return registrar
 
 
 def add_setting(parser: argparse.ArgumentParser, field: str, **kwargs: Any) -> None:
@@ -56,7 +51,7 @@ def _show_default(info: FieldInfo) -> str:
         return ""
     parsers = {getattr(m, "func", None) for m in info.metadata}
     if parse_size in parsers:
-        return _human_bytes(default).replace(".0 ", "").replace(" ", "")
+        return format_size(default, 1).replace(".0 ", "").replace(" ", "")
     if parse_duration in parsers:
         return f"{default:g}s"
     return str(default)
@@ -84,22 +79,6 @@ def _open_store(args: argparse.Namespace) -> Any:
     return ModelStore(settings_from(args).models_dir)
 
 
-def _human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 # ----- serve -------------------------------------------------------------------------------
 
 _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -118,6 +97,7 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("idle_timeout", {"metavar": "DUR", "help": "unload idle models after (30s, 5m, -1=never)"}),
     ("max_models", {"metavar": "N", "help": "max models loaded at once"}),
     ("memory_budget", {"metavar": "SIZE", "help": "memory for loaded models (e.g. 8GiB)"}),
+    ("shutdown_grace", {"metavar": "DUR", "help": "on SIGTERM, let streams run this long"}),
     ("cache_ram", {"metavar": "SIZE", "help": "prompt-cache RAM tier size"}),
     ("cache_disk", {"metavar": "SIZE", "help": "prompt-cache disk tier size"}),
     ("cache_dir", {"metavar": "DIR", "help": "prompt-cache disk tier directory"}),
@@ -140,7 +120,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
-@command
 def add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", parents=[_common()], help="run the OpenAI-compatible server")
     for field, kwargs in _SERVE_FLAGS:
@@ -173,10 +152,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     format_params(m.parameter_count),
                     m.quantization,
                     str(m.context_length or "-"),
-                    _human_bytes(e.size),
+                    format_size(e.size, 1),
                 ]
             )
-    print(_table(rows))
+    print(table(rows))
     return 0
 
 
@@ -209,7 +188,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
 def add_models(sub: Any) -> None:
     common = _common()
     p = sub.add_parser("models", parents=[common], help="manage the local model store")
@@ -241,7 +219,6 @@ def add_models(sub: Any) -> None:
 # ----- bench -------------------------------------------------------------------------------
 
 
-@command
 def add_bench(sub: Any) -> None:
     from runner.bench.cli import configure  # argparse only; workloads import lazily
 
@@ -259,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local LLM inference server embedding llama.cpp in-process.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for registrar in COMMANDS:
+    registrars: list[Registrar] = [add_serve, add_models, add_bench, *cli_client.REGISTRARS]
+    for registrar in registrars:
         registrar(sub)
     return parser
 
@@ -293,7 +271,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-# Client subcommands (status, ps, run) live in their own module; importing it registers them.
-from runner import cli_client as _cli_client  # noqa: E402,F401

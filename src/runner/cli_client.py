@@ -1,7 +1,7 @@
 """`runner status`, `runner ps`, `runner run MODEL [PROMPT]`: `docker model`'s client commands,
 talking to a running server over HTTP (`--url`, env `RUNNER_URL`).
 
-Registered into `runner.cli` (imported at the bottom of that module).
+`REGISTRARS` add their parsers; `runner.cli` calls them when it builds its parser.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from runner.cli import _human_bytes, _table, command
+from runner.cli_format import table
+from runner.config import format_size
 
 DEFAULT_URL = "http://127.0.0.1:12434"
 
@@ -120,15 +121,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         for d in devices:
             memory = ""
             if d.get("memory_total"):
-                memory = (
-                    f", {_human_bytes(d['memory_free'])} free of {_human_bytes(d['memory_total'])}"
-                )
+                memory = f", {format_size(d['memory_free'], 1)} free of {format_size(d['memory_total'], 1)}"
             print(f"  {d.get('name')} ({d.get('type')}): {d.get('description')}{memory}")
     print(f"gpu offload: {'yes' if status.get('gpu_offload') else 'no'}")
     budget = status.get("memory_budget")
     if budget:
         used = status.get("memory_used_estimate") or 0
-        print(f"memory: {_human_bytes(used)} of {_human_bytes(budget)} budget (estimated)")
+        print(f"memory: {format_size(used, 1)} of {format_size(budget, 1)} budget (estimated)")
     models = status.get("models") or []
     if not models:
         print("models loaded: none")
@@ -139,12 +138,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"  {m['model_name']}: {_state(m)}, {m.get('slots')} slots x "
                 f"{m.get('context_size')} tokens, gpu layers {layers if layers is not None else '-'}"
-                f", est. {_human_bytes(m.get('memory_estimate') or 0)}"
+                f", est. {format_size(m.get('memory_estimate') or 0, 1)}"
             )
     return 0
 
 
-@command
 def add_status(sub: Any) -> None:
     p = sub.add_parser("status", help="is a server running; its backend, devices and models")
     _add_client_args(p)
@@ -156,13 +154,13 @@ def add_status(sub: Any) -> None:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = _get(args, "/engines/ps")
+    served = _get(args, "/engines/ps")
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(served, indent=2))
         return 0
-    table = [["MODEL NAME", "BACKEND", "MODE", "STATE", "LAST USED", "KEEP ALIVE", "CONTEXT"]]
-    for r in rows:
-        table.append(
+    rows = [["MODEL NAME", "BACKEND", "MODE", "STATE", "LAST USED", "KEEP ALIVE", "CONTEXT"]]
+    for r in served:
+        rows.append(
             [
                 str(r.get("model_name")),
                 str(r.get("backend_name")),
@@ -173,11 +171,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 f"{r.get('slots')}x{r.get('context_size')}",
             ]
         )
-    print(_table(table))
+    print(table(rows))
     return 0
 
 
-@command
 def add_ps(sub: Any) -> None:
     p = sub.add_parser("ps", help="models loaded in a running server")
     _add_client_args(p)
@@ -266,7 +263,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
 def add_run(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="chat with a model on a running server (one answer, or interactive)"
@@ -278,3 +274,6 @@ def add_run(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, metavar="N", help="limit each answer")
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
     p.set_defaults(func=_run_handler(cmd_run))
+
+
+REGISTRARS = (add_status, add_ps, add_run)

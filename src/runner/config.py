@@ -49,6 +49,15 @@ def parse_size(value: Any) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+def format_size(size: float, decimals: int = 2) -> str:
+    """The inverse of `parse_size` for people: `512 B`, `1.50 MiB`, `2.1 GiB` (1024-based)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.{decimals}f} {unit}"
+        size /= 1024
+    return f"{size:.{decimals}f} TiB"
+
+
 def parse_gpu_layers(value: Any) -> int:
     """`all` or `-1` -> -1 (every layer), else a non-negative layer count."""
     if isinstance(value, str) and value.strip().lower() in {"all", "max", "auto"}:
@@ -112,6 +121,9 @@ class Settings(BaseSettings):
     idle_timeout: Duration = 300.0
     max_models: int | None = Field(None, ge=1)
     memory_budget: ByteSize | None = None
+    shutdown_grace: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = Field(
+        30.0, description="how long streams may run on after SIGTERM before they are ended"
+    )
 
     # prompt cache tiers
     cache_ram: ByteSize = 1 << 30

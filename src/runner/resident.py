@@ -15,31 +15,19 @@ from .store import ModelEntry
 
 
 class LoaderError(Exception):
-    """Base of the loader's errors; `status` and `code` say how HTTP reports them."""
-
-    status: int = 500
-    code: str = "loader_error"
+    """Base of the loader's errors (the API maps each to HTTP)."""
 
 
 class InsufficientMemory(LoaderError):
     """The model cannot fit in the memory budget even with every other model unloaded."""
 
-    status = 507
-    code = "insufficient_memory"
-
 
 class ModelBusy(LoaderError):
     """The operation needs the model idle, and it is serving requests."""
 
-    status = 409
-    code = "model_busy"
-
 
 class LoadFailed(LoaderError):
     """llama.cpp could not load the model file (or the server is shutting down)."""
-
-    status = 500
-    code = "model_load_failed"
 
 
 @dataclass(eq=False)

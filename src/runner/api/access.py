@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runner.config import Settings
 
+from .errors import ErrorInfo
 from .middleware import header, send_error
 
 log = logging.getLogger("runner.api")
@@ -98,7 +99,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if not self.authorized(header(scope, b"authorization")):
-            await send_error(send, 401, "invalid or missing API key", "invalid_api_key")
+            error = ErrorInfo(401, "invalid_api_key", "invalid or missing API key")
+            await send_error(scope, receive, send, error)
             return
         await self.app(scope, receive, send)
 
@@ -127,7 +129,9 @@ class OriginMiddleware:
                     f"origin {origin[:200]!r} is not allowed; "
                     "add it with --cors-origins or RUNNER_ORIGINS"
                 )
-                await send_error(send, 403, message, "origin_not_allowed")
+                await send_error(
+                    scope, receive, send, ErrorInfo(403, "origin_not_allowed", message)
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -148,6 +152,6 @@ class HostMiddleware:
                     f"host {host[:200]!r} is not allowed: this server listens on a loopback "
                     "address; use localhost or 127.0.0.1"
                 )
-                await send_error(send, 403, message, "host_not_allowed")
+                await send_error(scope, receive, send, ErrorInfo(403, "host_not_allowed", message))
                 return
         await self.app(scope, receive, send)

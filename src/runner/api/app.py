@@ -33,7 +33,6 @@ from .guard import JsonGuardMiddleware
 from .management import router as management_router
 from .metrics import make_registry
 from .middleware import BodyLimitMiddleware, FormAsJsonMiddleware
-from .streaming import SHUTDOWN_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,10 @@ def create_app(
     settings: Settings,
     store: ModelStore | None = None,
     loader: Loader | None = None,
-    shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
 ) -> FastAPI:
     """The server app. Missing `store`/`loader` are created from `settings`; the lifespan
-    preloads `settings.model` and, on shutdown, lets requests drain for `shutdown_grace`
-    seconds before freeing the models."""
+    preloads `settings.model` and, on shutdown, lets requests drain for
+    `settings.shutdown_grace` seconds before freeing the models."""
     store = store or ModelStore(settings.models_dir)
     loader = loader or Loader(settings, store)
 
@@ -64,7 +62,7 @@ def create_app(
         try:
             yield
         finally:
-            await loader.shutdown(shutdown_grace)
+            await loader.shutdown(settings.shutdown_grace)
 
     app = FastAPI(
         title="runner",
@@ -75,7 +73,6 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.loader = loader
-    app.state.shutdown_grace = shutdown_grace
     app.state.metrics_registry = make_registry(loader)
 
     install_error_handlers(app)

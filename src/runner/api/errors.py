@@ -1,26 +1,37 @@
-"""OpenAI-shaped errors: `{"error": {"message", "type", "code"}}` with the right HTTP status.
+"""How failures become HTTP errors: one table, rendered in each client dialect's shape.
 
-Every failure path ends here: our own `APIError`, FastAPI's request validation (which would
-otherwise be a 422 with FastAPI's body), Starlette's HTTP errors (404 route, 405...), engine
-and loader errors (they carry `.status` and `.code`), store lookups and template/grammar
-problems. Types follow llama-server (`invalid_request_error`, `not_found_error`...); codes are
-short strings like OpenAI's (`model_not_found`, `context_length_exceeded`).
+Layers below the API (engine, loader, store, chat) raise plain exceptions that know nothing
+about HTTP. `ERRORS` maps an exception class to a function building an `ErrorInfo` (status,
+short code, message, extra headers such as `Retry-After`, the offending request field);
+`describe(exc)` looks the exception's class up along its `__mro__`, the way Starlette's
+exception middleware finds a handler, so a subclass without a row of its own inherits its
+base's. Anything not in the table is a bug: logged with its traceback, reported as a 500.
+
+Rendering is separate from describing. `openai_body(info)` gives OpenAI's
+`{"error": {"message", "type", "code", "param"}}` (also the payload of an SSE error event);
+another dialect renders the same `ErrorInfo` its own way, e.g. Ollama's `{"error": "..."}`
+or Anthropic's `{"type": "error", "error": {"type", "message"}}`. A dialect claims its URL
+prefixes with `install_error_handlers(app, renderers=[("/api/", render_ollama), ...])`; the one
+exception handler, and middleware errors sent through `send_error` (`middleware.py`), pick
+the renderer of the longest matching prefix, OpenAI's by default. Streams that fail after
+their headers went out call `describe()` themselves and emit the dialect's error event.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runner.chat import ChatTemplateError, GrammarError
-from runner.engine import EngineError, QueueFull
-from runner.loader import InsufficientMemory, LoadFailed, ModelBusy
+from runner.engine import EngineClosed, EngineError, InvalidRequest, PromptTooLong, QueueFull
+from runner.loader import InsufficientMemory, LoaderError, LoadFailed, ModelBusy
 from runner.store import (
     AmbiguousModelName,
     InvalidModelFile,
@@ -30,29 +41,26 @@ from runner.store import (
     StoreError,
 )
 
+from .state import available_models, store_of
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1  # queue-full clients should come back soon: slots free up per token
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    501: "not_supported_error",
-    503: "unavailable_error",
-    507: "insufficient_storage_error",
-}
 
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A failure as any dialect reports it."""
 
-def error_type(status: int) -> str:
-    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    status: int
+    code: str
+    message: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    param: str | None = None
 
 
 class APIError(Exception):
-    """An error to report as-is: HTTP `status`, OpenAI `code`, optional extra headers."""
+    """An error the API layer raises itself, reported as-is."""
 
     def __init__(
         self,
@@ -70,118 +78,173 @@ class APIError(Exception):
         self.param = param
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None):
-    """The JSON body of an error response (also used for SSE error events)."""
-    # Messages quote user input; a lone surrogate in it would make the response unencodable.
-    message = message.encode("utf-8", "replace").decode("utf-8")
-    body: dict[str, Any] = {
-        "message": message,
-        "type": error_type(status),
-        "code": code or error_type(status),
-    }
-    if param is not None:
-        body["param"] = param
-    return {"error": body}
+Describer = Callable[[Any], ErrorInfo]
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(
-        error_body(exc.status, exc.message, exc.code, exc.param),
-        status_code=exc.status,
-        headers=exc.headers or None,
-    )
+def row(
+    status: int, code: str, *, param: str | None = None, headers: Mapping[str, str] | None = None
+) -> Describer:
+    """A table row whose message is the exception's own (its code when it has none)."""
+
+    def make(exc: BaseException) -> ErrorInfo:
+        return ErrorInfo(status, code, str(exc) or code, dict(headers or {}), param)
+
+    return make
 
 
-def model_not_found(name: str, available: Sequence[str]) -> APIError:
-    listed = ", ".join(available) if available else "none (add one with `runner models add`)"
-    return APIError(
-        404,
-        f"model {name!r} not found; available models: {listed}",
-        "model_not_found",
-        param="model",
-    )
+def _api_error(exc: APIError) -> ErrorInfo:
+    return ErrorInfo(exc.status, exc.code, exc.message, exc.headers, exc.param)
 
 
-def to_api_error(exc: BaseException, available: Sequence[str] = ()) -> APIError | None:
-    """Translate a known library exception; None for anything unexpected (a bug: 500)."""
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, QueueFull):
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return APIError(exc.status, str(exc), exc.code, headers)
-    if isinstance(exc, EngineError):
-        return APIError(exc.status, str(exc) or exc.code, exc.code)
-    if isinstance(exc, ModelNotFound):
-        return model_not_found(exc.name, available)
-    if isinstance(exc, AmbiguousModelName):
-        return APIError(400, str(exc), "ambiguous_model_name", param="model")
-    if isinstance(exc, InvalidModelName):
-        return APIError(400, str(exc), "invalid_model_name", param="model")
-    if isinstance(exc, ModelFileMissing | InvalidModelFile):
-        return APIError(500, str(exc), "model_file_error")
-    if isinstance(exc, StoreError):
-        return APIError(500, str(exc), "store_error")
-    if isinstance(exc, ChatTemplateError):
-        return APIError(400, str(exc), "chat_template_error", param="messages")
-    if isinstance(exc, GrammarError):
-        return APIError(400, str(exc), "invalid_grammar", param="response_format")
-    status = getattr(exc, "status", None)  # loader errors: InsufficientMemory 507, ModelBusy 409
-    if isinstance(status, int) and 400 <= status < 600:
-        return APIError(status, str(exc), getattr(exc, "code", None))
-    return None
-
-
-def _available_models(request: Request) -> list[str]:
-    store = getattr(request.app.state, "store", None)
-    if store is None:
-        return []
-    try:
-        return [tag for entry in store.list() for tag in entry.tags]
-    except Exception:  # listing is a courtesy; never mask the original error
-        return []
-
-
-def _describe_validation(exc: RequestValidationError) -> str:
+def _validation(exc: RequestValidationError) -> ErrorInfo:
     problems = []
     for err in exc.errors()[:5]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         if err.get("type") == "json_invalid":
             ctx = err.get("ctx") or {}
-            return f"the request body is not valid JSON: {ctx.get('error', err.get('msg'))}"
+            message = f"the request body is not valid JSON: {ctx.get('error', err.get('msg'))}"
+            return ErrorInfo(400, "invalid_request", message)
         where = ".".join(loc)
         problems.append(f"field '{where}': {err.get('msg')}" if where else str(err.get("msg")))
-    return "invalid request: " + "; ".join(problems) if problems else "invalid request"
+    message = "invalid request: " + "; ".join(problems) if problems else "invalid request"
+    return ErrorInfo(400, "invalid_request", message)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that give every error the OpenAI shape."""
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(APIError(400, _describe_validation(exc), "invalid_request"))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400:  # FastAPI's "There was an error parsing the body"
-            message = f"the request body could not be parsed: {exc.detail}"
-        else:
-            message = str(exc.detail)
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        err = APIError(exc.status_code, message, code.get(exc.status_code), exc.headers)
-        return error_response(err)
+def _http(exc: StarletteHTTPException) -> ErrorInfo:
+    status = exc.status_code
+    if status == 400:  # FastAPI's "There was an error parsing the body"
+        message = f"the request body could not be parsed: {exc.detail}"
+    else:
+        message = str(exc.detail)
+    code = _HTTP_CODES.get(status) or error_type(status)
+    return ErrorInfo(status, code, message, dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def _any(request: Request, exc: Exception) -> JSONResponse:
-        err = to_api_error(
-            exc, _available_models(request) if isinstance(exc, ModelNotFound) else ()
-        )
-        if err is None:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            err = APIError(500, f"internal server error: {type(exc).__name__}", "internal_error")
-        return error_response(err)
 
-    # Registered separately so Starlette's ExceptionMiddleware (inside user middleware)
-    # handles them, rather than the outermost ServerErrorMiddleware that re-raises.
-    handled = (APIError, EngineError, StoreError, ChatTemplateError, GrammarError)
-    for kind in (*handled, InsufficientMemory, LoadFailed, ModelBusy):
-        app.add_exception_handler(kind, _any)  # type: ignore[arg-type]
+# Exception class -> how to describe it. Order does not matter: lookup follows the MRO.
+ERRORS: dict[type[BaseException], Describer] = {
+    APIError: _api_error,
+    RequestValidationError: _validation,
+    StarletteHTTPException: _http,
+    # engine
+    EngineError: row(500, "engine_error"),
+    PromptTooLong: row(400, "context_length_exceeded"),
+    InvalidRequest: row(400, "invalid_request"),
+    QueueFull: row(503, "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}),
+    EngineClosed: row(503, "model_unloaded"),
+    # loader
+    LoaderError: row(500, "loader_error"),
+    InsufficientMemory: row(507, "insufficient_memory"),
+    ModelBusy: row(409, "model_busy"),
+    LoadFailed: row(500, "model_load_failed"),
+    # store
+    StoreError: row(500, "store_error"),
+    ModelNotFound: row(404, "model_not_found", param="model"),
+    AmbiguousModelName: row(400, "ambiguous_model_name", param="model"),
+    InvalidModelName: row(400, "invalid_model_name", param="model"),
+    ModelFileMissing: row(500, "model_file_error"),
+    InvalidModelFile: row(500, "model_file_error"),
+    # chat
+    ChatTemplateError: row(400, "chat_template_error", param="messages"),
+    GrammarError: row(400, "invalid_grammar", param="response_format"),
+}
+
+
+def describer_for(kind: type[BaseException]) -> Describer | None:
+    """The table row for `kind` or its nearest base class; None if none has one."""
+    for cls in kind.__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    return None
+
+
+def describe(exc: BaseException) -> ErrorInfo:
+    """Any exception as an `ErrorInfo`; an unknown one is logged and becomes a 500."""
+    make = describer_for(type(exc))
+    if make is None:
+        log.error("unexpected error", exc_info=exc)
+        return ErrorInfo(500, "internal_error", f"internal server error: {type(exc).__name__}")
+    info = make(exc)
+    # Messages quote user input; a lone surrogate in it would make the response unencodable.
+    return replace(info, message=info.message.encode("utf-8", "replace").decode("utf-8"))
+
+
+def model_not_found(name: str, available: Sequence[str]) -> ErrorInfo:
+    listed = ", ".join(available) if available else "none (add one with `runner models add`)"
+    message = f"model {name!r} not found; available models: {listed}"
+    return ErrorInfo(404, "model_not_found", message, param="model")
+
+
+async def describe_request_error(request: Request, exc: BaseException) -> ErrorInfo:
+    """`describe(exc)`, with the store's models listed when the model was not found."""
+    if not isinstance(exc, ModelNotFound):
+        return describe(exc)
+    try:
+        available = await available_models(store_of(request))
+    except Exception:  # listing is a courtesy; never mask the original error
+        available = []
+    return model_not_found(exc.name, available)
+
+
+# ----- rendering ---------------------------------------------------------------------------
+
+Renderer = Callable[[ErrorInfo], Response]
+
+# OpenAI's `type` for a status (llama-server uses the same names).
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    501: "not_supported_error",
+    503: "unavailable_error",
+    507: "insufficient_storage_error",
+}
+
+
+def error_type(status: int) -> str:
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def openai_body(info: ErrorInfo) -> dict[str, Any]:
+    """OpenAI's error object: the JSON body of an error response and of an SSE error event."""
+    body: dict[str, Any] = {"message": info.message, "type": error_type(info.status)}
+    body["code"] = info.code
+    if info.param is not None:
+        body["param"] = info.param
+    return {"error": body}
+
+
+def render_openai(info: ErrorInfo) -> Response:
+    return JSONResponse(openai_body(info), status_code=info.status, headers=dict(info.headers))
+
+
+def renderer_for(app: Any, path: str) -> Renderer:
+    """The renderer of the dialect whose prefix is the longest match for `path`."""
+    state = getattr(app, "state", None)  # None: middleware used without an app
+    renderers: Sequence[tuple[str, Renderer]] = getattr(state, "error_renderers", ())
+    best, best_len = render_openai, -1
+    for prefix, render in renderers:
+        if path.startswith(prefix) and len(prefix) > best_len:
+            best, best_len = render, len(prefix)
+    return best
+
+
+def install_error_handlers(app: FastAPI, renderers: Sequence[tuple[str, Renderer]] = ()) -> None:
+    """Register the one handler that describes any exception and renders it for its route;
+    `renderers` are (URL prefix, renderer) pairs for the dialects that are not OpenAI's."""
+    app.state.error_renderers = list(renderers)
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        info = await describe_request_error(request, exc)
+        return renderer_for(request.app, request.url.path)(info)
+
+    # The table's classes are registered one by one so that Starlette's ExceptionMiddleware
+    # (inside the user middleware) answers them; `Exception` goes to the outermost
+    # ServerErrorMiddleware, which answers and then re-raises for the server's log.
+    for kind in (*ERRORS, Exception):
+        app.add_exception_handler(kind, handle)  # type: ignore[arg-type]

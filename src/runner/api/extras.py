@@ -12,8 +12,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import APIError
-from .inference import engine_of, hold_model, loader_of, model_name, tokenize
+from .inference import engine_of, hold_model, model_name, tokenize
 from .schemas import DetokenizeRequest, SlotFileRequest, TokenizeRequest
+from .state import loader_of, metrics_registry_of, settings_of
 
 router = APIRouter()
 
@@ -65,7 +66,7 @@ async def slot_action(
         if action != "erase":
             if not filename or not _SLOT_FILE.match(filename) or ".." in filename:
                 raise APIError(400, "filename must be a plain file name", param="filename")
-            folder = request.app.state.settings.resolved_cache_dir / "slots" / resident.entry.id
+            folder = settings_of(request).resolved_cache_dir / "slots" / resident.entry.id
             folder.mkdir(parents=True, exist_ok=True)
             path = str(folder / filename)
             if action == "restore" and not os.path.isfile(path):
@@ -103,5 +104,5 @@ async def detokenize_route(body: DetokenizeRequest, request: Request) -> dict[st
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    data = generate_latest(request.app.state.metrics_registry)
+    data = generate_latest(metrics_registry_of(request))
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,7 @@ import re
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import ErrorInfo
 from .middleware import send_error
 
 MAX_DEPTH = 64
@@ -110,7 +111,8 @@ class JsonGuardMiddleware:
         body = b"".join(chunks)
         problem = check_body(body) if body else None
         if problem is not None:
-            await send_error(send, 400, *problem)
+            message, code = problem
+            await send_error(scope, receive, send, ErrorInfo(400, code, message))
             return
         replayed = False
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,20 +16,21 @@ from fastapi import Request
 
 from runner import __version__
 from runner.chat import grammar_for
-from runner.config import Settings
 from runner.engine import (
     Engine,
+    EngineError,
     FinishEvent,
     GenerationRequest,
     RequestHandle,
     SamplingParams,
     TokenEvent,
 )
-from runner.loader import Loader, ResidentModel
-from runner.store import BUNDLED_TAGS, ModelNotFound, ModelStore
+from runner.loader import ResidentModel
+from runner.store import BUNDLED_TAGS
 
-from .errors import APIError, model_not_found
+from .errors import APIError
 from .schemas import GenerationFields
+from .state import loader_of, settings_of
 
 SYSTEM_FINGERPRINT = f"runner-{__version__}"
 # Builds a request's prompt on the held model: (prompt tokens, extra stop strings).
@@ -37,18 +38,6 @@ PromptBuilder = Callable[[ResidentModel, Engine], Awaitable[tuple[list[int], Seq
 # Texts above this many characters are tokenized (and templates rendered) on a worker thread
 # so one huge prompt does not stall every other stream on the event loop.
 INLINE_LIMIT = 16 * 1024
-
-
-def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def store_of(request: Request) -> ModelStore:
-    return request.app.state.store
-
-
-def loader_of(request: Request) -> Loader:
-    return request.app.state.loader
 
 
 def model_name(request: Request, requested: str | None) -> str:
@@ -59,20 +48,12 @@ def model_name(request: Request, requested: str | None) -> str:
     return preloaded[0] if preloaded else BUNDLED_TAGS[-1]
 
 
-async def available_models(store: ModelStore) -> list[str]:
-    entries = await asyncio.to_thread(store.list)
-    return [tag for entry in entries for tag in entry.tags]
-
-
-@contextlib.asynccontextmanager
-async def hold_model(request: Request, name: str) -> AsyncIterator[ResidentModel]:
-    """`loader.use(name)`, with an unknown name reported as 404 listing the models there are.
-    Other loader errors carry their own status (`errors.py`)."""
-    try:
-        async with loader_of(request).use(name) as model:
-            yield model
-    except ModelNotFound:
-        raise model_not_found(name, await available_models(store_of(request))) from None
+def hold_model(
+    request: Request, name: str
+) -> contextlib.AbstractAsyncContextManager[ResidentModel]:
+    """`loader.use(name)`: the model stays loaded while the context is open. An unknown name
+    raises `ModelNotFound`, which the error handler reports listing the models there are."""
+    return loader_of(request).use(name)
 
 
 def preload_only(request: Request) -> bool:
@@ -158,14 +139,11 @@ def usage(final: FinishEvent) -> dict[str, Any]:
     }
 
 
-def finish_error(final: FinishEvent) -> APIError | None:
-    """The API error for a request the engine ended with `error`, else None."""
+def finish_error(final: FinishEvent) -> Exception | None:
+    """Why the engine ended a request with `error` (for `errors.describe`), else None."""
     if final.finish_reason != "error":
         return None
-    exc = final.error
-    if exc is None:
-        return APIError(500, "generation failed", "engine_error")
-    return APIError(exc.status, str(exc) or exc.code, exc.code)
+    return final.error or EngineError("generation failed")
 
 
 @dataclass(eq=False)

@@ -8,7 +8,6 @@ Everything here goes through `app.state.loader` (which models are resident) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -19,18 +18,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from runner.api.errors import APIError, to_api_error
-from runner.api.schemas import ConfigureRequest, CreateModelRequest, UnloadRequest, json_body
-from runner.loader import Loader, ModelBusy, validate_config
+from runner.config import format_size
+from runner.loader import validate_config
 from runner.store import (
     InvalidModelFile,
     ModelEntry,
     ModelStore,
-    StoreError,
     format_params,
     normalize,
     read_metadata,
 )
+
+from .errors import APIError
+from .schemas import ConfigureRequest, CreateModelRequest, UnloadRequest, json_body
+from .state import loader_of, store_of
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ BACKEND = "llama.cpp"
 
 
 # ----- helpers -----------------------------------------------------------------------------
-
-
-def _loader(request: Request) -> Loader:
-    return request.app.state.loader
-
-
-def _store(request: Request) -> ModelStore:
-    return request.app.state.store
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -63,34 +56,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _api_error(exc: Exception, store: ModelStore | None = None) -> Exception:
-    """The APIError for a library exception (the exception itself if unknown: a 500)."""
-    available: list[str] = []
-    if store is not None:
-        with contextlib.suppress(StoreError):
-            available = [tag for entry in store.list() for tag in entry.tags]
-    return to_api_error(exc, available) or exc
-
-
 async def _entry(request: Request, name: str) -> ModelEntry:
-    store = _store(request)
-    try:
-        return await asyncio.to_thread(store.get, name)
-    except StoreError as exc:
-        raise _api_error(exc, store) from exc
+    return await asyncio.to_thread(store_of(request).get, name)
 
 
 def _check_backend(backend: str | None) -> None:
     if backend not in (None, "", BACKEND):
         raise APIError(404, f"unknown backend {backend!r}; this server runs {BACKEND}", "not_found")
-
-
-def _human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TiB"
 
 
 def model_json(entry: ModelEntry, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -107,7 +79,7 @@ def model_json(entry: ModelEntry, config: dict[str, Any] | None = None) -> dict[
             "quantization": meta.quantization,
             "parameters": format_params(meta.parameter_count),
             "architecture": meta.architecture,
-            "size": _human_size(entry.size),
+            "size": format_size(entry.size),
             "context_size": context,
         },
     }
@@ -133,7 +105,7 @@ async def engines_status(request: Request) -> JSONResponse:
     from runner import memory
     from runner.engine import gpu_offload_supported, system_info
 
-    loader = _loader(request)
+    loader = loader_of(request)
     devices = await asyncio.to_thread(memory.devices)
     models = [m.describe() for m in loader.resident()]
     version = _llama_version()
@@ -160,7 +132,7 @@ async def engines_status(request: Request) -> JSONResponse:
 @router.get("/engines/llama.cpp/ps", include_in_schema=False)
 async def engines_ps(request: Request) -> list[dict[str, Any]]:
     """DMR's running-models table: one row per resident (or loading) model."""
-    return [m.describe() for m in _loader(request).resident()]
+    return [m.describe() for m in loader_of(request).resident()]
 
 
 @router.post("/engines/unload", openapi_extra=json_body(UnloadRequest, required=False))
@@ -178,7 +150,7 @@ async def engines_unload(request: Request) -> dict[str, Any]:
         names = [names]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise APIError(400, "'models' must be a list of names", "invalid_request", param="models")
-    loader = _loader(request)
+    loader = loader_of(request)
     unloaded = await loader.unload(names, everything=everything)
     busy = sorted(
         m.name
@@ -198,17 +170,13 @@ async def engines_configure(request: Request) -> JSONResponse:
     name = body.get("model")
     if not isinstance(name, str) or not name.strip():
         raise APIError(400, "'model' is required", "invalid_request", param="model")
-    loader = _loader(request)
+    loader = loader_of(request)
     entry = await _entry(request, name)
     try:
         validate_config(body)  # 400 before anything else (busy or not)
         config = await loader.configure(name, body)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_config") from exc
-    except ModelBusy as exc:
-        raise APIError(409, str(exc), exc.code) from exc
-    except StoreError as exc:
-        raise _api_error(exc, _store(request)) from exc
     return JSONResponse(
         {"model": entry.name, "id": f"sha256:{entry.id}", "config": config}, status_code=202
     )
@@ -218,7 +186,7 @@ async def engines_configure(request: Request) -> JSONResponse:
 @router.get("/engines/llama.cpp/_configure", include_in_schema=False)
 async def engines_configs(request: Request, model: str | None = None) -> Any:
     """Every model's persisted configuration, or `?model=NAME`'s alone."""
-    store = _store(request)
+    store = store_of(request)
     if model:
         entry = await _entry(request, model)
         return {
@@ -239,7 +207,7 @@ async def engines_configs(request: Request, model: str | None = None) -> Any:
 
 @router.get("/models")
 async def models_list(request: Request) -> list[dict[str, Any]]:
-    store = _store(request)
+    store = store_of(request)
     entries = await asyncio.to_thread(store.list)
     return [model_json(e, store.get_config(e.id)) for e in entries]
 
@@ -268,11 +236,9 @@ async def models_create(request: Request) -> StreamingResponse:
     except InvalidModelFile as exc:
         status = 404 if not path.exists() else 400
         raise APIError(status, str(exc), "invalid_model_file", param="from") from exc
-    except StoreError as exc:
-        raise _api_error(exc) from exc
     as_json = "application/json" in request.headers.get("accept", "")
     media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
-    store = _store(request)
+    store = store_of(request)
     return StreamingResponse(_import(store, tag, path, as_json), media_type=media)
 
 
@@ -345,23 +311,18 @@ async def _import(store: ModelStore, tag: str, path: Path, as_json: bool) -> Asy
 async def models_get(request: Request, name: str) -> dict[str, Any]:
     """One model by name; partial names match (`gemma3` finds `ai/gemma3:latest`)."""
     entry = await _entry(request, name)
-    return model_json(entry, _store(request).get_config(entry.id))
+    return model_json(entry, store_of(request).get_config(entry.id))
 
 
 @router.delete("/models/{name:path}")
 async def models_delete(request: Request, name: str) -> dict[str, Any]:
     """Remove a model name (or every name of `sha256:ID`); the file goes with its last name.
     409 while the model is loaded and serving; an idle resident copy is unloaded first."""
-    store = _store(request)
-    loader = _loader(request)
-    try:
-        canonical = await asyncio.to_thread(store.resolve, name)
-        await loader.forget(canonical)
-        removed = await asyncio.to_thread(store.remove, canonical)
-    except ModelBusy as exc:
-        raise APIError(409, str(exc), exc.code) from exc
-    except StoreError as exc:
-        raise _api_error(exc, store) from exc
+    store = store_of(request)
+    loader = loader_of(request)
+    canonical = await asyncio.to_thread(store.resolve, name)
+    await loader.forget(canonical)
+    removed = await asyncio.to_thread(store.remove, canonical)
     log.info("deleted %s (untagged %s; file deleted: %s)", name, removed.untagged, removed.deleted)
     return {
         "id": f"sha256:{removed.id}",

@@ -8,12 +8,10 @@ watcher in the handlers see the real `receive` channel and nothing is buffered.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body
+from .errors import ErrorInfo, renderer_for
 
 
 class BodyTooLarge(HTTPException):
@@ -27,14 +25,18 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
-async def send_error(send: Send, status: int, message: str, code: str, close: bool = False) -> None:
-    """Send an OpenAI-shaped error response straight from middleware."""
-    body = json.dumps(error_body(status, message, code)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    error: ErrorInfo,
+    close: bool = False,
+) -> None:
+    """Answer from middleware with `error` in the shape of the dialect the path belongs to."""
+    response = renderer_for(scope.get("app"), scope.get("path", ""))(error)
     if close:  # the unread body is still on the wire; the connection cannot be reused
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["connection"] = "close"
+    await response(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -57,8 +59,8 @@ class BodyLimitMiddleware:
                 if too_big
                 else "invalid Content-Length header"
             )
-            status = 413 if too_big else 400
-            await send_error(send, status, message, "request_too_large", close=True)
+            error = ErrorInfo(413 if too_big else 400, "request_too_large", message)
+            await send_error(scope, receive, send, error, close=True)
             return
 
         received = 0
@@ -84,7 +86,8 @@ class BodyLimitMiddleware:
         except BodyTooLarge as exc:  # only reaches here if no handler answered it
             if started:
                 raise
-            await send_error(send, 413, str(exc.detail), "request_too_large", close=True)
+            error = ErrorInfo(413, "request_too_large", str(exc.detail))
+            await send_error(scope, receive, send, error, close=True)
 
 
 class FormAsJsonMiddleware:

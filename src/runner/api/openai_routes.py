@@ -14,16 +14,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from runner.config import format_size
 from runner.engine import Engine
 from runner.loader import ResidentModel
-from runner.store import ModelEntry, ModelNotFound, format_params
+from runner.store import ModelEntry, format_params
 
-from .errors import APIError, model_not_found
+from .errors import APIError
 from .inference import (
     INLINE_LIMIT,
     SYSTEM_FINGERPRINT,
     Generation,
-    available_models,
     collect,
     engine_of,
     finish_error,
@@ -31,20 +31,16 @@ from .inference import (
     model_name,
     preload_only,
     start,
-    store_of,
     tokenize,
     usage,
 )
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .state import settings_of, store_of
 from .streaming import chat_stream, completion_stream
 
 PREFIXES = ("/engines/llama.cpp/v1", "/engines/v1", "/v1")
 
 router = APIRouter()
-
-
-def _grace(request: Request) -> float:
-    return float(request.app.state.shutdown_grace)
 
 
 async def _preload(request: Request, name: str) -> JSONResponse:
@@ -100,7 +96,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
     gen = await start(request, name, prompt_of, body, "chatcmpl-")
     if body.stream:
-        return chat_stream(gen, body.include_usage, _grace(request))
+        return chat_stream(gen, body.include_usage, settings_of(request).shutdown_grace)
     text, final = await collect(request, gen)
     message = {"role": "assistant", "content": text}
     result = _result(gen, final, "chat.completion", {"message": message, "logprobs": None})
@@ -123,7 +119,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
     gen = await start(request, name, prompt_of, body, "cmpl-")
     if body.stream:
-        return completion_stream(gen, body.include_usage, _grace(request))
+        return completion_stream(gen, body.include_usage, settings_of(request).shutdown_grace)
     text, final = await collect(request, gen)
     choice = {"text": text, "logprobs": None}
     return JSONResponse(_result(gen, final, "text_completion", choice))
@@ -167,14 +163,6 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
 # ----- models ------------------------------------------------------------------------------
 
 
-def _human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TiB"
-
-
 def model_item(tag: str, entry: ModelEntry) -> dict[str, Any]:
     """OpenAI's model object plus DMR's `dmr` block."""
     meta = entry.metadata
@@ -188,7 +176,7 @@ def model_item(tag: str, entry: ModelEntry) -> dict[str, Any]:
             "architecture": meta.architecture,
             "parameters": format_params(meta.parameter_count),
             "quantization": meta.quantization,
-            "size": _human_size(entry.size),
+            "size": format_size(entry.size),
         },
     }
 
@@ -203,9 +191,6 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/models/{name:path}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
     store = store_of(request)
-    try:
-        entry = await asyncio.to_thread(store.get, name)
-        tag = await asyncio.to_thread(store.resolve, name)
-    except ModelNotFound:
-        raise model_not_found(name, await available_models(store)) from None
+    entry = await asyncio.to_thread(store.get, name)
+    tag = await asyncio.to_thread(store.resolve, name)
     return model_item(tag, entry)

@@ -1,8 +1,9 @@
 """`serve(settings)`: run the app under uvicorn until SIGTERM/SIGINT, then drain and exit 0.
 
-Shutdown order: uvicorn stops accepting connections and waits for in-flight requests (up to
-the grace period; SSE streams get the same grace from sse-starlette), then the lifespan calls
-`loader.shutdown(grace)`, which lets engines finish what they hold and frees llama.cpp.
+Shutdown order: uvicorn stops accepting connections and waits for in-flight requests; streams
+may run for `--shutdown-grace`, after which those still going are ended with an error event
+and `[DONE]` (`streaming.py`). Then the lifespan calls `loader.shutdown(grace)`, which lets
+engines finish what they hold and frees llama.cpp.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uvicorn
 from runner.config import Settings
 
 from .app import create_app
-from .streaming import SHUTDOWN_GRACE_SECONDS
+from .streaming import STREAM_END_MARGIN
 
 log = logging.getLogger("runner")
 
@@ -33,19 +34,20 @@ def _swallow(signum: int, frame: FrameType | None) -> None:
     the process exits 0 instead of dying by SIGTERM (or KeyboardInterrupt)."""
 
 
-def serve(settings: Settings, grace: float = SHUTDOWN_GRACE_SECONDS) -> int:
+def serve(settings: Settings) -> int:
     """Serve until a signal; 0 after a clean shutdown, 1 if the app failed to start."""
     level = settings.log_level.lower()
     _configure_logging(level)
-    app = create_app(settings, shutdown_grace=grace)
+    app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=level,
         lifespan="on",
-        # A bit more than the stream grace so sse-starlette ends streams first.
-        timeout_graceful_shutdown=grace + 5,
+        # More than the stream grace: streams still running when it ends get an error
+        # event and [DONE] (streaming.py) before uvicorn would drop their connections.
+        timeout_graceful_shutdown=settings.shutdown_grace + STREAM_END_MARGIN + 3,
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)

@@ -13,32 +13,23 @@ CacheSource = Literal["slot", "ram", "disk", "none"]
 
 
 class EngineError(Exception):
-    """Base of every error the engine reports to a caller."""
-
-    status: int = 500
-    code: str = "engine_error"
+    """Base of every error the engine reports to a caller (the API maps each to HTTP)."""
 
 
 class PromptTooLong(EngineError):
-    status = 400
-    code = "context_length_exceeded"
+    """The prompt does not fit in a slot's context."""
 
 
 class QueueFull(EngineError):
     """Every slot is busy and the wait queue is at its bound."""
 
-    status = 503
-    code = "server_busy"
-
 
 class InvalidRequest(EngineError):
-    status = 400
-    code = "invalid_request"
+    """The request asks for something the model cannot do."""
 
 
 class EngineClosed(EngineError):
-    status = 503
-    code = "model_unloaded"
+    """The engine is shutting down (its model is being unloaded)."""
 
 
 @dataclass(frozen=True)
