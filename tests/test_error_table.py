@@ -20,6 +20,7 @@ from runner.api.errors import (
 from runner.api.middleware import BodyLimitMiddleware
 from runner.chat import GrammarError
 from runner.engine import EngineError, PromptTooLong, QueueFull
+from runner.engine.slot_files import SlotFileNoSpace
 from runner.loader import InsufficientMemory, LoaderError, ModelBusy
 from runner.store import AmbiguousModelName, ModelNotFound, StoreError
 
@@ -32,6 +33,7 @@ from runner.store import AmbiguousModelName, ModelNotFound, StoreError
         (EngineError("boom"), 500, "engine_error"),
         (InsufficientMemory("no room"), 507, "insufficient_memory"),
         (ModelBusy("in use"), 409, "model_busy"),
+        (SlotFileNoSpace("disk full"), 507, "insufficient_storage"),
         (ModelNotFound("x"), 404, "model_not_found"),
         (AmbiguousModelName("x", ["a", "b"]), 400, "ambiguous_model_name"),
         (GrammarError("bad"), 400, "invalid_grammar"),

@@ -31,6 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runner.chat import ChatTemplateError, GrammarError
 from runner.engine import EngineClosed, EngineError, InvalidRequest, PromptTooLong, QueueFull
+from runner.engine.slot_files import (
+    SlotFileInvalid,
+    SlotFileMismatch,
+    SlotFileNoSpace,
+    SlotFileWriteFailed,
+)
 from runner.loader import InsufficientMemory, LoaderError, LoadFailed, ModelBusy
 from runner.store import (
     AmbiguousModelName,
@@ -134,6 +140,10 @@ ERRORS: dict[type[BaseException], Describer] = {
     InvalidRequest: row(400, "invalid_request"),
     QueueFull: row(503, "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}),
     EngineClosed: row(503, "model_unloaded"),
+    SlotFileInvalid: row(400, "slot_file_invalid"),
+    SlotFileMismatch: row(409, "slot_file_mismatch"),
+    SlotFileWriteFailed: row(500, "slot_file_write_failed"),
+    SlotFileNoSpace: row(507, "insufficient_storage"),
     # loader
     LoaderError: row(500, "loader_error"),
     InsufficientMemory: row(507, "insufficient_memory"),

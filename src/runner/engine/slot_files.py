@@ -48,27 +48,17 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 class SlotFileInvalid(EngineError):
     """The file is damaged, altered or not a slot file; nothing was restored."""
 
-    status = 400
-    code = "slot_file_invalid"
-
 
 class SlotFileMismatch(EngineError):
     """The file was saved by another model file or with another KV layout."""
-
-    status = 409
-    code = "slot_file_mismatch"
 
 
 class SlotFileWriteFailed(EngineError):
     """The file could not be written (507 when out of space); no file was left behind."""
 
-    status = 500
-    code = "slot_file_write_failed"
-
 
 class SlotFileNoSpace(SlotFileWriteFailed):
-    status = 507
-    code = "insufficient_storage"
+    """The disk (or a quota) is full."""
 
 
 @dataclass(frozen=True)
