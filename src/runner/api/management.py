@@ -258,7 +258,7 @@ async def _pull(request: Request, body: dict[str, Any], source: str) -> Streamin
         if value is not None and not isinstance(value, str):
             raise APIError(400, f"'{key}' must be a string", "invalid_request", param=key)
     as_json = "application/json" in request.headers.get("accept", "")
-    return await pull_response(_store(request), source, tag, sha256, as_json)
+    return await pull_response(store_of(request), source, tag, sha256, as_json)
 
 
 def _name_from_file(path: Path) -> str:
