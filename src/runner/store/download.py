@@ -147,7 +147,8 @@ def _fetch_once(
             out.seek(have)
             out.truncate()
             done = have
-            for block in response.iter_bytes():  # as received: a chunker would hold back bytes on a cut
+            # As received: a chunk buffer would lose the bytes before a cut connection.
+            for block in response.iter_bytes():
                 out.write(block)
                 done += len(block)
                 if progress:

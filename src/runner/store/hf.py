@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -131,20 +132,22 @@ def pull_hf(
     def fetch() -> None:
         progress = blob_progress(emit, expected or "0" * 64)
         try:
-            path = hf_hub_download(
-                source.repo_id,
-                filename,
-                revision=info.sha or source.revision,
-                local_dir=workdir,
-                endpoint=_endpoint(),
-                tqdm_class=_bar_class(progress),
+            path = Path(
+                hf_hub_download(
+                    source.repo_id,
+                    filename,
+                    revision=info.sha or source.revision,
+                    local_dir=workdir,
+                    endpoint=_endpoint(),
+                    tqdm_class=_bar_class(progress),
+                )
             )
         except failures as exc:
             raise _translate(exc, f"{what} {filename}") from exc
         emit(PullProgress("verifying sha256 digest"))
-        digest = sha256_file(path)  # type: ignore[arg-type]
+        digest = sha256_file(path)
         if expected and digest != expected:
-            os.unlink(path)
+            path.unlink()
             raise PullError(
                 f"{what} {filename}: sha256 mismatch (got {digest}, expected {expected}); "
                 "the download was discarded",
