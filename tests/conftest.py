@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,6 +198,8 @@ def start_server(
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
         full_env["RUNNER_MODELS_DIR"] = str(models_dir)
         full_env["RUNNER_CACHE_DIR"] = str(root / "kv-cache")
+        # Tests import GGUFs they wrote under the temp dir as well as from the shared store.
+        full_env["RUNNER_ALLOW_IMPORT"] = f"{tempfile.gettempdir()},{Path.home()}"
         full_env.update(env or {})
         argv = list(args)
         port = _free_port()

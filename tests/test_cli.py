@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -52,6 +53,21 @@ def test_models_show(runner_env: dict[str, str]) -> None:
     assert data["metadata"]["architecture"] == "gemma3"
     assert "chat_template" in data["metadata"]  # full metadata, unlike `list --json`
     assert data["config"] == {}
+
+
+def test_a_reader_that_leaves_early_is_no_error(runner_env: dict[str, str]) -> None:
+    # `runner models show gemma3 | head`: the pipe's reader is gone before runner writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "models", "show", "gemma3"],
+            env=runner_env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
 
 
 def test_models_dir_flag_beats_env(

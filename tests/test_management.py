@@ -224,7 +224,9 @@ def test_models_create_streams_progress(
     assert client.get(f"/models/{name}").status_code == 200
 
     assert_error(client.post("/models/create", json={}), 400)
-    assert_error(client.post("/models/create", json={"from": "/no/such/file.gguf"}), 404)
+    missing = str(tiny.parent / "missing.gguf")  # one answer for missing and not-GGUF
+    assert_error(client.post("/models/create", json={"from": missing}), 400)
+    assert_error(client.post("/models/create", json={"from": "/etc/passwd"}), 403)
     not_gguf = tiny.with_suffix(".txt")
     not_gguf.write_text("hello")
     assert_error(client.post("/models/create", json={"from": str(not_gguf)}), 400)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -105,6 +106,32 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("api_key", {"metavar": "KEY", "help": "require this bearer token"}),
     ("cors_origins", {"metavar": "LIST", "help": "comma-separated allowed CORS origins"}),
     ("max_body_bytes", {"metavar": "SIZE", "help": "max request body size"}),
+    (
+        "read_timeout",
+        {
+            "metavar": "DUR",
+            "help": "close a connection that has not sent a "
+            "whole request (headers and body) within this time of opening or of its last response",
+        },
+    ),
+    ("keep_alive_timeout", {"metavar": "DUR", "help": "close idle keep-alive connections after"}),
+    (
+        "max_connections",
+        {
+            "metavar": "N",
+            "help": "connections and requests at once before "
+            "503 (lowered to fit the open-files limit)",
+        },
+    ),
+    (
+        "allow_import",
+        {
+            "action": "append",
+            "metavar": "DIR",
+            "help": "directory POST "
+            "/models/create may import from (repeatable; default: home and working directory)",
+        },
+    ),
     ("log_level", {"metavar": "LEVEL", "help": "debug, info, warning, error"}),
 ]
 
@@ -262,7 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `runner models show x | head`: the reader left; exit quietly as other tools do
+        # (stdout goes to devnull so the interpreter's final flush cannot fail again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2

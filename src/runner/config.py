@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("cors_origins", "RUNNER_ORIGINS", "RUNNER_CORS_ORIGINS"),
     )
     max_body_bytes: ByteSize = 10 << 20
+    read_timeout: Duration = Field(
+        30.0, gt=0, description="seconds a client has to send a whole request"
+    )
+    keep_alive_timeout: Duration = Field(30.0, gt=0, description="idle keep-alive connections")
+    max_connections: int = Field(1000, ge=1, description="open connections before 503")
+    allow_import: CommaList = Field(
+        default_factory=list,
+        description="directories POST /models/create may import from (default: home and cwd)",
+    )
     log_level: str = "info"
 
     # engine

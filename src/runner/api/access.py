@@ -133,6 +133,10 @@ class OriginMiddleware:
                     scope, receive, send, ErrorInfo(403, "origin_not_allowed", message)
                 )
                 return
+            if origin is not None and origin != normalize_origin(origin):
+                # Allowed in any case, so CORS (which compares exactly) must see the same
+                # spelling the check saw; browsers send lowercase origins anyway.
+                scope = {**scope, "headers": _with_header(scope, b"origin", origin)}
         await self.app(scope, receive, send)
 
 
@@ -155,3 +159,9 @@ class HostMiddleware:
                 await send_error(scope, receive, send, ErrorInfo(403, "host_not_allowed", message))
                 return
         await self.app(scope, receive, send)
+
+
+def _with_header(scope: Scope, name: bytes, value: str) -> list[tuple[bytes, bytes]]:
+    """`scope`'s headers with `name` replaced by the normalized `value`."""
+    normal = normalize_origin(value).encode("latin-1")
+    return [(k, normal if k.lower() == name else v) for k, v in scope.get("headers", ())]

@@ -84,7 +84,7 @@ async def tokenize_route(body: TokenizeRequest, request: Request) -> dict[str, A
         if not body.with_pieces:
             return {"tokens": tokens}
         # Pieces are read on the engine thread: the model's piece buffer is not thread-safe.
-        future = engine.run_on_engine(lambda: [engine.token_piece(t) for t in tokens])
+        future = engine.run_on_engine(lambda: [engine.token_piece(t, True) for t in tokens])
         pieces = await asyncio.wrap_future(future)
     return {"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces, strict=True)]}
 

@@ -30,6 +30,7 @@ from runner.store import (
 )
 
 from .errors import APIError
+from .import_policy import allowed_import_dirs, import_source, not_a_model
 from .schemas import ConfigureRequest, CreateModelRequest, UnloadRequest, json_body
 from .state import loader_of, store_of
 
@@ -143,14 +144,19 @@ async def engines_unload(request: Request) -> dict[str, Any]:
     body = await _json_body(request)
     _check_backend(body.get("backend"))
     everything = body.get("all", False)
-    names = body.get("models") or []
+    names = body.get("models")
     if not isinstance(everything, bool):
         raise APIError(400, "'all' must be a boolean", "invalid_request", param="all")
+    if names is None:
+        names = []
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise APIError(400, "'models' must be a list of names", "invalid_request", param="models")
     loader = loader_of(request)
+    for name in names:  # a name that is neither resident nor in the store is a typo: 404
+        if loader.get_resident(name) is None:
+            await _entry(request, name)
     unloaded = await loader.unload(names, everything=everything)
     busy = sorted(
         m.name
@@ -224,18 +230,15 @@ async def models_create(request: Request) -> StreamingResponse:
         raise APIError(400, "'from' (a model name or a local .gguf path) is required", param="from")
     if _is_remote(source):
         return await _pull(request, body, source.strip())
-    path = Path(source).expanduser()
-    if not path.is_absolute():  # relative to what? The server's cwd is no one's business
-        raise APIError(400, "'from' must be an absolute path", "invalid_request", param="from")
-    tag = body.get("tag") or body.get("name") or _name_from_file(path)
+    path = import_source(source, allowed_import_dirs(request.app.state.settings))
+    tag = body.get("tag") or body.get("name") or _name_from_file(Path(source))
     if not isinstance(tag, str):
         raise APIError(400, "'tag' must be a string", "invalid_request", param="tag")
     try:
         tag = normalize(tag)
         await asyncio.to_thread(read_metadata, path)
     except InvalidModelFile as exc:
-        status = 404 if not path.exists() else 400
-        raise APIError(status, str(exc), "invalid_model_file", param="from") from exc
+        raise not_a_model(source, exc) from exc
     as_json = "application/json" in request.headers.get("accept", "")
     media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
     store = store_of(request)
@@ -301,7 +304,9 @@ async def _import(store: ModelStore, tag: str, path: Path, as_json: bool) -> Asy
         entry = task.result()
     except Exception as exc:
         log.warning("import of %s as %s failed: %s", path, tag, exc)
-        yield line("error", f"Model import failed: {exc}")
+        # The file was checked before the import began; quote nothing from it now either.
+        reason = "the file is not a usable GGUF" if isinstance(exc, InvalidModelFile) else exc
+        yield line("error", f"Model import failed: {reason}")
         return
     log.info("imported %s as %s (sha256:%s)", path, tag, entry.short_id)
     yield line("success", f"Model imported successfully: {tag}", id=f"sha256:{entry.id}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 1024  # characters per stop string
@@ -246,7 +246,7 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[StrictInt]  # not true/false, "1" or 1.0
 
 
 class SlotFileRequest(BaseModel):

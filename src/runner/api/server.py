@@ -17,6 +17,7 @@ import uvicorn
 from runner.config import Settings
 
 from .app import create_app
+from .connections import uvicorn_limits
 from .streaming import STREAM_END_MARGIN
 
 log = logging.getLogger("runner")
@@ -48,7 +49,9 @@ def serve(settings: Settings) -> int:
         # More than the stream grace: streams still running when it ends get an error
         # event and [DONE] (streaming.py) before uvicorn would drop their connections.
         timeout_graceful_shutdown=settings.shutdown_grace + STREAM_END_MARGIN + 3,
-        timeout_keep_alive=30,
+        **uvicorn_limits(
+            settings.read_timeout, settings.keep_alive_timeout, settings.max_connections
+        ),
     )
     server = uvicorn.Server(config)
     previous = {sig: signal.signal(sig, _swallow) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -74,8 +74,8 @@ class Engine:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.model.detokenize(list(tokens))
 
-    def token_piece(self, token: int) -> str:
-        return self.model.piece(token).decode("utf-8", "replace")
+    def token_piece(self, token: int, special: bool = False) -> str:
+        return self.model.piece(token, special).decode("utf-8", "replace")
 
     # -- generation -----------------------------------------------------------------------
 

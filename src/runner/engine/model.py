@@ -65,6 +65,7 @@ class LlamaModel:
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self._piece_cache: dict[int, bytes] = {}
+        self._special_piece_cache: dict[int, bytes] = {}
 
     @property
     def handle(self) -> llama_cpp.llama_model_p:
@@ -103,19 +104,21 @@ class LlamaModel:
             )
         return list(buf[:n])
 
-    def piece(self, token: int) -> bytes:
-        """The bytes of one token as generated text (special tokens render empty)."""
-        cached = self._piece_cache.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token as generated text; special tokens (BOS, turn markers)
+        render empty unless `special` asks for their text (as /tokenize shows them)."""
+        cache = self._special_piece_cache if special else self._piece_cache
+        cached = cache.get(token)
         if cached is not None:
             return cached
         # A buffer per call: this runs on HTTP threads too (tokenize with pieces).
         buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         out = buf.raw[:n]
-        self._piece_cache[token] = out
+        cache[token] = out
         return out
 
     def detokenize(self, tokens: list[int], render_special: bool = False) -> str:
