@@ -106,32 +106,10 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("api_key", {"metavar": "KEY", "help": "require this bearer token"}),
     ("cors_origins", {"metavar": "LIST", "help": "comma-separated allowed CORS origins"}),
     ("max_body_bytes", {"metavar": "SIZE", "help": "max request body size"}),
-    (
-        "read_timeout",
-        {
-            "metavar": "DUR",
-            "help": "close a connection that has not sent a "
-            "whole request (headers and body) within this time of opening or of its last response",
-        },
-    ),
+    ("read_timeout", {"metavar": "DUR", "help": "time to send a whole request"}),
     ("keep_alive_timeout", {"metavar": "DUR", "help": "close idle keep-alive connections after"}),
-    (
-        "max_connections",
-        {
-            "metavar": "N",
-            "help": "connections and requests at once before "
-            "503 (lowered to fit the open-files limit)",
-        },
-    ),
-    (
-        "allow_import",
-        {
-            "action": "append",
-            "metavar": "DIR",
-            "help": "directory POST "
-            "/models/create may import from (repeatable; default: home and working directory)",
-        },
-    ),
+    ("max_connections", {"metavar": "N", "help": "connections before 503"}),
+    ("allow_import", {"action": "append", "metavar": "DIR", "help": "models/create source dir"}),
     ("log_level", {"metavar": "LEVEL", "help": "debug, info, warning, error"}),
 ]
 
