@@ -13,7 +13,8 @@ Pure ASGI middleware (like `middleware.py`), outermost first in `app.py`:
   with `*`. Clients other than browsers send no `Origin` and are not affected.
 * Starlette's `CORSMiddleware` then answers preflights and adds the CORS headers.
 * `ApiKeyMiddleware`: with `--api-key` / `RUNNER_API_KEY`, every route but `/health` needs
-  `Authorization: Bearer <key>` (constant-time comparison); 401 in OpenAI's error shape.
+  `Authorization: Bearer <key>` or Anthropic's `x-api-key: <key>` (constant-time
+  comparison); 401 in the error shape of the route's dialect.
 
 `warn_if_exposed` logs a warning when binding a non-loopback address without a key.
 """
@@ -75,7 +76,8 @@ def warn_if_exposed(settings: Settings) -> None:
 
 
 class ApiKeyMiddleware:
-    """With `--api-key`, every route but /health needs `Authorization: Bearer <key>`."""
+    """With `--api-key`, every route but /health needs `Authorization: Bearer <key>` (or
+    `x-api-key: <key>`, as Anthropic clients send it)."""
 
     OPEN_PATHS = frozenset({"/health"})
 
@@ -84,8 +86,10 @@ class ApiKeyMiddleware:
         # Digests have a fixed length, so compare_digest's time says nothing about the key.
         self.expected = hashlib.sha256(api_key.encode()).digest()
 
-    def authorized(self, value: str | None) -> bool:
+    def authorized(self, value: str | None, api_key_header: str | None = None) -> bool:
         scheme, _, token = (value or "").partition(" ")
+        if value is None and api_key_header is not None:  # Anthropic clients send x-api-key
+            scheme, token = "bearer", api_key_header
         given = hashlib.sha256(token.strip().encode("latin-1")).digest()
         # Always compare (no early return on a wrong scheme): same work on every path.
         return hmac.compare_digest(given, self.expected) and scheme.lower() == "bearer"
@@ -98,7 +102,7 @@ class ApiKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        if not self.authorized(header(scope, b"authorization")):
+        if not self.authorized(header(scope, b"authorization"), header(scope, b"x-api-key")):
             error = ErrorInfo(401, "invalid_api_key", "invalid or missing API key")
             await send_error(scope, receive, send, error)
             return

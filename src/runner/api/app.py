@@ -18,7 +18,7 @@ from runner.config import Settings
 from runner.loader import Loader
 from runner.store import ModelStore
 
-from . import extras, openai_routes
+from . import anthropic, extras, ollama, ollama_models, openai_routes
 from .access import (
     LOCALHOST_ORIGINS,
     ApiKeyMiddleware,
@@ -28,6 +28,7 @@ from .access import (
     normalize_origin,
     warn_if_exposed,
 )
+from .dialect_errors import DialectErrorMiddleware
 from .errors import install_error_handlers
 from .guard import JsonGuardMiddleware
 from .management import router as management_router
@@ -80,9 +81,13 @@ def create_app(
     for prefix in openai_routes.PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)
     app.include_router(management_router)
+    app.include_router(ollama.router)
+    app.include_router(anthropic.router)
+    app.include_router(ollama_models.router)
 
-    # Added last = outermost. Request path: body cap -> Host -> Origin -> CORS -> API key ->
-    # JSON guard -> form-as-JSON -> routes (see access.py and guard.py).
+    # Added last = outermost. Request path: dialect error shapes -> body cap -> Host ->
+    # Origin -> CORS -> API key -> JSON guard -> form-as-JSON -> routes (see access.py and
+    # guard.py).
     app.add_middleware(FormAsJsonMiddleware)
     app.add_middleware(JsonGuardMiddleware)
     if settings.api_key:
@@ -99,5 +104,6 @@ def create_app(
     if is_loopback(settings.host) and "*" not in origins:
         app.add_middleware(HostMiddleware, origins=origins)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DialectErrorMiddleware)  # Ollama/Anthropic error shapes, outermost
     warn_if_exposed(settings)
     return app

@@ -1,0 +1,242 @@
+"""Anthropic's Messages API: `POST /v1/messages` and `/v1/messages/count_tokens`, also under
+`/anthropic` (Anthropic clients take the server root, or `/anthropic`, as their base URL).
+
+A thin translation onto the OpenAI chat path (`inference.start`, the model's chat template,
+the shared prompt cache). `usage.cache_read_input_tokens` is the reused prefix (`cache_n`)
+and `input_tokens` the prompt tokens computed, as in Anthropic's own accounting (and
+llama-server's). Streams follow Anthropic's event sequence. Errors take Anthropic's shape
+(`dialect_errors.py`); `x-api-key` is accepted as the API key (`access.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import ServerSentEvent
+
+from runner.engine import Engine, FinishEvent, TokenEvent
+from runner.loader import ResidentModel
+
+from .dialect_common import (
+    chat_prompt,
+    check_final,
+    generation_fields,
+    read_json,
+    text_of,
+    validated,
+)
+from .dialect_errors import anthropic_error
+from .errors import APIError
+from .inference import (
+    Generation,
+    PromptBuilder,
+    collect,
+    engine_of,
+    finish_error,
+    hold_model,
+    start,
+)
+from .schemas import INT32_MAX, MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from .streaming import EngineStream
+
+PREFIXES = ("", "/anthropic")
+
+router = APIRouter()
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+
+
+class AnthropicMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class CountTokensRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: int = Field(ge=1, le=INT32_MAX)
+    stop_sequences: list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    # Anthropic's ranges (temperature is 0-1 there, not OpenAI's 0-2).
+    temperature: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+
+
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": block.get("id"),
+        "type": "function",
+        "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input", {}))},
+    }
+
+
+def chat_messages(body: CountTokensRequest) -> list[dict[str, Any]]:
+    """Anthropic `system` + `messages` -> OpenAI chat messages for the chat template."""
+    out: list[dict[str, Any]] = []
+    system = text_of(body.system, "system")
+    if system:
+        out.append({"role": "system", "content": system})
+    for i, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            out.append({"role": message.role, "content": message.content})
+            continue
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in message.content:
+            kind = block.get("type")
+            if kind == "text" and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif kind == "tool_use" and message.role == "assistant":
+                calls.append(_tool_call(block))
+            elif kind == "tool_result" and message.role == "user":
+                result = text_of(block.get("content"), f"messages.{i}.tool_result.content")
+                out.append(
+                    {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": result}
+                )
+            elif kind in ("thinking", "redacted_thinking"):
+                continue  # earlier reasoning is not replayed to the model
+            else:
+                raise APIError(400, f"messages.{i}.content: unsupported block type {kind!r}")
+        if texts or calls or message.role == "assistant":
+            converted: dict[str, Any] = {"role": message.role, "content": "\n".join(texts)}
+            if calls:
+                converted["tool_calls"] = calls
+            out.append(converted)
+    return out
+
+
+def _tools(body: CountTokensRequest) -> list[dict[str, Any]] | None:
+    """Anthropic tool definitions as OpenAI function tools (for the chat template)."""
+    if not body.tools:
+        return None
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.get("name"),
+                "description": tool.get("description", ""),
+                "parameters": tool.get("input_schema", {}),
+            },
+        }
+        for tool in body.tools
+    ]
+
+
+def usage(final: FinishEvent) -> dict[str, Any]:
+    cached = final.timings.cache_n
+    return {
+        "input_tokens": final.prompt_tokens - cached,
+        "output_tokens": final.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def _message(gen: Generation, model: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": gen.id,
+        "type": "message",
+        "role": "assistant",
+        "content": content,
+        "model": model,
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
+
+
+def _event(kind: str, data: dict[str, Any]) -> ServerSentEvent:
+    payload = json.dumps({"type": kind, **data}, ensure_ascii=False, separators=(",", ":"))
+    return ServerSentEvent(data=payload, event=kind)
+
+
+async def _events(gen: Generation, model: str, prompt_n: list[int]) -> AsyncIterator[Any]:
+    start_usage = {"input_tokens": prompt_n[0], "output_tokens": 0}
+    yield _event("message_start", {"message": {**_message(gen, model, []), "usage": start_usage}})
+    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    yield _event("ping", {})
+    final: FinishEvent | None = None
+    async for event in gen.handle:
+        if isinstance(event, TokenEvent):
+            if event.text:
+                delta = {"type": "text_delta", "text": event.text}
+                yield _event("content_block_delta", {"index": 0, "delta": delta})
+            continue
+        final = event
+    if final is None or final.finish_reason == "cancelled":
+        return
+    err = finish_error(final)
+    if err is not None:
+        yield _event("error", anthropic_error(err.status, err.message))
+        return
+    yield _event("content_block_stop", {"index": 0})
+    delta = {"stop_reason": _STOP_REASONS.get(final.finish_reason), "stop_sequence": None}
+    end = {"delta": delta, "usage": usage(final), "timings": final.timings.to_dict()}
+    yield _event("message_delta", end)
+    yield _event("message_stop", {})
+
+
+def _counting(builder: PromptBuilder, prompt_n: list[int]) -> PromptBuilder:
+    """`builder`, also recording the prompt's length (message_start reports it)."""
+
+    async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
+        tokens, stops = await builder(model, engine)
+        prompt_n[0] = len(tokens)
+        return tokens, stops
+
+    return prompt_of
+
+
+async def messages(request: Request) -> Response:
+    body: MessagesRequest = validated(MessagesRequest, await read_json(request))
+    if any(len(s) > MAX_STOP_LENGTH for s in body.stop_sequences or []):
+        raise APIError(400, f"stop_sequences may be at most {MAX_STOP_LENGTH} characters long")
+    fields = generation_fields(
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        stop=body.stop_sequences,
+    )
+    prompt_n = [0]
+    builder = _counting(chat_prompt(chat_messages(body), _tools(body)), prompt_n)
+    gen = await start(request, body.model, builder, fields, "msg_")
+    if body.stream:
+        grace = request.app.state.shutdown_grace
+        return EngineStream(gen, _events(gen, body.model, prompt_n), grace)
+    text, final = await collect(request, gen)
+    check_final(final)
+    result = _message(gen, body.model, [{"type": "text", "text": text}] if text else [])
+    result["stop_reason"] = _STOP_REASONS.get(final.finish_reason)
+    result["usage"] = usage(final)
+    result["timings"] = final.timings.to_dict()
+    return JSONResponse(result)
+
+
+async def count_tokens(request: Request) -> dict[str, int]:
+    body: CountTokensRequest = validated(CountTokensRequest, await read_json(request))
+    builder = chat_prompt(chat_messages(body), _tools(body))
+    async with hold_model(request, body.model) as model:
+        tokens, _ = await builder(model, engine_of(model))
+    return {"input_tokens": len(tokens)}
+
+
+for _prefix in PREFIXES:
+    router.add_api_route(_prefix + "/v1/messages", messages, methods=["POST"])
+    router.add_api_route(_prefix + "/v1/messages/count_tokens", count_tokens, methods=["POST"])

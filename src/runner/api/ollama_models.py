@@ -1,0 +1,213 @@
+"""Ollama's model routes at the server root: `GET /api/version`, `/api/tags`, `/api/ps`;
+`POST /api/show`, `/api/copy`, `/api/pull`; `DELETE /api/delete`.
+
+Names are runner's store names (`ai/gemma3:270m`); what Ollama clients send (`gemma3`,
+`gemma3:latest`) resolves as DMR names do. Everything goes through the same store and
+loader as the DMR management routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from runner import __version__
+from runner.loader import ResidentModel
+from runner.store import ModelEntry, StoreError, format_params, normalize
+
+from . import management
+from .dialect_common import read_json, rfc3339
+from .errors import APIError, to_api_error
+from .inference import available_models, loader_of, store_of
+from .ollama import _model_name
+
+router = APIRouter(prefix="/api")
+
+# `expires_at` of a model kept loaded forever (Ollama reports a far-future date too).
+_FOREVER = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def details(entry: ModelEntry) -> dict[str, Any]:
+    meta = entry.metadata
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": meta.architecture,
+        "families": [meta.architecture],
+        "parameter_size": format_params(meta.parameter_count),
+        "quantization_level": meta.quantization,
+    }
+
+
+def _tag_row(tag: str, entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "name": tag,
+        "model": tag,
+        "modified_at": rfc3339(entry.created),
+        "size": entry.size,
+        "digest": entry.id,
+        "details": details(entry),
+    }
+
+
+async def _entry(request: Request, name: str) -> ModelEntry:
+    store = store_of(request)
+    try:
+        return await asyncio.to_thread(store.get, name)
+    except StoreError as exc:
+        raise to_api_error(exc, await available_models(store)) or exc from None
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    entries = await asyncio.to_thread(store_of(request).list)
+    return {"models": [_tag_row(tag, e) for e in entries for tag in (e.tags or [e.name])]}
+
+
+def _ps_row(model: ResidentModel) -> dict[str, Any]:
+    if model.keep_alive < 0:
+        expires = _FOREVER
+    else:  # a model in use expires keep_alive after its last holder lets go
+        expires = (time.time() if model.busy else model.last_used) + model.keep_alive
+    on_gpu = model.engine is not None and model.engine.model.gpu_layers > 0
+    return {
+        **_tag_row(model.name, model.entry),
+        "size": model.estimate.total,
+        "size_vram": model.estimate.total if on_gpu else 0,
+        "expires_at": rfc3339(expires),
+        "context_length": model.config.ctx_per_slot,
+    }
+
+
+@router.get("/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    return {"models": [_ps_row(m) for m in loader_of(request).resident() if not m.loading]}
+
+
+@router.post("/show")
+async def show(request: Request) -> dict[str, Any]:
+    body = await read_json(request)
+    entry = await _entry(request, _model_name(body))
+    meta = entry.metadata
+    arch = meta.architecture
+    info: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.parameter_count": meta.parameter_count,
+        "general.file_type": meta.file_type,
+    }
+    for key in ("context_length", "embedding_length", "block_count", "feed_forward_length"):
+        if getattr(meta, key) is not None:
+            info[f"{arch}.{key}"] = getattr(meta, key)
+    if meta.head_count is not None:
+        info[f"{arch}.attention.head_count"] = meta.head_count
+    if meta.head_count_kv is not None:
+        info[f"{arch}.attention.head_count_kv"] = meta.head_count_kv
+    config = store_of(request).get_config(entry.id)
+    parameters = "\n".join(f"{k} {v}" for k, v in sorted(config.items()))
+    return {
+        "license": "",
+        "modelfile": f"# runner model {entry.name}\nFROM {entry.path}\n",
+        "parameters": parameters,
+        "template": meta.chat_template or "",
+        "details": details(entry),
+        "model_info": info,
+        "capabilities": ["completion", "embedding"],
+        "modified_at": rfc3339(entry.created),
+    }
+
+
+@router.delete("/delete")
+async def delete(request: Request) -> Response:
+    body = await read_json(request)
+    await management.models_delete(request, _model_name(body))
+    return Response(status_code=200)
+
+
+@router.post("/copy")
+async def copy(request: Request) -> Response:
+    body = await read_json(request)
+    source, destination = body.get("source"), body.get("destination")
+    if not isinstance(source, str) or not isinstance(destination, str) or not destination:
+        raise APIError(400, "source and destination are required")
+    entry = await _entry(request, source)
+    store = store_of(request)
+    try:
+        # Same content: the store keeps one blob and adds the tag.
+        await asyncio.to_thread(store.add, normalize(destination), entry.path)
+    except StoreError as exc:
+        raise to_api_error(exc) or exc from None
+    return Response(status_code=200)
+
+
+# ----- pull --------------------------------------------------------------------------------
+
+
+def _progress(line: bytes) -> bytes:
+    """A DMR progress line (`{"type", "message", ...}`) as Ollama's `{"status", ...}`."""
+    data = json.loads(line)
+    if data.get("type") == "error":
+        return (json.dumps({"error": data.get("message", "pull failed")}) + "\n").encode()
+    if data.get("type") == "success":
+        return b'{"status":"success"}\n'
+    status = {"status": data.get("message", "")}
+    if data.get("total"):
+        status.update(total=data["total"], completed=data.get("pulled", 0))
+    return (json.dumps(status) + "\n").encode()
+
+
+async def _ollama_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for line in lines:
+        yield _progress(line)
+
+
+async def _already_there(entry: ModelEntry) -> AsyncIterator[bytes]:
+    yield (json.dumps({"status": f"{entry.name} is already in the store"}) + "\n").encode()
+    yield b'{"status":"success"}\n'
+
+
+@router.post("/pull")
+async def pull(request: Request) -> Response:
+    """Pull a model into the store. Without network sources in this build, `model` is a name
+    already in the store (nothing to do) or an absolute path to a local GGUF, imported like
+    `POST /models/create` and named after the file (or `tag`)."""
+    body = await read_json(request)
+    name = _model_name(body)
+    streaming = body.get("stream", True) is not False
+    if Path(name).is_absolute():
+        source = Path(name)
+        tag = body.get("tag") or management._name_from_file(source)
+        await _check_gguf(source)
+        lines = management._import(store_of(request), normalize(tag), source, as_json=True)
+        stream: AsyncIterator[bytes] = _ollama_lines(lines)
+    else:
+        entry = await _entry(request, name)
+        stream = _already_there(entry)
+    if streaming:
+        return StreamingResponse(stream, media_type="application/x-ndjson")
+    last: dict[str, Any] = {}
+    async for line in stream:
+        last = json.loads(line)
+    if "error" in last:
+        raise APIError(500, last["error"], "pull_failed")
+    return JSONResponse(last)
+
+
+async def _check_gguf(path: Path) -> None:
+    from runner.store import InvalidModelFile, read_metadata
+
+    try:
+        await asyncio.to_thread(read_metadata, path)
+    except InvalidModelFile as exc:
+        raise APIError(404 if not path.exists() else 400, str(exc), "invalid_model_file") from None
