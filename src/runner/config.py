@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     persist: bool = True
 
+    # stored OpenAI Responses (previous_response_id); kept in memory with --no-persist
+    responses_dir: Path | None = None
+    responses_disk: ByteSize = 256 << 20
+    responses_ttl: Duration = 30 * 86400.0
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
@@ -148,3 +153,7 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or (default_home() / "kv-cache")
+
+    @property
+    def resolved_responses_dir(self) -> Path:
+        return self.responses_dir or (default_home() / "responses")

@@ -18,7 +18,7 @@ from runner.config import Settings
 from runner.loader import Loader
 from runner.store import ModelStore
 
-from . import anthropic, extras, ollama, ollama_models, openai_routes
+from . import anthropic, extras, ollama, ollama_models, openai_routes, responses
 from .access import (
     LOCALHOST_ORIGINS,
     ApiKeyMiddleware,
@@ -34,6 +34,7 @@ from .guard import JsonGuardMiddleware
 from .management import router as management_router
 from .metrics import make_registry
 from .middleware import BodyLimitMiddleware, FormAsJsonMiddleware
+from .responses_store import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ def create_app(
     app.state.store = store
     app.state.loader = loader
     app.state.metrics_registry = make_registry(loader)
+    app.state.responses = ResponseStore(
+        settings.resolved_responses_dir if settings.persist else None,
+        max_bytes=settings.responses_disk,
+        max_age=settings.responses_ttl,
+    )
 
     install_error_handlers(app)
     app.include_router(extras.router)
@@ -83,6 +89,7 @@ def create_app(
     app.include_router(management_router)
     app.include_router(ollama.router)
     app.include_router(anthropic.router)
+    app.include_router(responses.router)
     app.include_router(ollama_models.router)
 
     # Added last = outermost. Request path: dialect error shapes -> body cap -> Host ->

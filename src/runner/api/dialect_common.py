@@ -37,9 +37,7 @@ def describe_validation(exc: ValidationError, renames: Mapping[str, str] | None 
     return "invalid request: " + "; ".join(problems)
 
 
-def validated(
-    model: type[BaseModel], data: Any, renames: Mapping[str, str] | None = None
-) -> Any:
+def validated(model: type[BaseModel], data: Any, renames: Mapping[str, str] | None = None) -> Any:
     """`model.model_validate(data)`, with a failure as a 400 APIError (never a 422/500)."""
     if not isinstance(data, Mapping):
         raise APIError(400, "the request body must be a JSON object", "invalid_request")

@@ -1,0 +1,315 @@
+"""OpenAI's Responses API: `POST /v1/responses`, `GET/DELETE /v1/responses/{id}` and
+`GET /v1/responses/{id}/input_items`, under every OpenAI prefix (and `/responses`, as DMR).
+
+`input` (a string or items: messages, `function_call`, `function_call_output`) plus
+`instructions` and the conversation of `previous_response_id` become chat messages that run
+through `inference.start`, like `/v1/chat/completions`, on the same prompt cache: a
+continued conversation reuses its cached prefix, also after a restart (the prompt cache's
+disk tier and the response store both persist). `usage.input_tokens_details.cached_tokens`
+is that reused prefix. Stored responses: `responses_store.py`; streams: `responses_stream.py`.
+Errors are OpenAI-shaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from runner.engine import FinishEvent
+
+from .dialect_common import chat_prompt, check_final, generation_fields, read_json, validated
+from .dialect_common import text_of as _text_of
+from .errors import APIError
+from .inference import collect, model_name, start
+from .openai_routes import PREFIXES
+from .responses_store import ResponseStore
+from .schemas import INT32_MAX
+
+router = APIRouter()
+
+DEFAULT_PAGE = 20
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    text: dict[str, Any] | None = None
+    stream: bool = False
+    store: bool = True
+    previous_response_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(24).replace("-", "a").replace("_", "b")
+
+
+def store_of(request: Request) -> ResponseStore:
+    return request.app.state.responses
+
+
+# ----- input -------------------------------------------------------------------------------
+
+
+def input_items(body: ResponsesRequest) -> list[dict[str, Any]]:
+    """This request's input as Responses items, each with an id (as `input_items` lists them)."""
+    raw = body.input
+    items = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else raw
+    out = []
+    for item in items:
+        item = {"type": "message", **item}
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            kind = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": kind, "text": item["content"]}]
+        item.setdefault("id", new_id("msg_" if item["type"] == "message" else "item_"))
+        out.append(item)
+    return out
+
+
+def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Responses items -> OpenAI chat messages for the chat template."""
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        kind = item.get("type")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise APIError(400, f"input[{i}]: invalid role {role!r}", param="input")
+            text = _text_of(item.get("content"), f"input[{i}].content")
+            out.append({"role": "system" if role == "developer" else role, "content": text})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            }
+            out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else _text_of(output, f"input[{i}].output")
+            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+        elif kind == "reasoning":
+            continue
+        else:
+            raise APIError(400, f"input[{i}]: unsupported item type {kind!r}", param="input")
+    return out
+
+
+def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Responses function tools (flat) as the chat API's `{"type", "function": {...}}`."""
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        if tool.get("type") != "function":
+            raise APIError(400, f"unsupported tool type {tool.get('type')!r}", param="tools")
+        spec = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+        out.append({"type": "function", "function": spec})
+    return out
+
+
+def response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`text.format` as the chat API's `response_format`."""
+    fmt = (text or {}).get("format")
+    if not fmt:
+        return None
+    if not isinstance(fmt, dict):
+        raise APIError(400, "text.format must be an object", param="text.format")
+    if fmt.get("type") == "json_schema":
+        return {"type": "json_schema", "json_schema": {"schema": fmt.get("schema") or {}}}
+    return {"type": fmt.get("type")}
+
+
+# ----- output ------------------------------------------------------------------------------
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def usage(final: FinishEvent) -> dict[str, Any]:
+    return {
+        "input_tokens": final.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": final.timings.cache_n},
+        "output_tokens": final.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": final.prompt_tokens + final.completion_tokens,
+    }
+
+
+def response_object(
+    response_id: str, created: int, model: str, body: ResponsesRequest
+) -> dict[str, Any]:
+    """The response as first announced: in progress, no output yet."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "previous_response_id": body.previous_response_id,
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.store,
+        "temperature": body.temperature,
+        "text": body.text or {"format": {"type": "text"}},
+        "tool_choice": body.tool_choice or "auto",
+        "tools": body.tools or [],
+        "top_p": body.top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "metadata": body.metadata or {},
+    }
+
+
+def finish(obj: dict[str, Any], final: FinishEvent, item: dict[str, Any]) -> dict[str, Any]:
+    """`obj` completed (or incomplete at the token limit) with output `item`."""
+    done = dict(obj)
+    done["output"] = [item]
+    done["usage"] = usage(final)
+    done["timings"] = final.timings.to_dict()
+    if final.finish_reason == "length":
+        done["status"] = "incomplete"
+        done["incomplete_details"] = {"reason": "max_output_tokens"}
+        item["status"] = "incomplete"
+    else:
+        done["status"] = "completed"
+    return done
+
+
+async def save(
+    request: Request,
+    body: ResponsesRequest,
+    response: dict[str, Any],
+    history: list[dict[str, Any]],
+    items: list[dict[str, Any]],
+    text: str,
+) -> None:
+    if not body.store:
+        return
+    record = {
+        "response": response,
+        "input_items": items,
+        "messages": [*history, {"role": "assistant", "content": text}],
+    }
+    await asyncio.to_thread(store_of(request).put, response["id"], record)
+
+
+# ----- routes ------------------------------------------------------------------------------
+
+
+async def create(request: Request) -> Response:
+    from .responses_stream import response_stream
+
+    body: ResponsesRequest = validated(ResponsesRequest, await read_json(request))
+    history: list[dict[str, Any]] = []
+    if body.previous_response_id:
+        previous = await asyncio.to_thread(store_of(request).get, body.previous_response_id)
+        if previous is None:
+            raise APIError(
+                404,
+                f"Previous response with id '{body.previous_response_id}' not found.",
+                "previous_response_not_found",
+                param="previous_response_id",
+            )
+        history = previous["messages"]
+    items = input_items(body)
+    history = [*history, *chat_messages(items)]
+    # Instructions are not carried over from a previous response (as in OpenAI's API).
+    system = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    fields = generation_fields(
+        {"max_tokens": "max_output_tokens", "response_format": "text.format"},
+        max_tokens=body.max_output_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        response_format=response_format(body.text),
+    )
+    name = model_name(request, body.model)
+    gen = await start(
+        request, name, chat_prompt([*system, *history], chat_tools(body.tools)), fields, ""
+    )
+    obj = response_object(new_id("resp_"), int(time.time()), body.model or name, body)
+    if body.stream:
+        return response_stream(request, gen, body, obj, history, items)
+    text, final = await collect(request, gen)
+    check_final(final)
+    result = finish(obj, final, message_item(new_id("msg_"), text))
+    await save(request, body, result, history, items, text)
+    return JSONResponse(result)
+
+
+async def _stored(request: Request, response_id: str) -> dict[str, Any]:
+    record = await asyncio.to_thread(store_of(request).get, response_id)
+    if record is None:
+        raise APIError(404, f"Response with id '{response_id}' not found.", "not_found")
+    return record
+
+
+async def retrieve(request: Request, response_id: str) -> dict[str, Any]:
+    return (await _stored(request, response_id))["response"]
+
+
+async def list_input_items(
+    request: Request,
+    response_id: str,
+    order: str = "desc",
+    limit: int = DEFAULT_PAGE,
+    after: str | None = None,
+) -> dict[str, Any]:
+    if order not in ("asc", "desc") or not 1 <= limit <= 100:
+        raise APIError(400, "order must be asc or desc, limit between 1 and 100")
+    items = list((await _stored(request, response_id))["input_items"])
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
+
+
+async def delete(request: Request, response_id: str) -> dict[str, Any]:
+    if not await asyncio.to_thread(store_of(request).delete, response_id):
+        raise APIError(404, f"Response with id '{response_id}' not found.", "not_found")
+    return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+
+for _prefix in (*PREFIXES, ""):
+    base = _prefix + "/responses"
+    router.add_api_route(base, create, methods=["POST"])
+    router.add_api_route(base + "/{response_id}", retrieve, methods=["GET"])
+    router.add_api_route(base + "/{response_id}", delete, methods=["DELETE"])
+    router.add_api_route(base + "/{response_id}/input_items", list_input_items, methods=["GET"])
