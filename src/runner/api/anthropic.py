@@ -30,19 +30,19 @@ from .dialect_common import (
     text_of,
     validated,
 )
-from .dialect_errors import anthropic_error
+from .dialect_errors import anthropic_body, stream_failure
 from .errors import APIError
 from .inference import (
     Generation,
     PromptBuilder,
     collect,
     engine_of,
-    finish_error,
     hold_model,
     start,
 )
 from .schemas import INT32_MAX, MAX_STOP_LENGTH, MAX_STOP_STRINGS
-from .streaming import EngineStream
+from .state import settings_of
+from .streaming import EngineStream, ShutdownCutoff
 
 PREFIXES = ("", "/anthropic")
 
@@ -166,7 +166,9 @@ def _event(kind: str, data: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(data=payload, event=kind)
 
 
-async def _events(gen: Generation, model: str, prompt_n: list[int]) -> AsyncIterator[Any]:
+async def _events(
+    gen: Generation, model: str, prompt_n: list[int], cutoff: ShutdownCutoff
+) -> AsyncIterator[Any]:
     start_usage = {"input_tokens": prompt_n[0], "output_tokens": 0}
     yield _event("message_start", {"message": {**_message(gen, model, []), "usage": start_usage}})
     yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
@@ -179,12 +181,12 @@ async def _events(gen: Generation, model: str, prompt_n: list[int]) -> AsyncIter
                 yield _event("content_block_delta", {"index": 0, "delta": delta})
             continue
         final = event
-    if final is None or final.finish_reason == "cancelled":
+    early, error = stream_failure(final, cutoff)
+    if error is not None:
+        yield _event("error", {"error": anthropic_body(error)["error"]})
+    if early:
         return
-    err = finish_error(final)
-    if err is not None:
-        yield _event("error", anthropic_error(err.status, err.message))
-        return
+    assert final is not None
     yield _event("content_block_stop", {"index": 0})
     delta = {"stop_reason": _STOP_REASONS.get(final.finish_reason), "stop_sequence": None}
     end = {"delta": delta, "usage": usage(final), "timings": final.timings.to_dict()}
@@ -218,8 +220,8 @@ async def messages(request: Request) -> Response:
     builder = _counting(chat_prompt(chat_messages(body), _tools(body)), prompt_n)
     gen = await start(request, body.model, builder, fields, "msg_")
     if body.stream:
-        grace = request.app.state.shutdown_grace
-        return EngineStream(gen, _events(gen, body.model, prompt_n), grace)
+        cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
+        return EngineStream(gen, _events(gen, body.model, prompt_n, cutoff), cutoff)
     text, final = await collect(request, gen)
     check_final(final)
     result = _message(gen, body.model, [{"type": "text", "text": text}] if text else [])

@@ -28,7 +28,7 @@ from .access import (
     normalize_origin,
     warn_if_exposed,
 )
-from .dialect_errors import DialectErrorMiddleware
+from .dialect_errors import RENDERERS
 from .errors import install_error_handlers
 from .guard import JsonGuardMiddleware
 from .management import router as management_router
@@ -82,7 +82,7 @@ def create_app(
         max_age=settings.responses_ttl,
     )
 
-    install_error_handlers(app)
+    install_error_handlers(app, renderers=RENDERERS)
     app.include_router(extras.router)
     for prefix in openai_routes.PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)
@@ -92,9 +92,8 @@ def create_app(
     app.include_router(responses.router)
     app.include_router(ollama_models.router)
 
-    # Added last = outermost. Request path: dialect error shapes -> body cap -> Host ->
-    # Origin -> CORS -> API key -> JSON guard -> form-as-JSON -> routes (see access.py and
-    # guard.py).
+    # Added last = outermost. Request path: body cap -> Host -> Origin -> CORS -> API key ->
+    # JSON guard -> form-as-JSON -> routes (see access.py and guard.py).
     app.add_middleware(FormAsJsonMiddleware)
     app.add_middleware(JsonGuardMiddleware)
     if settings.api_key:
@@ -111,6 +110,5 @@ def create_app(
     if is_loopback(settings.host) and "*" not in origins:
         app.add_middleware(HostMiddleware, origins=origins)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(DialectErrorMiddleware)  # Ollama/Anthropic error shapes, outermost
     warn_if_exposed(settings)
     return app

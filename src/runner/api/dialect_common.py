@@ -94,10 +94,10 @@ def raw_prompt(text: str) -> PromptBuilder:
 
 
 def check_final(final: FinishEvent) -> None:
-    """Raise the API error for a request the engine ended in error or cancelled."""
-    err = finish_error(final)
-    if err is not None:
-        raise err
+    """Raise the error of a request the engine ended in error or cancelled."""
+    exc = finish_error(final)
+    if exc is not None:
+        raise exc
     if final.finish_reason == "cancelled":  # the client is gone; the answer goes nowhere
         raise APIError(499, "the request was cancelled", "cancelled")
 

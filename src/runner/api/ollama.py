@@ -33,20 +33,11 @@ from .dialect_common import (
     read_json,
     rfc3339,
 )
+from .dialect_errors import ollama_body, stream_failure
 from .errors import APIError
-from .inference import (
-    Generation,
-    PromptBuilder,
-    collect,
-    engine_of,
-    finish_error,
-    hold_model,
-    loader_of,
-    settings_of,
-    start,
-    tokenize,
-)
+from .inference import Generation, PromptBuilder, collect, engine_of, hold_model, start, tokenize
 from .schemas import GenerationFields
+from .state import loader_of, settings_of
 
 router = APIRouter(prefix="/api")
 
@@ -217,12 +208,12 @@ async def _lines(gen: Generation, piece: Piece, last: Last) -> AsyncIterator[byt
                 yield _line(piece(event.text))
             continue
         final = event
-    if final is None or final.finish_reason == "cancelled":
+    early, error = stream_failure(final)
+    if error is not None:
+        yield _line(ollama_body(error))
+    if early:
         return
-    err = finish_error(final)
-    if err is not None:
-        yield _line({"error": err.message})
-        return
+    assert final is not None
     yield _line(last(final))
 
 

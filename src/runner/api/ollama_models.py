@@ -20,13 +20,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from runner import __version__
 from runner.loader import ResidentModel
-from runner.store import ModelEntry, StoreError, format_params, normalize
+from runner.store import InvalidModelFile, ModelEntry, format_params, normalize, read_metadata
 
 from . import management
 from .dialect_common import read_json, rfc3339
-from .errors import APIError, to_api_error
-from .inference import available_models, loader_of, store_of
+from .errors import APIError
+from .model_pull import pull_response
 from .ollama import _model_name
+from .state import loader_of, store_of
 
 router = APIRouter(prefix="/api")
 
@@ -58,11 +59,7 @@ def _tag_row(tag: str, entry: ModelEntry) -> dict[str, Any]:
 
 
 async def _entry(request: Request, name: str) -> ModelEntry:
-    store = store_of(request)
-    try:
-        return await asyncio.to_thread(store.get, name)
-    except StoreError as exc:
-        raise to_api_error(exc, await available_models(store)) or exc from None
+    return await asyncio.to_thread(store_of(request).get, name)
 
 
 @router.get("/version")
@@ -143,11 +140,8 @@ async def copy(request: Request) -> Response:
         raise APIError(400, "source and destination are required")
     entry = await _entry(request, source)
     store = store_of(request)
-    try:
-        # Same content: the store keeps one blob and adds the tag.
-        await asyncio.to_thread(store.add, normalize(destination), entry.path)
-    except StoreError as exc:
-        raise to_api_error(exc) or exc from None
+    # Same content: the store keeps one blob and adds the tag.
+    await asyncio.to_thread(store.add, normalize(destination), entry.path)
     return Response(status_code=200)
 
 
@@ -155,46 +149,50 @@ async def copy(request: Request) -> Response:
 
 
 def _progress(line: bytes) -> bytes:
-    """A DMR progress line (`{"type", "message", ...}`) as Ollama's `{"status", ...}`."""
+    """A DMR progress line (`{"type", "message", "status"?, ...}`) as Ollama's
+    `{"status", "digest", "total", "completed"}` (runner's pull uses Ollama's statuses)."""
     data = json.loads(line)
     if data.get("type") == "error":
-        return (json.dumps({"error": data.get("message", "pull failed")}) + "\n").encode()
+        return _ndjson({"error": data.get("message", "pull failed")})
     if data.get("type") == "success":
-        return b'{"status":"success"}\n'
-    status = {"status": data.get("message", "")}
+        return _ndjson({"status": "success"})
+    status: dict[str, Any] = {"status": data.get("status") or data.get("message", "")}
+    if data.get("digest"):
+        status["digest"] = data["digest"]
     if data.get("total"):
         status.update(total=data["total"], completed=data.get("pulled", 0))
-    return (json.dumps(status) + "\n").encode()
+    return _ndjson(status)
 
 
-async def _ollama_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+async def _ollama_lines(lines: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     async for line in lines:
-        yield _progress(line)
-
-
-async def _already_there(entry: ModelEntry) -> AsyncIterator[bytes]:
-    yield (json.dumps({"status": f"{entry.name} is already in the store"}) + "\n").encode()
-    yield b'{"status":"success"}\n'
+        yield _progress(line if isinstance(line, bytes) else str(line).encode())
 
 
 @router.post("/pull")
 async def pull(request: Request) -> Response:
-    """Pull a model into the store. Without network sources in this build, `model` is a name
-    already in the store (nothing to do) or an absolute path to a local GGUF, imported like
-    `POST /models/create` and named after the file (or `tag`)."""
+    """Pull `model` into the store with runner's pull (OCI registries as DMR names them,
+    `hf.co/...`, URLs; see `store/pull.py`), streaming Ollama's progress objects. An
+    absolute path to a local GGUF is imported instead (named after the file)."""
     body = await read_json(request)
     name = _model_name(body)
-    streaming = body.get("stream", True) is not False
+    store = store_of(request)
     if Path(name).is_absolute():
         source = Path(name)
-        tag = body.get("tag") or management._name_from_file(source)
         await _check_gguf(source)
-        lines = management._import(store_of(request), normalize(tag), source, as_json=True)
-        stream: AsyncIterator[bytes] = _ollama_lines(lines)
+        tag = normalize(management._name_from_file(source))
+        lines: AsyncIterator[Any] = management._import(store, tag, source, as_json=True)
     else:
-        entry = await _entry(request, name)
-        stream = _already_there(entry)
-    if streaming:
+        # Errors before the download starts (unknown name, unreachable registry) are raised
+        # here, as HTTP errors in Ollama's shape.
+        started = await pull_response(store, name, None, None, as_json=True)
+        lines = started.body_iterator
+    stream = _ollama_lines(lines)
+    if body.get("stream", True) is not False:
         return StreamingResponse(stream, media_type="application/x-ndjson")
     last: dict[str, Any] = {}
     async for line in stream:
@@ -205,8 +203,6 @@ async def pull(request: Request) -> Response:
 
 
 async def _check_gguf(path: Path) -> None:
-    from runner.store import InvalidModelFile, read_metadata
-
     try:
         await asyncio.to_thread(read_metadata, path)
     except InvalidModelFile as exc:

@@ -17,9 +17,12 @@ from sse_starlette import ServerSentEvent
 
 from runner.engine import FinishEvent, TokenEvent
 
-from .inference import Generation, finish_error
+from .dialect_errors import stream_failure
+from .errors import openai_body
+from .inference import Generation
 from .responses import ResponsesRequest, finish, message_item, new_id, save
-from .streaming import EngineStream
+from .state import settings_of
+from .streaming import EngineStream, ShutdownCutoff
 
 
 class _Sequence:
@@ -40,6 +43,7 @@ async def _events(
     obj: dict[str, Any],
     history: list[dict[str, Any]],
     items: list[dict[str, Any]],
+    cutoff: ShutdownCutoff,
 ) -> AsyncIterator[ServerSentEvent]:
     seq = _Sequence()
     item_id = new_id("msg_")
@@ -62,13 +66,13 @@ async def _events(
                 )
             continue
         final = event
-    if final is None or final.finish_reason == "cancelled":
-        return
-    err = finish_error(final)
-    if err is not None:
-        failed = {**obj, "status": "failed", "error": {"code": err.code, "message": err.message}}
+    early, error = stream_failure(final, cutoff)
+    if error is not None:
+        failed = {**obj, "status": "failed", "error": openai_body(error)["error"]}
         yield seq.event("response.failed", response=failed)
+    if early:
         return
+    assert final is not None
     text = "".join(parts)
     yield seq.event("response.output_text.done", **where, text=text, logprobs=[])
     part = {"type": "output_text", "text": text, "annotations": []}
@@ -89,5 +93,6 @@ def response_stream(
     history: list[dict[str, Any]],
     items: list[dict[str, Any]],
 ) -> EngineStream:
-    events = _events(request, gen, body, obj, history, items)
-    return EngineStream(gen, events, request.app.state.shutdown_grace)
+    cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
+    events = _events(request, gen, body, obj, history, items, cutoff)
+    return EngineStream(gen, events, cutoff)
