@@ -23,6 +23,7 @@ from runner.engine import EngineError, PromptTooLong, QueueFull
 from runner.engine.slot_files import SlotFileNoSpace
 from runner.loader import InsufficientMemory, LoaderError, ModelBusy
 from runner.store import AmbiguousModelName, ModelNotFound, StoreError
+from runner.store.errors import PullError, RemoteForbidden
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,8 @@ from runner.store import AmbiguousModelName, ModelNotFound, StoreError
         (ModelBusy("in use"), 409, "model_busy"),
         (SlotFileNoSpace("disk full"), 507, "insufficient_storage"),
         (ModelNotFound("x"), 404, "model_not_found"),
+        (RemoteForbidden("no rights"), 403, "remote_unauthorized"),
+        (PullError("remote answered 500"), 502, "pull_failed"),
         (AmbiguousModelName("x", ["a", "b"]), 400, "ambiguous_model_name"),
         (GrammarError("bad"), 400, "invalid_grammar"),
         (APIError(418, "teapot", "teapot"), 418, "teapot"),

@@ -46,6 +46,17 @@ from runner.store import (
     ModelNotFound,
     StoreError,
 )
+from runner.store.errors import (
+    DigestMismatch,
+    DiskFull,
+    PullError,
+    RemoteForbidden,
+    RemoteNotFound,
+    RemoteRateLimited,
+    RemoteUnauthorized,
+    RemoteUnreachable,
+    UnsupportedArtifact,
+)
 
 from .state import available_models, store_of
 
@@ -156,6 +167,16 @@ ERRORS: dict[type[BaseException], Describer] = {
     InvalidModelName: row(400, "invalid_model_name", param="model"),
     ModelFileMissing: row(500, "model_file_error"),
     InvalidModelFile: row(500, "model_file_error"),
+    # pulls (`from` names what to pull)
+    PullError: row(502, "pull_failed", param="from"),
+    RemoteUnreachable: row(503, "remote_unreachable", param="from"),
+    RemoteNotFound: row(404, "remote_model_not_found", param="from"),
+    RemoteUnauthorized: row(401, "remote_unauthorized", param="from"),
+    RemoteForbidden: row(403, "remote_unauthorized", param="from"),
+    RemoteRateLimited: row(429, "remote_rate_limited", param="from"),
+    UnsupportedArtifact: row(400, "unsupported_artifact", param="from"),
+    DigestMismatch: row(502, "digest_mismatch", param="from"),
+    DiskFull: row(507, "disk_full", param="from"),
     # chat
     ChatTemplateError: row(400, "chat_template_error", param="messages"),
     GrammarError: row(400, "invalid_grammar", param="response_format"),

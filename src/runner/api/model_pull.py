@@ -18,25 +18,14 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from runner.api.errors import APIError
-from runner.store import InvalidModelName, ModelStore, StoreError
-from runner.store.errors import PullError
+from runner.store import ModelStore
 from runner.store.pull import PullProgress, PullResult, pull
+
+from .errors import describe
 
 log = logging.getLogger(__name__)
 
 _END = object()
-
-
-def pull_api_error(exc: Exception) -> APIError | None:
-    """The HTTP error for a pull failure (None for an unexpected exception: a 500)."""
-    if isinstance(exc, PullError):
-        return APIError(exc.status, str(exc), exc.code, param="from")
-    if isinstance(exc, InvalidModelName):
-        return APIError(400, str(exc), "invalid_model_name", param="from")
-    if isinstance(exc, StoreError):
-        return APIError(500, str(exc), "store_error")
-    return None
 
 
 def _line(kind: str, message: str, as_json: bool, **extra: Any) -> bytes:
@@ -95,7 +84,7 @@ async def pull_response(
     if task.done() and task.exception() is not None:
         exc = task.exception()
         log.info("pull of %s failed: %s", ref, exc)
-        raise pull_api_error(exc) or exc  # type: ignore[misc]
+        raise exc  # type: ignore[misc]  # the error handler gives it its status
     media = "application/x-ndjson" if as_json else "text/plain; charset=utf-8"
     return StreamingResponse(_stream(ref, task, queue, head, ended, as_json), media_type=media)
 
@@ -117,10 +106,7 @@ async def _stream(
         result = await task
     except Exception as exc:
         log.warning("pull of %s failed: %s", ref, exc)
-        error = pull_api_error(exc)
-        yield _line(
-            "error", f"Model pull failed: {exc}", as_json, code=getattr(error, "code", None)
-        )
+        yield _line("error", f"Model pull failed: {exc}", as_json, code=describe(exc).code)
         return
     log.info("pulled %s as %s (sha256:%s)", result.source, result.name, result.entry.short_id)
     yield _line(

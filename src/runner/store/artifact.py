@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PullError
+from ..config import format_size
+from .errors import PullError, UnsupportedArtifact
 from .gguf_meta import GGUFMetadata, format_params
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -94,11 +95,9 @@ def parse_manifest(manifest: dict[str, Any]) -> ModelArtifact:
     weights = [layer for layer in parsed if _is_weight(layer)]
     if not weights:
         kinds = ", ".join(sorted({layer.media_type for layer in parsed})) or "none"
-        raise PullError(
+        raise UnsupportedArtifact(
             f"this artifact has no GGUF model layer (layer types: {kinds}); runner serves GGUF "
-            "models only",
-            status=400,
-            code="unsupported_artifact",
+            "models only"
         )
     template = next((layer for layer in parsed if layer.media_type == CHAT_TEMPLATE_LAYER), None)
     config = manifest.get("config")
@@ -114,14 +113,6 @@ def context_size(config_blob: bytes) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TiB"
-
-
 def model_config(
     meta: GGUFMetadata, size: int, diff_ids: list[str], context: int | None = None
 ) -> bytes:
@@ -132,7 +123,7 @@ def model_config(
         "quantization": meta.quantization,
         "parameters": params,
         "architecture": meta.architecture,
-        "size": _human_size(size),
+        "size": format_size(size),
         "gguf": {
             "general.architecture": meta.architecture,
             "general.file_type": meta.quantization,

@@ -37,18 +37,19 @@ _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 def raise_for_status(response: httpx.Response, what: str) -> None:
     """Turn an HTTP error status into the matching PullError."""
-    from .errors import RemoteNotFound, RemoteUnauthorized
+    from .errors import RemoteForbidden, RemoteNotFound, RemoteRateLimited, RemoteUnauthorized
 
     status = response.status_code
     if status < 400:
         return
-    if status in (401, 403):
-        hint = "check the credentials" if status == 401 else "no access with these credentials"
-        raise RemoteUnauthorized(f"{what}: access denied ({status}); {hint}", status=status)
+    if status == 401:
+        raise RemoteUnauthorized(f"{what}: access denied (401); check the credentials")
+    if status == 403:
+        raise RemoteForbidden(f"{what}: access denied (403); no access with these credentials")
     if status == 404:
         raise RemoteNotFound(f"{what}: not found (404)")
     if status == 429:
-        raise PullError(f"{what}: rate limited by the remote (429); try again later", status=429)
+        raise RemoteRateLimited(f"{what}: rate limited by the remote (429); try again later")
     raise PullError(f"{what}: the remote answered {status}")
 
 

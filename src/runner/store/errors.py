@@ -41,49 +41,37 @@ class ModelFileMissing(StoreError, FileNotFoundError):
 
 
 class PullError(StoreError):
-    """Getting a model from a registry, Hugging Face or a URL failed. `status` and `code`
-    say how an HTTP API should report it; nothing half-downloaded is in the store."""
-
-    status = 502
-    code = "pull_failed"
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        if status is not None:
-            self.status = status
-        if code is not None:
-            self.code = code
+    """Getting a model from a registry, Hugging Face or a URL failed; nothing half-downloaded
+    is in the store. The subclasses say why (the API maps each to an HTTP status)."""
 
 
 class RemoteUnreachable(PullError):
     """No connection to the registry / hub / host (offline, DNS, refused, timed out)."""
 
-    status = 503
-    code = "remote_unreachable"
-
 
 class RemoteNotFound(PullError):
     """The registry or hub has no such model, tag, digest or file."""
 
-    status = 404
-    code = "remote_model_not_found"
-
 
 class RemoteUnauthorized(PullError):
-    """The remote refused access (401/403): missing or wrong credentials, or no rights."""
+    """The remote refused access (401): missing or wrong credentials, or a gated repo."""
 
-    status = 401
-    code = "remote_unauthorized"
+
+class RemoteForbidden(RemoteUnauthorized):
+    """The remote refused access (403): no rights with these credentials."""
+
+
+class RemoteRateLimited(PullError):
+    """The remote asked us to slow down (429)."""
+
+
+class UnsupportedArtifact(PullError):
+    """The remote has the model, but in a form runner cannot serve (no GGUF, split GGUF)."""
 
 
 class DigestMismatch(PullError):
     """Downloaded bytes do not hash to the digest they were promised to have."""
 
-    code = "digest_mismatch"
-
 
 class DiskFull(PullError):
     """The store's filesystem ran out of space (or a file size limit) while downloading."""
-
-    status = 507
-    code = "disk_full"

@@ -21,7 +21,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .errors import DiskFull, PullError, RemoteNotFound, RemoteUnauthorized, RemoteUnreachable
+from .errors import (
+    DigestMismatch,
+    DiskFull,
+    PullError,
+    RemoteForbidden,
+    RemoteNotFound,
+    RemoteUnauthorized,
+    RemoteUnreachable,
+    UnsupportedArtifact,
+)
 from .fileio import sha256_file
 from .index import ModelEntry
 from .pull import PullProgress, PullProgressFn, blob_progress, install_or_tag, staging_path
@@ -57,11 +66,9 @@ def choose_file(files: list[str], quant: str | None, repo: str) -> str:
         raise RemoteNotFound(f"hf.co/{repo}: no GGUF file for quantization {quant} (has: {found})")
     pick = matches[0]
     if _SHARD.search(pick):
-        raise PullError(
+        raise UnsupportedArtifact(
             f"hf.co/{repo}: {pick} is one shard of a split GGUF; runner's store holds "
-            "single-file models, merge the shards with llama-gguf-split first",
-            status=400,
-            code="unsupported_artifact",
+            "single-file models, merge the shards with llama-gguf-split first"
         )
     return pick
 
@@ -100,7 +107,8 @@ def _translate(exc: Exception, what: str) -> Exception:
         return RemoteUnreachable(f"{what}: cannot reach the Hub (offline?)")
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status in (401, 403):
-        return RemoteUnauthorized(f"{what}: access denied ({status}); set HF_TOKEN", status=status)
+        denied = RemoteUnauthorized if status == 401 else RemoteForbidden
+        return denied(f"{what}: access denied ({status}); set HF_TOKEN")
     if isinstance(exc, errors.HfHubHTTPError):
         return PullError(f"{what}: {str(exc).splitlines()[0]}")
     return RemoteUnreachable(f"{what}: cannot reach the Hub ({exc or type(exc).__name__})")
@@ -148,10 +156,9 @@ def pull_hf(
         digest = sha256_file(path)
         if expected and digest != expected:
             path.unlink()
-            raise PullError(
+            raise DigestMismatch(
                 f"{what} {filename}: sha256 mismatch (got {digest}, expected {expected}); "
-                "the download was discarded",
-                code="digest_mismatch",
+                "the download was discarded"
             )
         os.replace(path, staging_path(store, digest))
         fetched["id"] = digest

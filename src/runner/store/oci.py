@@ -20,7 +20,7 @@ import httpx
 
 from .artifact import DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX
 from .download import raise_for_status, unreachable
-from .errors import DigestMismatch, PullError
+from .errors import DigestMismatch, PullError, RemoteUnauthorized
 from .fileio import CHUNK
 from .refs import DOCKER_HUB, OciSource
 from .registry_auth import RegistryAuth, RegistryAuthError, credentials_for
@@ -65,7 +65,7 @@ class Registry:
         try:
             return self.client.request(method, url, **kwargs)
         except RegistryAuthError as exc:
-            raise PullError(f"{what}: {exc}", status=401, code="remote_unauthorized") from exc
+            raise RemoteUnauthorized(f"{what}: {exc}") from exc
         except httpx.TransportError as exc:
             raise unreachable(f"{what} ({self.registry})", exc) from exc
 
@@ -122,7 +122,7 @@ class Registry:
             with self.client.stream("GET", url, headers=headers) as response:
                 yield response
         except RegistryAuthError as exc:
-            raise PullError(f"blob {digest[:19]}: {exc}", status=401) from exc
+            raise RemoteUnauthorized(f"blob {digest[:19]}: {exc}") from exc
 
     # ----- push ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .artifact import parse_manifest
 from .download import fetch_verified, raise_for_status, unreachable
-from .errors import PullError
+from .errors import UnsupportedArtifact
 from .index import ModelEntry
 from .names import normalize
 from .oci import Registry
@@ -61,8 +61,8 @@ def pull(
 ) -> PullResult:
     """Pull `ref` into `store` as `tag` (default: the name the reference implies).
 
-    Raises InvalidModelName for a malformed reference, and PullError subclasses (with
-    `.status` / `.code`) for everything that can go wrong remotely or on disk.
+    Raises InvalidModelName for a malformed reference, and a PullError subclass for
+    everything that can go wrong remotely or on disk.
     """
     source = parse_source(ref, sha256=sha256)
     name = normalize(tag) if tag else source.local_name
@@ -119,11 +119,9 @@ def _pull_oci(store: ModelStore, source: OciSource, name: str, emit: PullProgres
         manifest, digest = registry.manifest(source)
         artifact = parse_manifest(manifest)
         if len(artifact.weights) > 1:
-            raise PullError(
+            raise UnsupportedArtifact(
                 f"{source} is a sharded GGUF ({len(artifact.weights)} files); runner's store "
-                "holds single-file models, merge the shards with llama-gguf-split first",
-                status=400,
-                code="unsupported_artifact",
+                "holds single-file models, merge the shards with llama-gguf-split first"
             )
         layer = artifact.weights[0]
         template = None
