@@ -81,6 +81,8 @@ async def pull_response(
             head.append(item)
             if item.digest:
                 break
+    if ended:  # the worker posted its last event; its future resolves right after
+        await asyncio.wait({task})
     if task.done() and task.exception() is not None:
         exc = task.exception()
         log.info("pull of %s failed: %s", ref, exc)
