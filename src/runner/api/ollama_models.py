@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from runner import __version__
+from runner.chat import ChatTemplateError, template_for
 from runner.loader import ResidentModel
 from runner.store import InvalidModelFile, ModelEntry, format_params, normalize, read_metadata
 
@@ -117,12 +118,23 @@ async def show(request: Request) -> dict[str, Any]:
         "license": "",
         "modelfile": f"# runner model {entry.name}\nFROM {entry.path}\n",
         "parameters": parameters,
-        "template": meta.chat_template or "",
+        "template": _template_source(entry, config),
         "details": details(entry),
         "model_info": info,
         "capabilities": ["completion", "embedding"],
         "modified_at": rfc3339(entry.created),
     }
+
+
+def _template_source(entry: ModelEntry, config: dict[str, Any]) -> str:
+    """The chat template the model runs with: configured, from the GGUF, else built in."""
+    meta = entry.metadata
+    try:
+        return template_for(
+            meta.architecture, meta.chat_template, config.get("chat-template")
+        ).source
+    except ChatTemplateError:
+        return meta.chat_template or ""
 
 
 @router.delete("/delete")

@@ -1,0 +1,198 @@
+"""Ollama's API (`/api/...`) driven by the official `ollama` Python client against `runner
+serve` with the bundled model, in a private store (copy, delete and pull change it), behind
+an API key: list, show, chat (streamed and not), generate, embed, ps with keep_alive, copy,
+delete, pull from a local OCI registry, and bad input in Ollama's error shape."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+from conftest import ServerHandle, write_tiny_gguf
+from oci_registry import RegistryProcess
+from server_proc import MODEL, private_store, wait_for
+
+from runner.store import ModelStore
+from runner.store.push import package, push
+
+KEY = "ollama-test-key"
+OPTIONS = {"num_predict": 4, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def server(
+    start_server: Callable[..., ServerHandle],
+    bundled_model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerHandle]:
+    root = tmp_path_factory.mktemp("ollama")
+    store = private_store(root / "models", bundled_model_path)
+    env = {"RUNNER_MODELS_DIR": str(store), "DOCKER_CONFIG": str(root / "docker")}
+    flags = ("--slots", "2", "--ctx-size", "1024", "--max-body-bytes", "65536")
+    handle = start_server(*flags, "--model", MODEL, "--api-key", KEY, env=env)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerHandle) -> ollama.Client:
+    # Ollama clients send the key as a bearer token (OLLAMA_API_KEY does the same).
+    return ollama.Client(host=server.url, headers={"Authorization": f"Bearer {KEY}"})
+
+
+def raw(server: ServerHandle) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=120)
+
+
+def test_list_show_and_version(server: ServerHandle, client: ollama.Client) -> None:
+    models = {m.model: m for m in client.list().models}
+    assert MODEL in models
+    assert models[MODEL].details.family == "gemma3"
+    assert models[MODEL].details.quantization_level == "Q4_K_M"
+    assert len(models[MODEL].digest) == 64
+    shown = client.show("gemma3:270m")
+    assert shown.details.format == "gguf"
+    assert shown.modelinfo["general.architecture"] == "gemma3"
+    assert "start_of_turn" in shown.template
+    assert raw(server).get("/api/version").json()["version"]
+
+
+def test_chat_not_streamed_and_streamed(server: ServerHandle, client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Name a colour."}]
+    reply = client.chat(model="gemma3", messages=messages, options=OPTIONS)
+    assert reply.done and reply.done_reason in ("stop", "length")
+    assert reply.message.role == "assistant"
+    assert 1 <= reply.eval_count <= 4
+    assert reply.prompt_eval_count >= 1
+    assert reply.total_duration >= reply.eval_duration > 0
+    assert reply.load_duration >= 0
+
+    parts = list(client.chat(model="gemma3", messages=messages, options=OPTIONS, stream=True))
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done
+    assert 1 <= parts[-1].eval_count <= 4
+    assert "".join(p.message.content for p in parts)
+
+    # runner's timings ride along; the same prompt again is served from the slot's cache.
+    body = {"model": "gemma3", "messages": messages, "options": OPTIONS, "stream": False}
+    final = raw(server).post("/api/chat", json=body).json()
+    timings = final["timings"]
+    assert timings["cache_n"] > 0
+    assert final["prompt_eval_count"] == timings["prompt_n"]
+    assert final["eval_count"] == timings["predicted_n"]
+
+
+def test_generate_and_embed(client: ollama.Client) -> None:
+    templated = client.generate(model="gemma3", prompt="Once upon a time", options=OPTIONS)
+    assert templated.done and 1 <= templated.eval_count <= 4
+    plain = client.generate(model="gemma3", prompt="Once upon a time", raw=True, options=OPTIONS)
+    assert plain.done
+    # The chat template wraps the prompt in turn markers; raw sends the text alone.
+    assert templated.prompt_eval_count > plain.prompt_eval_count
+
+    result = client.embed(model="gemma3", input=["a red apple", "a green pear"])
+    assert len(result.embeddings) == 2
+    assert len(result.embeddings[0]) == len(result.embeddings[1]) > 0
+    assert math.isclose(math.hypot(*result.embeddings[0]), 1.0, rel_tol=1e-3)
+    assert result.prompt_eval_count >= 2
+
+
+def _expiry(client: ollama.Client) -> datetime | None:
+    rows = [m for m in client.ps().models if m.model == MODEL]
+    return rows[0].expires_at if rows else None
+
+
+def test_keep_alive_and_ps(client: ollama.Client) -> None:
+    unloaded = client.generate(model=MODEL, keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    assert wait_for(lambda: _expiry(client) is None, timeout=30)
+
+    forever = client.generate(model=MODEL, prompt="Hi", options=OPTIONS, keep_alive=-1)
+    assert forever.done
+    expiry = _expiry(client)
+    assert expiry is not None and expiry.year == 9999
+
+    client.generate(model=MODEL, prompt="Hi", options=OPTIONS, keep_alive="10m")
+    expiry = _expiry(client)
+    assert expiry is not None
+    left = (expiry - datetime.now(timezone.utc)).total_seconds()
+    assert 500 < left <= 600
+
+
+def test_copy_then_delete(client: ollama.Client) -> None:
+    client.copy(MODEL, "test/copied:v1")
+    assert "test/copied:v1" in {m.model for m in client.list().models}
+    assert client.delete("test/copied:v1").status == "success"
+    assert "test/copied:v1" not in {m.model for m in client.list().models}
+    assert MODEL in {m.model for m in client.list().models}  # the shared blob stays
+    with pytest.raises(ollama.ResponseError) as err:
+        client.delete("test/copied:v1")
+    assert err.value.status_code == 404
+
+
+def test_pull_from_registry(
+    client: ollama.Client, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("registry")
+    registry = RegistryProcess(root / "registry")
+    try:
+        ref = f"{registry.host}/test/tiny:v1"
+        publisher = ModelStore(root / "publisher", bundled_default=False)
+        package(publisher, write_tiny_gguf(root / "tiny.gguf"), ref)
+        push(publisher, ref)
+        statuses = [p.status for p in client.pull(ref, stream=True)]
+        assert statuses[-1] == "success"
+        assert any(s and s.startswith("pulling") for s in statuses)
+        assert any("test/tiny" in m.model for m in client.list().models)
+        with pytest.raises(ollama.ResponseError) as err:
+            client.pull(f"{registry.host}/nobody/nothing:v1")
+        assert err.value.status_code == 404
+    finally:
+        registry.stop()
+
+
+def _error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str)
+    return body["error"]
+
+
+def test_bad_input_in_ollama_shape(server: ServerHandle, client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 404 and "not found" in err.value.error
+
+    http = raw(server)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": False}
+    _error(http.post("/api/chat", json={**chat, "options": {"temperature": 5}}), 400)
+    _error(http.post("/api/chat", json={**chat, "keep_alive": "soon"}), 400)
+    _error(http.post("/api/chat", json={**chat, "format": 3}), 400)
+    bad_role = {**chat, "messages": [{"role": "wizard", "content": "x"}]}
+    _error(http.post("/api/chat", json=bad_role), 400)
+    _error(http.post("/api/generate", content=b"{not json"), 400)
+    _error(http.post("/api/embed", json={"model": MODEL, "input": []}), 400)
+    _error(http.post("/api/show", json={}), 400)
+    huge = {**chat, "messages": [{"role": "user", "content": "x" * 70000}]}
+    _error(http.post("/api/chat", json=huge), 413)
+
+    # The server's access rules apply here too, answered in Ollama's shape.
+    _error(httpx.post(server.url + "/api/chat", json=chat), 401)
+    _error(http.get("/api/tags", headers={"Host": "evil.example"}), 403)
+    _error(http.get("/api/tags", headers={"Origin": "http://evil.example"}), 403)
+    allowed = http.options(
+        "/api/chat",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+    )
+    assert allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+    # Still serving, and a stream still ends with Ollama's final object.
+    with http.stream("POST", "/api/chat", json={**chat, "stream": True, "options": OPTIONS}) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[-1]["done"] is True and "eval_count" in lines[-1]
