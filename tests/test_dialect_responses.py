@@ -1,0 +1,110 @@
+"""OpenAI's Responses API driven by the official `openai` client against `runner serve` with
+the bundled model: create (streamed and not), stored responses that survive a restart,
+`previous_response_id` hitting the prompt cache after the restart, retrieve, input_items,
+delete, and errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+
+import httpx
+import openai
+import pytest
+from conftest import ServerHandle
+from server_proc import MODEL
+
+
+@pytest.fixture(scope="module")
+def server(
+    start_server: Callable[..., ServerHandle], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerHandle]:
+    env = {"RUNNER_RESPONSES_DIR": str(tmp_path_factory.mktemp("responses"))}
+    handle = start_server("--slots", "2", "--ctx-size", "2048", "--model", MODEL, env=env)
+    yield handle
+    handle.stop()
+
+
+def client_of(server: ServerHandle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+
+
+def test_conversation_continues_after_restart_from_the_cache(server: ServerHandle) -> None:
+    client = client_of(server)
+    # Long enough (~150 tokens) for its KV state to be kept on disk across the restart.
+    instructions = f"[{secrets.token_hex(8)}] " + "You answer briefly and plainly. " * 25
+    first = client.responses.create(
+        model=MODEL, instructions=instructions, input="Name a colour.", max_output_tokens=6
+    )
+    assert first.object == "response" and first.id.startswith("resp_")
+    assert first.status in ("completed", "incomplete")
+    assert first.output[0].type == "message" and first.output_text
+    assert 1 <= first.usage.output_tokens <= 6
+    assert first.usage.input_tokens > 100
+
+    events = list(
+        client.responses.create(model=MODEL, input="Say hi.", max_output_tokens=4, stream=True)
+    )
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert "response.output_text.delta" in kinds
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    streamed = events[-1].response
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == streamed.output_text
+    assert client.responses.retrieve(streamed.id).output_text == streamed.output_text
+
+    server.restart()
+    client = client_of(server)
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    second = client.responses.create(
+        model=MODEL,
+        instructions=instructions,
+        previous_response_id=first.id,
+        input="And another one?",
+        max_output_tokens=6,
+    )
+    assert second.previous_response_id == first.id
+    # The first turn's prompt comes back from the prompt cache's disk tier.
+    assert second.usage.input_tokens > first.usage.input_tokens
+    assert second.usage.input_tokens_details.cached_tokens > 100
+
+    items = client.responses.input_items.list(second.id)
+    assert [item.type for item in items.data] == ["message"]
+    assert items.data[0].content[0].text == "And another one?"
+
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+
+
+def test_errors_in_openai_shape(server: ServerHandle) -> None:
+    client = client_of(server)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.responses.create(model=MODEL, input="x", previous_response_id="resp_missing")
+    assert err.value.body["code"] == "previous_response_not_found"
+    bad_calls = [
+        dict(model=MODEL, input="x", temperature=9),
+        dict(model=MODEL, input=[{"type": "bogus"}]),
+        dict(model=MODEL, input="x", max_output_tokens=0),
+        dict(model=MODEL, input="x", text={"format": "json"}),
+    ]
+    for kwargs in bad_calls:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(**kwargs)
+        assert err.value.body["type"] == "invalid_request_error" and err.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="x")
+
+    unstored = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2, store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+    for path in ("/v1/responses/../../etc/passwd", "/v1/responses/resp_nope/input_items"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 404 and "error" in response.json()
