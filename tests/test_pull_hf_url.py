@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import write_tiny_gguf
 from hub_server import HubServer
+from split_gguf import write_split_gguf
 
 from runner.store import ModelStore
-from runner.store.errors import DigestMismatch, PullError, RemoteNotFound
-from runner.store.hf import choose_file
+from runner.store.errors import DigestMismatch, PullError, RemoteNotFound, UnsupportedArtifact
+from runner.store.hf import choose_files
 from runner.store.pull import pull
 
 REPO = "Test-Org/Tiny-GGUF"
@@ -97,12 +98,28 @@ def test_hub_errors_leave_the_store_empty(hub: HubServer, tmp_path: Path) -> Non
 
 def test_choose_file_matches_quant_tokens() -> None:
     files = ["m-Q4_K.gguf", "m-Q4_K_M.gguf", "m-Q4_K_S.gguf", "mmproj-Q4_K_M.gguf", "a.txt"]
-    assert choose_file(files, "Q4_K", "r") == "m-Q4_K.gguf"
-    assert choose_file(files, "q4_k_s", "r") == "m-Q4_K_S.gguf"
-    assert choose_file(files, None, "r") == "m-Q4_K_M.gguf"
-    assert choose_file(["x.Q8_0.gguf", "x.f16.gguf"], None, "r") == "x.Q8_0.gguf"
-    with pytest.raises(PullError, match="shard"):
-        choose_file(["big-Q4_K_M-00001-of-00002.gguf", "big-Q4_K_M-00002-of-00002.gguf"], None, "r")
+    assert choose_files(files, "Q4_K", "r") == ["m-Q4_K.gguf"]
+    assert choose_files(files, "q4_k_s", "r") == ["m-Q4_K_S.gguf"]
+    assert choose_files(files, None, "r") == ["m-Q4_K_M.gguf"]
+    assert choose_files(["x.Q8_0.gguf", "x.f16.gguf"], None, "r") == ["x.Q8_0.gguf"]
+    split = [f"big-Q4_K_M-0000{i}-of-00003.gguf" for i in (3, 1, 2)]
+    assert choose_files(split, None, "r") == sorted(split)
+    with pytest.raises(UnsupportedArtifact, match="00002-of-00003"):
+        choose_files(split[:2], None, "r")
+
+
+def test_split_gguf_is_merged_into_one_model(hub: HubServer, tmp_path: Path) -> None:
+    whole, shards = write_split_gguf(tmp_path / "split", "Split-Q4_K_M", 0.125)
+    hub.add_repo("test-org/Split-GGUF", {p.name: p for p in shards})
+    store = _store(tmp_path)
+    result = pull(store, "hf.co/test-org/Split-GGUF")
+    # gguf-py writes the same bytes whole or merged: the merge is exact.
+    assert result.entry.id == _sha(whole)
+    assert sorted(name for name, _ in hub.downloads) == sorted(p.name for p in shards)
+    again = pull(store, "hf.co/test-org/Split-GGUF:Q4_K_M")
+    assert again.downloaded == 0 and again.entry.id == result.entry.id
+    assert len(hub.downloads) == 2
+    assert not list(store.tmp_dir.glob("*.partial"))
 
 
 def test_url_pull_with_and_without_sha256(

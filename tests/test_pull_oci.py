@@ -17,9 +17,11 @@ import httpx
 import pytest
 from conftest import write_tiny_gguf
 from oci_registry import RegistryProcess
+from split_gguf import write_split_gguf
 
 from runner.store import ModelStore
 from runner.store import download as download_module
+from runner.store.artifact import GGUF_LAYER, OCI_MANIFEST, manifest
 from runner.store.errors import (
     DigestMismatch,
     PullError,
@@ -27,6 +29,7 @@ from runner.store.errors import (
     RemoteUnauthorized,
     RemoteUnreachable,
 )
+from runner.store.oci import Registry
 from runner.store.pull import PullProgress, pull
 from runner.store.push import package, push
 
@@ -292,3 +295,27 @@ def test_unknown_name_and_unreachable_registry(registry: RegistryProcess, tmp_pa
     with pytest.raises(RemoteUnreachable, match="offline"):
         pull(store, f"127.0.0.1:{closed}/test/tiny:v1")
     assert not store.list()
+
+
+def test_split_gguf_artifact_is_merged_and_package_joins_shards(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    whole, shards = write_split_gguf(tmp_path / "split", "split", 0.375)
+    layers = [(GGUF_LAYER, f"sha256:{_sha(p)}", p.stat().st_size) for p in shards]
+    config = b'{"config": {"format": "gguf"}}'
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    with Registry(registry.host) as client:  # a sharded artifact, as DMR packages one
+        for path, (_, digest, _) in zip(shards, layers, strict=True):
+            client.upload_blob("test/split", digest, path)
+        client.upload_blob("test/split", config_digest, config)
+        body = manifest((config_digest, len(config)), layers)
+        client.put_manifest("test/split", "v1", body, OCI_MANIFEST)
+
+    store = _store(tmp_path / "models")
+    result = pull(store, f"{registry.host}/test/split:v1")
+    assert result.entry.id == _sha(whole)  # gguf-py writes the same bytes whole or merged
+    assert pull(store, f"{registry.host}/test/split:v1").downloaded == 0
+    assert not list(store.tmp_dir.glob("*.partial"))
+
+    packaged = package(_store(tmp_path / "packager"), shards[0], f"{registry.host}/test/joined:v1")
+    assert packaged.id == _sha(whole)

@@ -32,7 +32,7 @@ OpenStream = Callable[[dict[str, str]], contextlib.AbstractContextManager[httpx.
 BytesProgress = Callable[[int, int], None]
 
 RETRIES = 3
-_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def raise_for_status(response: httpx.Response, what: str) -> None:
@@ -100,7 +100,7 @@ def fetch_verified(
                     ) from exc
                 time.sleep(min(0.2 * 2**attempt, 2.0))
             except OSError as exc:
-                if exc.errno in _NO_SPACE:
+                if exc.errno in NO_SPACE:
                     partial.unlink(missing_ok=True)
                     raise DiskFull(f"{what}: no space left for the download ({exc})") from exc
                 raise

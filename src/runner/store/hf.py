@@ -33,7 +33,14 @@ from .errors import (
 )
 from .fileio import sha256_file
 from .index import ModelEntry
-from .pull import PullProgress, PullProgressFn, blob_progress, install_or_tag, staging_path
+from .pull import (
+    PullProgress,
+    PullProgressFn,
+    blob_progress,
+    install_or_tag,
+    install_shards,
+    staging_path,
+)
 from .refs import HfSource
 from .store import ModelStore
 
@@ -51,8 +58,10 @@ def _has_quant(filename: str, quant: str) -> bool:
     return re.search(pattern, stem, re.IGNORECASE) is not None
 
 
-def choose_file(files: list[str], quant: str | None, repo: str) -> str:
-    """The GGUF to pull among the repo's `files` (raises for none or for a sharded pick)."""
+def choose_files(files: list[str], quant: str | None, repo: str) -> list[str]:
+    """The GGUF to pull among the repo's `files`: one file, or every shard of a split one
+    (in order). Raises RemoteNotFound when nothing fits, UnsupportedArtifact for a
+    split GGUF with shards missing."""
     ggufs = sorted(f for f in files if f.lower().endswith(".gguf") and "mmproj" not in f.lower())
     if not ggufs:
         raise RemoteNotFound(f"hf.co/{repo}: the repo has no GGUF file")
@@ -65,12 +74,16 @@ def choose_file(files: list[str], quant: str | None, repo: str) -> str:
         found = ", ".join(f.rsplit("/", 1)[-1] for f in ggufs)
         raise RemoteNotFound(f"hf.co/{repo}: no GGUF file for quantization {quant} (has: {found})")
     pick = matches[0]
-    if _SHARD.search(pick):
-        raise UnsupportedArtifact(
-            f"hf.co/{repo}: {pick} is one shard of a split GGUF; runner's store holds "
-            "single-file models, merge the shards with llama-gguf-split first"
-        )
-    return pick
+    shard = _SHARD.search(pick)
+    if not shard:
+        return [pick]
+    prefix, count = pick[: shard.start()], int(shard.group(2))
+    names = [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    lowered = {f.lower(): f for f in ggufs}
+    missing = [n for n in names if n.lower() not in lowered]
+    if missing:
+        raise UnsupportedArtifact(f"hf.co/{repo}: split GGUF {prefix} lacks {', '.join(missing)}")
+    return [lowered[n.lower()] for n in names]
 
 
 def _bar_class(report: Any) -> type:
@@ -130,14 +143,17 @@ def pull_hf(
     except failures as exc:
         raise _translate(exc, what) from exc
     siblings = {s.rfilename: s for s in info.siblings or []}
-    filename = choose_file(list(siblings), source.quant, source.repo_id)
-    lfs = siblings[filename].lfs
-    expected = lfs.sha256.lower() if lfs is not None and lfs.sha256 else None
-    size = (lfs.size if lfs is not None else siblings[filename].size) or 0
+    filenames = choose_files(list(siblings), source.quant, source.repo_id)
     workdir = store.tmp_dir / "hf" / re.sub(r"[^A-Za-z0-9._-]", "_", source.repo_id)
-    fetched: dict[str, str] = {}
 
-    def fetch() -> None:
+    def expected_of(filename: str) -> tuple[str | None, int]:
+        lfs = siblings[filename].lfs
+        expected = lfs.sha256.lower() if lfs is not None and lfs.sha256 else None
+        return expected, (lfs.size if lfs is not None else siblings[filename].size) or 0
+
+    def fetch(filename: str) -> Path:
+        """Download one file, check it, move it to the staging path of its digest."""
+        expected, _ = expected_of(filename)
         progress = blob_progress(emit, expected or "0" * 64)
         try:
             path = Path(
@@ -152,7 +168,6 @@ def pull_hf(
             )
         except failures as exc:
             raise _translate(exc, f"{what} {filename}") from exc
-        emit(PullProgress("verifying sha256 digest"))
         digest = sha256_file(path)
         if expected and digest != expected:
             path.unlink()
@@ -160,18 +175,28 @@ def pull_hf(
                 f"{what} {filename}: sha256 mismatch (got {digest}, expected {expected}); "
                 "the download was discarded"
             )
-        os.replace(path, staging_path(store, digest))
-        fetched["id"] = digest
+        staged = staging_path(store, digest)
+        os.replace(path, staged)
+        return staged
 
+    expected = [expected_of(f) for f in filenames]
     try:
-        if expected:
-            return install_or_tag(store, name, expected, size, fetch, emit)
-        fetch()  # a non-LFS file: its digest is known only after the download
-        model_id = fetched["id"]
+        if len(filenames) > 1:
+            if not all(digest for digest, _ in expected):
+                raise UnsupportedArtifact(f"{what}: the Hub lists no sha256 for every shard")
+            shards = [(str(digest), size) for digest, size in expected]
+            return install_shards(store, name, shards, lambda i: fetch(filenames[i]), emit)
+        digest, size = expected[0]
+        if digest:
+            return install_or_tag(store, name, digest, size, lambda: fetch(filenames[0]), emit)
+        staged = fetch(filenames[0])  # a non-LFS file: its digest is known only afterwards
+        model_id = staged.name.removeprefix("pull-").removesuffix(".partial")
+        emit(PullProgress("verifying sha256 digest"))
         if store.has_model(model_id):
-            staging_path(store, model_id).unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
             return store.tag(name, model_id), size
-        return store.install(name, staging_path(store, model_id), model_id), size
+        return store.install(name, staged, model_id), size
     finally:
-        if fetched:  # keep the workdir only while it holds an unfinished download
+        # huggingface_hub keeps unfinished downloads (to resume) and metadata in the workdir
+        if not any(workdir.rglob("*.incomplete")):
             shutil.rmtree(workdir, ignore_errors=True)

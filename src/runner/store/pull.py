@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifact import parse_manifest
-from .download import fetch_verified, raise_for_status, unreachable
-from .errors import UnsupportedArtifact
+from .download import NO_SPACE, fetch_verified, raise_for_status, unreachable
+from .errors import DiskFull
 from .index import ModelEntry
 from .names import normalize
 from .oci import Registry
@@ -96,7 +96,7 @@ def install_or_tag(
     name: str,
     model_id: str,
     size: int,
-    fetch: Callable[[], None],
+    fetch: Callable[[], object],
     emit: PullProgressFn,
 ) -> tuple[ModelEntry, int]:
     """Skip the download when the store has `model_id`; else run `fetch`, which must leave
@@ -114,31 +114,74 @@ def staging_path(store: ModelStore, key: str) -> Path:
     return store.tmp_dir / f"pull-{key}.partial"
 
 
+def install_shards(
+    store: ModelStore,
+    name: str,
+    shards: list[tuple[str, int]],
+    fetch: Callable[[int], Path],
+    emit: PullProgressFn,
+) -> tuple[ModelEntry, int]:
+    """A split GGUF: `shards` are (sha256 hex, size) in order; `fetch(i)` downloads shard i
+    and returns its verified file. The shards are merged into one model (see `shards.py`)."""
+    from .shards import merge, merged_model, remember_merged, shards_key
+
+    key = shards_key([digest for digest, _ in shards])
+    known = merged_model(store, key)
+    if known:
+        for digest, size in shards:
+            blob_progress(emit, digest)(size, size)
+        return store.tag(name, known), 0
+    files = [fetch(i) for i in range(len(shards))]
+    emit(PullProgress("verifying sha256 digest"))
+    emit(PullProgress(f"merging {len(files)} shards"))
+    merged = staging_path(store, f"merge-{key}")
+    try:
+        model_id = merge(files, merged)
+    except OSError as exc:
+        merged.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise DiskFull(f"{name}: no space left to merge the shards ({exc})") from exc
+        raise
+    except BaseException:
+        merged.unlink(missing_ok=True)
+        raise
+    entry = store.install(name, merged, model_id)
+    remember_merged(store, key, model_id)
+    for path in files:
+        path.unlink(missing_ok=True)
+    return entry, sum(size for _, size in shards)
+
+
 def _pull_oci(store: ModelStore, source: OciSource, name: str, emit: PullProgressFn) -> PullResult:
     with Registry(source.registry) as registry:
         manifest, digest = registry.manifest(source)
         artifact = parse_manifest(manifest)
-        if len(artifact.weights) > 1:
-            raise UnsupportedArtifact(
-                f"{source} is a sharded GGUF ({len(artifact.weights)} files); runner's store "
-                "holds single-file models, merge the shards with llama-gguf-split first"
-            )
-        layer = artifact.weights[0]
+        weights = artifact.weights
         template = None
         if artifact.chat_template is not None:
             template = registry.blob_bytes(source.repository, artifact.chat_template.digest)
 
-        def fetch() -> None:
+        def fetch_layer(index: int) -> Path:
+            layer = weights[index]
+            path = staging_path(store, layer.hex)
             fetch_verified(
                 lambda headers: registry.blob_stream(source.repository, layer.digest, headers),
-                staging_path(store, layer.hex),
+                path,
                 expected_sha256=layer.hex,
                 size=layer.size,
                 what=f"{source} layer {layer.hex[:12]}",
                 progress=blob_progress(emit, layer.hex),
             )
+            return path
 
-        entry, downloaded = install_or_tag(store, name, layer.hex, layer.size, fetch, emit)
+        if len(weights) == 1:
+            layer = weights[0]
+            entry, downloaded = install_or_tag(
+                store, name, layer.hex, layer.size, lambda: fetch_layer(0), emit
+            )
+        else:
+            shards = [(layer.hex, layer.size) for layer in weights]
+            entry, downloaded = install_shards(store, name, shards, fetch_layer, emit)
     if template is not None and "chat-template" not in store.get_config(entry.id):
         config = store.get_config(entry.id)
         config["chat-template"] = template.decode("utf-8", "replace")

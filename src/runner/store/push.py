@@ -8,6 +8,8 @@ model pulled back lands on the same blob.
 from __future__ import annotations
 
 import hashlib
+import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,14 @@ from .artifact import (
     manifest,
     model_config,
 )
-from .errors import InvalidModelName
+from .errors import InvalidModelFile, InvalidModelName
 from .fileio import ProgressFn
 from .index import ModelEntry
 from .oci import Registry
 from .refs import OciSource, parse_source
 from .store import ModelStore
+
+_FIRST_SHARD = re.compile(r"-00001-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,20 @@ def push(
     return Pushed(f"{target.registry}/{target.repository}:{target.tag}", digest)
 
 
+def shard_siblings(first: Path) -> list[Path]:
+    """All shards of a split GGUF given its first (`x-00001-of-00003.gguf`), else [first]."""
+    found = _FIRST_SHARD.search(first.name)
+    if not found:
+        return [first]
+    count = int(found.group(1))
+    prefix = first.name[: found.start()]
+    shards = [first.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise InvalidModelFile(f"split GGUF {first.name}: missing {', '.join(missing)}")
+    return shards
+
+
 def package(
     store: ModelStore,
     gguf: Path,
@@ -89,7 +107,19 @@ def package(
     """Import `gguf` into the store under `ref`'s local name, with the packaging options
     saved as the model's config (a later `push` publishes them)."""
     target = oci_target(ref)
-    entry = store.add(target.local_name, gguf, progress=progress)
+    shards = shard_siblings(Path(gguf))
+    if len(shards) > 1:  # a split GGUF, given by its first shard: the store holds it joined
+        from .shards import merge
+
+        store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        joined = store.tmp_dir / f"package-{uuid.uuid4().hex}.gguf"
+        try:
+            merge(shards, joined, progress)
+            entry = store.add(target.local_name, joined)
+        finally:
+            joined.unlink(missing_ok=True)
+    else:
+        entry = store.add(target.local_name, gguf, progress=progress)
     config = store.get_config(entry.id)
     if chat_template is not None:
         config["chat-template"] = Path(chat_template).read_text(encoding="utf-8")
