@@ -88,6 +88,15 @@ def test_chat_not_streamed_and_streamed(server: ServerHandle, client: ollama.Cli
     assert final["eval_count"] == timings["predicted_n"]
 
 
+def test_format_constrains_output(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Is the sky blue?"}]
+    options = {"num_predict": 8}
+    schema = {"type": "boolean"}
+    reply = client.chat(model="gemma3", messages=messages, options=options, format=schema)
+    assert isinstance(json.loads(reply.message.content), bool)
+    assert reply.done_reason == "stop"
+
+
 def test_generate_and_embed(client: ollama.Client) -> None:
     templated = client.generate(model="gemma3", prompt="Once upon a time", options=OPTIONS)
     assert templated.done and 1 <= templated.eval_count <= 4

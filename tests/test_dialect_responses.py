@@ -5,6 +5,7 @@ delete, and errors in OpenAI's shape."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterator
 
@@ -82,6 +83,15 @@ def test_conversation_continues_after_restart_from_the_cache(server: ServerHandl
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
+
+
+def test_text_format_json_schema(server: ServerHandle) -> None:
+    fmt = {"type": "json_schema", "name": "answer", "schema": {"type": "boolean"}}
+    response = client_of(server).responses.create(
+        model=MODEL, input="Is the sky blue?", max_output_tokens=8, text={"format": fmt}
+    )
+    assert isinstance(json.loads(response.output_text), bool)
+    assert response.status == "completed"
 
 
 def test_errors_in_openai_shape(server: ServerHandle) -> None:

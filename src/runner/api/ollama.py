@@ -144,14 +144,33 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         _no_images(message.get("images"))
         converted: dict[str, Any] = {"role": role, "content": content}
         if message.get("tool_calls"):
-            converted["tool_calls"] = [
-                {"type": "function", "function": call.get("function", {})}
-                for call in message["tool_calls"]
-                if isinstance(call, dict)
-            ]
+            converted["tool_calls"] = _tool_calls(message["tool_calls"])
         if role == "tool" and message.get("tool_name"):
             converted["name"] = message["tool_name"]
         out.append(converted)
+    return out
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """Ollama's `tool_calls` (arguments as an object) as OpenAI's (arguments as JSON text)."""
+    if not isinstance(calls, list):
+        raise APIError(400, "tool_calls must be a list")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise APIError(400, f"tool_calls[{i}] needs a function with a name")
+        arguments = function.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        call_id = call.get("id") or f"call_{i}"
+        out.append(
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": function["name"], "arguments": arguments},
+            }
+        )
     return out
 
 
