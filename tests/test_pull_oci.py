@@ -8,7 +8,12 @@ import base64
 import hashlib
 import http.server
 import json
+import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,3 +324,31 @@ def test_split_gguf_artifact_is_merged_and_package_joins_shards(
 
     packaged = package(_store(tmp_path / "packager"), shards[0], f"{registry.host}/test/joined:v1")
     assert packaged.id == _sha(whole)
+
+
+def _limit_file_size() -> None:
+    # A file size limit fails writes past it with EFBIG, as a full disk fails them with ENOSPC.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+
+def test_full_disk_fails_cleanly_from_the_cli(registry: RegistryProcess, tmp_path: Path) -> None:
+    ref = f"{registry.host}/test/full:v1"
+    _publish(tmp_path, ref, "full", 3.0)
+    models = tmp_path / "models"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env.update(RUNNER_MODELS_DIR=str(models), DOCKER_CONFIG=str(tmp_path / "docker-config"))
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "models", "pull", ref],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "no space left" in done.stderr
+    store = _store(models)
+    assert not store.list()
+    assert not list(store.tmp_dir.glob("*.partial"))
+    assert pull(store, ref).entry.size > 300  # with room again, the same pull works
