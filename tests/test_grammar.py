@@ -59,10 +59,11 @@ def test_free_text() -> None:
     assert grammar_for(grammar="   ") is None
 
 
-def test_schemaless_json_schema_accepts_any_json() -> None:
-    g = grammar_for({"type": "json_schema", "json_schema": {"name": "x"}})
-    assert g is not None
-    validate_gbnf(g)
+def test_json_schema_without_a_schema_is_an_error() -> None:
+    with pytest.raises(GrammarError, match="needs a 'schema'"):
+        grammar_for({"type": "json_schema", "json_schema": {"name": "x"}})
+    with pytest.raises(GrammarError, match="needs a 'json_schema' object"):
+        grammar_for({"type": "json_schema"})
 
 
 @pytest.mark.parametrize(

@@ -215,10 +215,15 @@ class Loader:
 
     def _template(self, model: ResidentModel) -> ChatTemplate:
         meta = model.entry.metadata
-        override = self.model_config(model.entry).get("chat-template")
+        config = self.model_config(model.entry)
+        override = config.get("chat-template")
         if override is None and self.settings.chat_template_file is not None:
             override = Path(self.settings.chat_template_file).read_text(encoding="utf-8")
-        return template_for(meta.architecture, meta.chat_template, override)
+        template = template_for(
+            meta.architecture, meta.chat_template, override, tool_format=config.get("tool-format")
+        )
+        template.reasoning_format = config.get("reasoning-format") or "deepseek"
+        return template
 
     def _all_locked(self) -> list[ResidentModel]:
         return [*self._models.values(), *self._retired]

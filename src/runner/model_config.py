@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .chat.toolcalls import FORMATS
 from .config import parse_duration, parse_gpu_layers
 
 # Keys accepted by `_configure` (DMR spelling) and persisted per model.
@@ -14,6 +15,8 @@ CONFIG_KEYS = {
     "keep_alive": str,
     "gpu-layers": int,
     "chat-template": str,
+    "tool-format": str,  # a chat.toolcalls.FORMATS name; default: detected from the template
+    "reasoning-format": str,  # "deepseek" (split <think> out, the default) or "none"
 }
 
 
@@ -104,6 +107,10 @@ def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
             kind = kind or ("'all' or a layer count" if key == "gpu-layers" else None)
             kind = kind or f"of type {CONFIG_KEYS[key].__name__}"
             raise ValueError(f"'{key}' must be {kind}, got {value!r}") from None
+    if clean.get("tool-format") is not None and clean["tool-format"] not in FORMATS:
+        raise ValueError(f"'tool-format' must be one of {', '.join(sorted(FORMATS))}")
+    if clean.get("reasoning-format") not in (None, "deepseek", "none"):
+        raise ValueError("'reasoning-format' must be 'deepseek' or 'none'")
     size = clean.get("context-size")
     if size is not None and not 64 <= size <= 1 << 20:
         raise ValueError("'context-size' must be between 64 and 1048576")

@@ -174,16 +174,21 @@ async def start(
     prompt_of: PromptBuilder,
     body: GenerationFields,
     id_prefix: str,
+    customize: Callable[[GenerationRequest], None] | None = None,
 ) -> Generation:
     """Hold `name`, build the prompt with `await prompt_of(model)` -> (tokens, extra stops),
-    and submit. Every error before the stream starts is raised here, as an HTTP error."""
+    let `customize` adjust the engine request (tool grammars...), and submit. Every error
+    before the stream starts is raised here, as an HTTP error."""
     stack = contextlib.AsyncExitStack()
     try:
         model = await stack.enter_async_context(hold_model(request, name))
         engine = engine_of(model)
         check_token_limit(body, engine, model.name)
         tokens, stops = await prompt_of(model, engine)
-        handle = engine.submit(generation_request(body, tokens, stops))
+        engine_request = generation_request(body, tokens, stops)
+        if customize is not None:
+            customize(engine_request)
+        handle = engine.submit(engine_request)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stack.aclose()

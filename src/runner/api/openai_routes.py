@@ -19,6 +19,7 @@ from runner.engine import Engine
 from runner.loader import ResidentModel
 from runner.store import ModelEntry, format_params
 
+from .chat_output import ChatPlan
 from .errors import APIError
 from .inference import (
     INLINE_LIMIT,
@@ -76,11 +77,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     if preload_only(request):
         return await _preload(request, name)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    plan = ChatPlan.from_body(body)
+    own_grammar = body.grammar or body.json_schema is not None
+    free_grammar = not own_grammar and body.response_format in (None, {"type": "text"})
 
     def render(model: ResidentModel, engine: Engine) -> list[int]:
         if model.template is None:
             raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
-        text = model.template.render(messages, tools=body.tools, extra=body.chat_template_kwargs)
+        text = plan.render(model.template, messages, body.chat_template_kwargs, free_grammar)
         # The rendered text carries the template's special tokens (<start_of_turn>...) and
         # no BOS (templates' bos_token is stripped): the tokenizer adds BOS and parses them.
         return engine.tokenize(text, add_special=True, parse_special=True)
@@ -94,12 +98,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         stops = model.template.stop_strings if model.template else ()
         return tokens, stops
 
-    gen = await start(request, name, prompt_of, body, "chatcmpl-")
+    gen = await start(request, name, prompt_of, body, "chatcmpl-", plan.customize)
     if body.stream:
-        return chat_stream(gen, body.include_usage, settings_of(request).shutdown_grace)
+        grace = settings_of(request).shutdown_grace
+        return chat_stream(gen, body.include_usage, grace, plan.parser())
     text, final = await collect(request, gen)
-    message = {"role": "assistant", "content": text}
+    message, has_calls = plan.message(text)
     result = _result(gen, final, "chat.completion", {"message": message, "logprobs": None})
+    if has_calls and final.finish_reason == "stop":
+        result["choices"][0]["finish_reason"] = "tool_calls"
     return JSONResponse(result)
 
 

@@ -141,9 +141,15 @@ class GenerationFields(_Body):
 class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
-    tools: list[dict[str, Any]] | None = None
+    # Checked by `chat.tools` (400 with param "tools" / "tool_choice").
+    tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None  # llama-server's default: one call
     chat_template_kwargs: dict[str, Any] | None = None
+    # llama-server's: "deepseek" (or "auto") splits <think> into reasoning_content, "none"
+    # keeps it inline; unset: the model's `reasoning-format` setting.
+    reasoning_format: str | None = None
+    reasoning_budget: int | None = Field(None, ge=-1, le=INT32_MAX)  # thinking tokens
     logprobs: bool | None = None
     top_logprobs: int | None = None
 

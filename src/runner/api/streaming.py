@@ -27,8 +27,10 @@ import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
+from runner.chat.output import ChatOutputParser
 from runner.engine import FinishEvent, TokenEvent
 
+from .chat_output import chat_deltas, chat_finish_reason
 from .errors import ErrorInfo, describe, openai_body
 from .inference import SYSTEM_FINGERPRINT, Generation, finish_error, usage
 
@@ -135,8 +137,12 @@ def _summary(
 
 
 async def chat_events(
-    gen: Generation, include_usage: bool, cutoff: ShutdownCutoff
+    gen: Generation,
+    include_usage: bool,
+    cutoff: ShutdownCutoff,
+    output: ChatOutputParser | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
+    """`output` splits reasoning and tool calls out of the text (`chat_deltas`)."""
     obj = "chat.completion.chunk"
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -147,14 +153,21 @@ async def chat_events(
     final: FinishEvent | None = None
     async for event in gen.handle:
         if isinstance(event, TokenEvent):
-            if event.text:
+            if event.text and output is None:
                 yield _event(chunk({"content": event.text}))
+            elif event.text:
+                for delta in chat_deltas(output.feed(event.text)):
+                    yield _event(chunk(delta))
         else:
             final = event
     ending = _unfinished(final, cutoff)
     if ending is None:
         assert final is not None
-        ending = _summary(gen, obj, include_usage, final, chunk({}, final.finish_reason))
+        if output is not None:
+            for delta in chat_deltas(output.finish()):
+                yield _event(chunk(delta))
+        reason = chat_finish_reason(final.finish_reason, output)
+        ending = _summary(gen, obj, include_usage, final, chunk({}, reason))
     for sse in ending:
         yield sse
 
@@ -183,9 +196,11 @@ async def completion_events(
         yield sse
 
 
-def chat_stream(gen: Generation, include_usage: bool, grace: float) -> EngineStream:
+def chat_stream(
+    gen: Generation, include_usage: bool, grace: float, output: ChatOutputParser | None = None
+) -> EngineStream:
     cutoff = ShutdownCutoff(grace)
-    return EngineStream(gen, chat_events(gen, include_usage, cutoff), cutoff)
+    return EngineStream(gen, chat_events(gen, include_usage, cutoff, output), cutoff)
 
 
 def completion_stream(gen: Generation, include_usage: bool, grace: float) -> EngineStream:

@@ -3,6 +3,11 @@
 They are ordinary Jinja templates, rendered through the same sandbox as GGUF templates, and
 receive already-normalized messages (content is a string; ``developer`` became ``system``).
 None of them emits BOS: llama.cpp's tokenizer adds it.
+
+Tools (`chat.tools.render`): ``tools_prompt`` holds instructions listing the tools in the
+family's call format, each assistant message with calls has them written out in
+``tool_calls_text``, and ``tool`` results become a turn of their own (Gemma: a user turn with
+a ```` ```tool_result ```` block; ChatML: ``<tool_response>``; Llama 3: the ``ipython`` role).
 """
 
 from __future__ import annotations
@@ -26,10 +31,16 @@ GEMMA = BuiltinTemplate(
     name="gemma",
     stop_strings=("<end_of_turn>",),
     source="""\
-{%- set ns = namespace(system='', started=false) -%}
+{%- set ns = namespace(system=(tools_prompt or ''), started=false) -%}
 {%- for message in messages -%}
+    {%- set content = message['content'] | trim -%}
+    {%- if message['role'] == 'tool' -%}
+        {%- set content = '```tool_result\\n' ~ content ~ '\\n```' -%}
+    {%- elif message.get('tool_calls_text') -%}
+        {%- set content = (content ~ '\\n' if content else '') ~ message['tool_calls_text'] -%}
+    {%- endif -%}
     {%- if message['role'] == 'system' and not ns.started -%}
-        {%- set ns.system = ns.system ~ ('\\n\\n' if ns.system else '') ~ message['content'] -%}
+        {%- set ns.system = ns.system ~ ('\\n\\n' if ns.system else '') ~ content -%}
     {%- else -%}
         {%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}
         {%- if ns.system and role != 'user' -%}
@@ -41,7 +52,7 @@ GEMMA = BuiltinTemplate(
             {{- ns.system ~ '\\n\\n' -}}
             {%- set ns.system = '' -%}
         {%- endif -%}
-        {{- message['content'] | trim -}}
+        {{- content -}}
         {{- '<end_of_turn>\\n' -}}
         {%- set ns.started = true -%}
     {%- endif -%}
@@ -60,8 +71,21 @@ CHATML = BuiltinTemplate(
     name="chatml",
     stop_strings=("<|im_end|>",),
     source="""\
+{%- if tools_prompt and not (messages and messages[0]['role'] == 'system') -%}
+    {{- '<|im_start|>system\\n' ~ tools_prompt ~ '<|im_end|>\\n' -}}
+{%- endif -%}
 {%- for message in messages -%}
-    {{- '<|im_start|>' ~ message['role'] ~ '\\n' ~ message['content'] ~ '<|im_end|>\\n' -}}
+    {%- set content = message['content'] -%}
+    {%- set role = message['role'] -%}
+    {%- if role == 'tool' -%}
+        {%- set role = 'user' -%}
+        {%- set content = '<tool_response>\\n' ~ content ~ '\\n</tool_response>' -%}
+    {%- elif message.get('tool_calls_text') -%}
+        {%- set content = (content ~ '\\n' if content else '') ~ message['tool_calls_text'] -%}
+    {%- elif loop.first and role == 'system' and tools_prompt -%}
+        {%- set content = content ~ '\\n\\n' ~ tools_prompt -%}
+    {%- endif -%}
+    {{- '<|im_start|>' ~ role ~ '\\n' ~ content ~ '<|im_end|>\\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
     {{- '<|im_start|>assistant\\n' -}}
@@ -74,10 +98,17 @@ LLAMA3 = BuiltinTemplate(
     name="llama3",
     stop_strings=("<|eot_id|>", "<|eom_id|>"),
     source="""\
+{%- if tools_prompt -%}
+    {{- '<|start_header_id|>system<|end_header_id|>\\n\\n' ~ tools_prompt ~ '<|eot_id|>' -}}
+{%- endif -%}
 {%- for message in messages -%}
     {%- set role = 'ipython' if message['role'] == 'tool' else message['role'] -%}
+    {%- set content = message['content'] | trim -%}
+    {%- if message.get('tool_calls_text') -%}
+        {%- set content = (content ~ '\\n' if content else '') ~ message['tool_calls_text'] -%}
+    {%- endif -%}
     {{- '<|start_header_id|>' ~ role ~ '<|end_header_id|>\\n\\n' -}}
-    {{- message['content'] | trim -}}
+    {{- content -}}
     {{- '<|eot_id|>' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}

@@ -118,11 +118,13 @@ def _from_response_format(response_format: Mapping[str, Any]) -> str | None:
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if spec is None:
-            spec = {}
+            raise GrammarError("response_format type 'json_schema' needs a 'json_schema' object")
         if not isinstance(spec, Mapping):
             raise GrammarError("response_format.json_schema must be an object")
         schema = spec.get("schema")
-        return schema_to_grammar({} if schema is None else schema)
+        if schema is None:  # OpenAI requires it; unconstrained output would be a silent lie
+            raise GrammarError("response_format.json_schema needs a 'schema'")
+        return schema_to_grammar(schema)
     raise GrammarError(f"unsupported response_format type: {kind!r}")
 
 

@@ -30,6 +30,7 @@ from jinja2 import Template
 
 from .builtin_templates import BuiltinTemplate, builtin_for
 from .sandbox import HardenedEnvironment, RenderLimits, TemplateRaised, budget
+from .toolcalls import ToolCallFormat, detect_format
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,11 @@ class ChatTemplate:
         self.limits = limits or RenderLimits()
         found = _stops_in(source)
         self.stop_strings: tuple[str, ...] = tuple(stop_strings) if stop_strings else found
+        # How this model writes tool calls; `template_for` sets it from the architecture and
+        # the per-model ``tool-format`` setting.
+        self.tool_format: ToolCallFormat = detect_format(source)
+        # "deepseek": <think>...</think> goes to reasoning_content; "none": left inline.
+        self.reasoning_format = "deepseek"
         self._env = HardenedEnvironment(self.limits)
         try:
             with budget(self.limits):
@@ -184,12 +190,27 @@ def template_for(
     bos_token: str = "",
     eos_token: str = "",
     limits: RenderLimits | None = None,
+    tool_format: str | None = None,
 ) -> ChatTemplate:
     """Pick and compile a model's chat template: override > GGUF > builtin by arch > ChatML.
 
     An override that does not compile raises `ChatTemplateError` (the user supplied it);
-    a broken GGUF template is logged and replaced by the built-in fallback.
+    a broken GGUF template is logged and replaced by the built-in fallback. The template's
+    `tool_format` is `tool_format` (a `toolcalls.FORMATS` name) if given, else detected.
     """
+    template = _pick(arch, gguf_template, override, bos_token, eos_token, limits)
+    template.tool_format = detect_format(template.source, arch, tool_format)
+    return template
+
+
+def _pick(
+    arch: str,
+    gguf_template: str | None,
+    override: str | None,
+    bos_token: str,
+    eos_token: str,
+    limits: RenderLimits | None,
+) -> ChatTemplate:
     kwargs: dict[str, Any] = {"bos_token": bos_token, "eos_token": eos_token, "limits": limits}
     if override is not None and override.strip():
         return ChatTemplate(override, name="override", **kwargs)

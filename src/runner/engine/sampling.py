@@ -1,28 +1,153 @@
-"""Per-request llama.cpp sampler chains."""
+"""Per-request llama.cpp sampler chains, with grammars checked the way llama-server does.
+
+A grammar sampler is expensive on a large vocabulary: it decodes every candidate token's
+text against the grammar's stacks (262,144 candidates per step on Gemma 3). So, as
+llama-server's ``common_sampler_sample`` does, the grammar is kept out of the chain: the chain
+draws a token from the full distribution, the grammar checks only that one token, and only
+when it is rejected is the full vocabulary filtered by the grammar and the chain run again.
+Most tokens of a constrained answer are what the model wanted anyway, so most steps cost
+one grammar check instead of a vocabulary-wide one. The chosen token is then accepted by
+both the grammar and the chain.
+
+Lazy grammars (``grammar_lazy`` with ``grammar_triggers``, e.g. a tool call in "auto" mode)
+stay inactive until a trigger pattern appears in the output; until then they let every
+token through.
+
+A thinking budget (``reasoning_budget`` >= 0) counts the tokens generated inside
+``<think>...</think>``; when it is spent, the sampler forces ``</think>`` and the model goes
+on with its answer.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import random
 
 import llama_cpp
+import numpy as np
 
 from .model import LlamaModel
 from .types import InvalidRequest, SamplingParams
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+
+# llama_token_data as a numpy record, so a whole vocabulary is filled with two array copies.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class _Candidates:
+    """A reusable ``llama_token_data_array`` over the full vocabulary."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self.array = llama_cpp.llama_token_data_array(
+            data=self.data.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        self.one = llama_cpp.llama_token_data(0, 1.0, 0.0)
+        self.one_array = llama_cpp.llama_token_data_array(
+            data=ctypes.pointer(self.one), size=1, selected=-1, sorted=False
+        )
+
+    def fill(self, ctx: llama_cpp.llama_context_p, index: int) -> ctypes.Array:
+        logits = llama_cpp.llama_get_logits_ith(ctx, index)
+        self.data["id"] = self.ids
+        self.data["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        self.data["p"] = 0.0
+        arr = self.array
+        # Samplers may move `data` (top-k keeps a pointer into its own buffer) and shrink size.
+        arr.data = self.data.ctypes.data_as(llama_cpp.llama_token_data_p)
+        arr.size = self.n_vocab
+        arr.selected = -1
+        arr.sorted = False
+        return ctypes.byref(arr)
+
+    def selected(self) -> int:
+        arr = self.array
+        if arr.selected < 0:
+            raise InvalidRequest("no token left to sample (the grammar allows nothing here)")
+        return int(arr.data[arr.selected].id)
+
+    def allows(self, grammar: llama_cpp.llama_sampler_p, token: int) -> bool:
+        """Whether `grammar` accepts `token` next (the one-candidate check)."""
+        self.one.id = token
+        self.one.logit = 1.0
+        self.one.p = 0.0
+        arr = self.one_array
+        arr.data = ctypes.pointer(self.one)
+        arr.size = 1
+        arr.selected = -1
+        arr.sorted = False
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
+        return self.one.logit != float("-inf")
+
+
+class _ThinkingBudget:
+    """Counts tokens inside <think>...</think> and forces the end once `budget` is spent."""
+
+    def __init__(self, model: LlamaModel, budget: int, open_at_start: bool) -> None:
+        self.model = model
+        self.budget = budget
+        self.thinking = open_at_start
+        self.done = False
+        self.used = 0
+        self.tail = ""
+        self.forced: list[int] = []
+        self.end_tokens = model.tokenize(THINK_END, add_special=False, parse_special=True)
+
+    def next_forced(self) -> int | None:
+        if self.forced:
+            return self.forced.pop(0)
+        if self.thinking and not self.done and self.used >= self.budget:
+            self.done = True
+            self.forced = list(self.end_tokens)
+            return self.forced.pop(0) if self.forced else None
+        return None
+
+    def observe(self, token: int) -> None:
+        if self.done and not self.forced:
+            return
+        text = self.model.piece(token).decode("utf-8", "replace")
+        self.tail = (self.tail + text)[-32:]
+        if not self.thinking and THINK_START in self.tail:
+            self.thinking = True
+            self.tail = self.tail[self.tail.index(THINK_START) + len(THINK_START) :]
+        elif self.thinking:
+            self.used += 1
+            if THINK_END in self.tail:
+                self.done = True
 
 
 class Sampler:
     """A `llama_sampler` chain built from one request's parameters; free it with `close`.
 
-    Order follows llama-server: logit bias, penalties, grammar, then the truncation samplers,
+    Order follows llama-server: logit bias, penalties, then the truncation samplers,
     temperature and the final draw. Temperature 0 means greedy (argmax after bias/penalties).
+    The grammar, if any, is a separate sampler (see the module docstring).
     """
 
     def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain = llama_cpp.llama_sampler_chain_init(chain_params)
+        self._grammar: llama_cpp.llama_sampler_p | None = None
+        self._candidates: _Candidates | None = None
+        self._budget: _ThinkingBudget | None = None
+        self.grammar_resamples = 0  # steps where the grammar rejected the chain's first pick
         try:
             self._build(model, params)
+            if params.grammar:
+                self._grammar = _grammar_sampler(model, params)
+                self._candidates = _Candidates(model.n_vocab)
+            budget = getattr(params, "reasoning_budget", -1)
+            if budget is not None and budget >= 0:
+                opened = bool(getattr(params, "reasoning_open", False))
+                self._budget = _ThinkingBudget(model, budget, opened)
         except Exception:
             self.close()
             raise
@@ -49,13 +174,6 @@ class Sampler:
                     p.presence_penalty,
                 )
             )
-        if p.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                model.vocab, p.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:
-                raise InvalidRequest("the grammar could not be parsed by llama.cpp")
-            self._add(grammar)
         if p.greedy:
             self._add(llama_cpp.llama_sampler_init_greedy())
             return
@@ -70,14 +188,72 @@ class Sampler:
         self._add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        """Draw a token from the logits at batch `index` (the chain also records it)."""
-        return llama_cpp.llama_sampler_sample(self._chain, ctx, index)
+        """Draw a token from the logits at batch `index` (and record it as generated)."""
+        if self._budget is not None:
+            forced = self._budget.next_forced()
+            if forced is not None and self._allowed(forced):
+                self._accept_generated(forced)
+                return forced
+            if forced is not None:  # the request's grammar forbids ending the thought here
+                self._budget.forced.clear()
+        if self._grammar is None:
+            token = llama_cpp.llama_sampler_sample(self._chain, ctx, index)  # accepts it too
+        else:
+            token = self._sample_constrained(ctx, index)
+            self._accept_generated(token)
+        if self._budget is not None:
+            self._budget.observe(token)
+        return token
+
+    def _sample_constrained(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
+        candidates = self._candidates
+        assert candidates is not None and self._grammar is not None
+        llama_cpp.llama_sampler_apply(self._chain, candidates.fill(ctx, index))
+        token = candidates.selected()
+        if candidates.allows(self._grammar, token):
+            return token
+        # Rejected: filter the whole vocabulary by the grammar first, then draw again.
+        self.grammar_resamples += 1
+        cur = candidates.fill(ctx, index)
+        llama_cpp.llama_sampler_apply(self._grammar, cur)
+        llama_cpp.llama_sampler_apply(self._chain, cur)
+        return candidates.selected()
+
+    def _allowed(self, token: int) -> bool:
+        if self._grammar is None or self._candidates is None:
+            return True
+        return self._candidates.allows(self._grammar, token)
+
+    def _accept_generated(self, token: int) -> None:
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
 
     def accept(self, token: int) -> None:
-        """Tell penalties/grammar about a token that was not drawn here (e.g. prompt tokens)."""
+        """Tell penalties about a token that was not drawn here (e.g. prompt tokens)."""
         llama_cpp.llama_sampler_accept(self._chain, token)
 
     def close(self) -> None:
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+
+def _grammar_sampler(model: LlamaModel, p: SamplingParams) -> llama_cpp.llama_sampler_p:
+    assert p.grammar
+    gbnf = p.grammar.encode("utf-8")
+    triggers = tuple(getattr(p, "grammar_triggers", ()) or ())
+    if getattr(p, "grammar_lazy", False) and triggers:
+        patterns = (ctypes.c_char_p * len(triggers))(*(t.encode("utf-8") for t in triggers))
+        no_tokens = (llama_cpp.llama_token * 1)()
+        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            model.vocab, gbnf, b"root", patterns, len(triggers), no_tokens, 0
+        )
+    else:
+        sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf, b"root")
+    if not sampler:
+        raise InvalidRequest("the grammar could not be parsed by llama.cpp")
+    return sampler

@@ -82,6 +82,13 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None
+    # A lazy grammar waits for one of these regex patterns in the output (tool calls, "auto").
+    grammar_lazy: bool = False
+    grammar_triggers: tuple[str, ...] = ()
+    # Tokens of <think>...</think> allowed before </think> is forced (-1: no limit);
+    # reasoning_open: the prompt already opened the thought.
+    reasoning_budget: int = -1
+    reasoning_open: bool = False
 
     @property
     def greedy(self) -> bool:

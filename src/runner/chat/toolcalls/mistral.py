@@ -1,0 +1,23 @@
+"""Mistral / Mixtral / Mistral Nemo / Devstral: one ``[TOOL_CALLS]`` marker, then either a
+JSON list of calls (v3 templates)
+
+    [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]
+
+or (v11+ templates, Mistral Small 3.2, Devstral 2507) ``name[ARGS]{...}`` per call
+
+    [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}
+
+Both parse; a constrained call is written in the list form."""
+
+from .base import ToolCallFormat
+
+MISTRAL = ToolCallFormat(
+    name="mistral",
+    starts=("[TOOL_CALLS]",),
+    name_args=True,
+    call_separator=", ",
+    list_open="[TOOL_CALLS][",
+    list_close="]",
+    trigger="[TOOL_CALLS]",
+    description='[TOOL_CALLS][{"name": ..., "arguments": {...}}] or [TOOL_CALLS]name[ARGS]{...}',
+)
