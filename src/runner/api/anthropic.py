@@ -40,7 +40,7 @@ from .inference import (
     hold_model,
     start,
 )
-from .schemas import INT32_MAX, MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from .schemas import INT32_MAX, MAX_STOP_LENGTH, MAX_STOP_STRINGS, json_body
 from .state import settings_of
 from .streaming import EngineStream, ShutdownCutoff
 
@@ -240,5 +240,15 @@ async def count_tokens(request: Request) -> dict[str, int]:
 
 
 for _prefix in PREFIXES:
-    router.add_api_route(_prefix + "/v1/messages", messages, methods=["POST"])
-    router.add_api_route(_prefix + "/v1/messages/count_tokens", count_tokens, methods=["POST"])
+    router.add_api_route(
+        _prefix + "/v1/messages",
+        messages,
+        methods=["POST"],
+        openapi_extra=json_body(MessagesRequest),
+    )
+    router.add_api_route(
+        _prefix + "/v1/messages/count_tokens",
+        count_tokens,
+        methods=["POST"],
+        openapi_extra=json_body(CountTokensRequest),
+    )

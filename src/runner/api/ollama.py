@@ -36,7 +36,13 @@ from .dialect_common import (
 from .dialect_errors import ollama_body, stream_failure
 from .errors import APIError
 from .inference import Generation, PromptBuilder, collect, engine_of, hold_model, start, tokenize
-from .schemas import GenerationFields
+from .ollama_schemas import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+)
+from .schemas import GenerationFields, json_body
 from .state import loader_of, settings_of
 
 router = APIRouter(prefix="/api")
@@ -282,7 +288,7 @@ def _done(final: FinishEvent | None) -> dict[str, Any]:
 # ----- routes ------------------------------------------------------------------------------
 
 
-@router.post("/chat")
+@router.post("/chat", openapi_extra=json_body(OllamaChatRequest))
 async def chat(request: Request) -> Response:
     body = await read_json(request)
     name = _model_name(body)
@@ -300,7 +306,7 @@ async def chat(request: Request) -> Response:
     return await _run(request, body, chat_prompt(messages, tools), fields, shape)
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=json_body(OllamaGenerateRequest))
 async def generate(request: Request) -> Response:
     body = await read_json(request)
     name = _model_name(body)
@@ -356,7 +362,7 @@ async def _embed(request: Request, body: dict[str, Any], texts: list[str]) -> di
     }
 
 
-@router.post("/embed")
+@router.post("/embed", openapi_extra=json_body(OllamaEmbedRequest))
 async def embed(request: Request) -> dict[str, Any]:
     body = await read_json(request)
     raw = body.get("input")
@@ -366,7 +372,7 @@ async def embed(request: Request) -> dict[str, Any]:
     return await _embed(request, body, texts)
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=json_body(OllamaEmbeddingsRequest))
 async def embeddings(request: Request) -> dict[str, Any]:
     """The older single-prompt route: `{model, prompt}` -> `{embedding}`."""
     body = await read_json(request)

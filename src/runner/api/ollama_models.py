@@ -28,6 +28,8 @@ from .dialect_common import read_json, rfc3339
 from .errors import APIError
 from .model_pull import pull_response
 from .ollama import _model_name
+from .ollama_schemas import OllamaCopyRequest, OllamaModelRequest, OllamaPullRequest
+from .schemas import json_body
 from .state import loader_of, store_of
 
 router = APIRouter(prefix="/api")
@@ -94,7 +96,7 @@ async def ps(request: Request) -> dict[str, Any]:
     return {"models": [_ps_row(m) for m in loader_of(request).resident() if not m.loading]}
 
 
-@router.post("/show")
+@router.post("/show", openapi_extra=json_body(OllamaModelRequest))
 async def show(request: Request) -> dict[str, Any]:
     body = await read_json(request)
     entry = await _entry(request, _model_name(body))
@@ -137,14 +139,14 @@ def _template_source(entry: ModelEntry, config: dict[str, Any]) -> str:
         return meta.chat_template or ""
 
 
-@router.delete("/delete")
+@router.delete("/delete", openapi_extra=json_body(OllamaModelRequest))
 async def delete(request: Request) -> Response:
     body = await read_json(request)
     await management.models_delete(request, _model_name(body))
     return Response(status_code=200)
 
 
-@router.post("/copy")
+@router.post("/copy", openapi_extra=json_body(OllamaCopyRequest))
 async def copy(request: Request) -> Response:
     body = await read_json(request)
     source, destination = body.get("source"), body.get("destination")
@@ -185,7 +187,7 @@ async def _ollama_lines(lines: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         yield _progress(line if isinstance(line, bytes) else str(line).encode())
 
 
-@router.post("/pull")
+@router.post("/pull", openapi_extra=json_body(OllamaPullRequest))
 async def pull(request: Request) -> Response:
     """Pull `model` into the store with runner's pull (OCI registries as DMR names them,
     `hf.co/...`, URLs; see `store/pull.py`), streaming Ollama's progress objects. An

@@ -29,7 +29,7 @@ from .errors import APIError
 from .inference import collect, model_name, start
 from .openai_routes import PREFIXES
 from .responses_store import ResponseStore
-from .schemas import INT32_MAX
+from .schemas import INT32_MAX, json_body
 
 router = APIRouter()
 
@@ -309,7 +309,18 @@ async def delete(request: Request, response_id: str) -> dict[str, Any]:
 
 for _prefix in (*PREFIXES, ""):
     base = _prefix + "/responses"
-    router.add_api_route(base, create, methods=["POST"])
-    router.add_api_route(base + "/{response_id}", retrieve, methods=["GET"])
-    router.add_api_route(base + "/{response_id}", delete, methods=["DELETE"])
-    router.add_api_route(base + "/{response_id}/input_items", list_input_items, methods=["GET"])
+    # `/responses` shares the prefixed handlers: documented (and fuzzed) once under those.
+    documented = bool(_prefix)
+    router.add_api_route(
+        base,
+        create,
+        methods=["POST"],
+        openapi_extra=json_body(ResponsesRequest),
+        include_in_schema=documented,
+    )
+    for path, route, method in (
+        ("/{response_id}", retrieve, "GET"),
+        ("/{response_id}", delete, "DELETE"),
+        ("/{response_id}/input_items", list_input_items, "GET"),
+    ):
+        router.add_api_route(base + path, route, methods=[method], include_in_schema=documented)

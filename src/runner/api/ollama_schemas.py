@@ -1,0 +1,81 @@
+"""Ollama request bodies, for /openapi.json only: the routes read their JSON by hand (Ollama's
+loose spellings: `model` or `name`, durations as strings or numbers) and check it there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class OllamaOptions(_Loose):
+    num_predict: int | None = Field(None, description="max tokens; -1 or -2: no limit")
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class _Generation(_Loose):
+    model: str
+    options: OllamaOptions | None = None
+    format: str | dict[str, Any] | None = Field(None, description='"json" or a JSON schema')
+    stream: bool = True
+    keep_alive: str | float | None = Field(
+        None, description="5m, 1h30m, seconds; 0 unloads after the request, -1 never"
+    )
+    think: bool | None = Field(None, description="not supported: true is a 400")
+
+
+class OllamaMessage(_Loose):
+    role: str = Field(description="system, user, assistant or tool")
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class OllamaChatRequest(_Generation):
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+
+class OllamaGenerateRequest(_Generation):
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+
+
+class OllamaEmbedRequest(_Loose):
+    model: str
+    input: str | list[str]
+    truncate: bool = True
+    keep_alive: str | float | None = None
+
+
+class OllamaEmbeddingsRequest(_Loose):
+    model: str
+    prompt: str
+    keep_alive: str | float | None = None
+
+
+class OllamaModelRequest(_Loose):
+    model: str = Field(description="a model name (older clients send `name`)")
+
+
+class OllamaPullRequest(OllamaModelRequest):
+    stream: bool = True
+
+
+class OllamaCopyRequest(_Loose):
+    source: str
+    destination: str
