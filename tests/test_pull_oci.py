@@ -188,6 +188,9 @@ class _CuttingProxy(http.server.ThreadingHTTPServer):
         self.cuts = 0
         self.corrupt = False
         self.ranges: list[str | None] = []
+        # Docker Hub's scheme: a 401 names a token service; its token opens the registry.
+        self.token_login: str | None = None  # the Basic header the token service wants
+        self.token_requests: list[tuple[str, str | None]] = []  # (query, Authorization)
         self.host = f"127.0.0.1:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -205,8 +208,39 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._forward(head=False)
 
+    def _token_gate(self) -> bool:
+        """With `token_login` set, play Docker Hub: True if this request was answered here."""
+        login = self.server.token_login
+        if login is None:
+            return False
+        if self.path.startswith("/token"):
+            given = self.headers.get("Authorization")
+            self.server.token_requests.append((self.path.partition("?")[2], given))
+            status, body = (200, b'{"token": "tok-1"}') if given == login else (401, b"{}")
+        elif self.headers.get("Authorization") == "Bearer tok-1":
+            return False
+        else:
+            status, body = 401, b'{"errors": [{"code": "UNAUTHORIZED"}]}'
+            realm = f'realm="http://{self.server.host}/token",service="proxy-test"'
+            scope = 'scope="repository:test/token:pull"'
+            self.send_response(status)
+            self.send_header("WWW-Authenticate", f"Bearer {realm},{scope}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return True
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
     def _forward(self, head: bool) -> None:
-        keep = ("accept", "range", "authorization")
+        if self._token_gate():
+            return
+        keep = (
+            ("accept", "range") if self.server.token_login else ("accept", "range", "authorization")
+        )
         headers = {k: v for k, v in self.headers.items() if k.lower() in keep}
         url = f"http://{self.server.upstream}{self.path}"
         upstream = httpx.request("HEAD" if head else "GET", url, headers=headers)
@@ -352,3 +386,26 @@ def test_full_disk_fails_cleanly_from_the_cli(registry: RegistryProcess, tmp_pat
     assert not store.list()
     assert not list(store.tmp_dir.glob("*.partial"))
     assert pull(store, ref).entry.size > 300  # with room again, the same pull works
+
+
+def test_token_auth_as_docker_hub_does_it(
+    registry: RegistryProcess,
+    proxy: _CuttingProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model_id = _publish(tmp_path, f"{registry.host}/test/token:v1", "token", 4.0)
+    proxy.token_login = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    store = _store(tmp_path / "models")
+    with pytest.raises(RemoteUnauthorized, match="token service refused"):
+        pull(store, f"{proxy.host}/test/token:v1")  # anonymous: no token
+    assert proxy.token_requests[-1] == (
+        "service=proxy-test&scope=repository%3Atest%2Ftoken%3Apull",
+        None,
+    )
+
+    monkeypatch.setenv("RUNNER_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("RUNNER_REGISTRY_PASSWORD", PASSWORD)
+    assert pull(store, f"{proxy.host}/test/token:v1").entry.id == model_id
+    assert proxy.token_requests[-1][1] == proxy.token_login
+    assert len(proxy.token_requests) == 2  # one token served the manifest and the blob

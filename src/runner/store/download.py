@@ -43,7 +43,11 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     if status < 400:
         return
     if status == 401:
-        raise RemoteUnauthorized(f"{what}: access denied (401); check the credentials")
+        # Docker Hub answers 401, not 404, for a repository that does not exist.
+        raise RemoteUnauthorized(
+            f"{what}: access denied (401); the model does not exist or needs credentials "
+            "(docker login, or RUNNER_REGISTRY_USERNAME / RUNNER_REGISTRY_PASSWORD)"
+        )
     if status == 403:
         raise RemoteForbidden(f"{what}: access denied (403); no access with these credentials")
     if status == 404:
