@@ -114,6 +114,7 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("max_connections", {"metavar": "N", "help": "connections before 503"}),
     ("allow_import", {"action": "append", "metavar": "DIR", "help": "models/create source dir"}),
     ("log_level", {"metavar": "LEVEL", "help": "debug, info, warning, error"}),
+    ("ui", {"action": argparse.BooleanOptionalAction, "help": "serve the web page at /"}),
 ]
 
 

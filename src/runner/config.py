@@ -114,6 +114,7 @@ class Settings(BaseSettings):
         description="directories POST /models/create may import from (default: home and cwd)",
     )
     log_level: str = "info"
+    ui: bool = Field(True, description="serve the web page at /")
 
     # engine
     slots: int = Field(4, ge=1, le=256)

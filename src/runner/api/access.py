@@ -12,9 +12,9 @@ Pure ASGI middleware (like `middleware.py`), outermost first in `app.py`:
   still run. Allowed: localhost origins always, `--cors-origins` / `RUNNER_ORIGINS`, or any
   with `*`. Clients other than browsers send no `Origin` and are not affected.
 * Starlette's `CORSMiddleware` then answers preflights and adds the CORS headers.
-* `ApiKeyMiddleware`: with `--api-key` / `RUNNER_API_KEY`, every route but `/health` needs
-  `Authorization: Bearer <key>` or Anthropic's `x-api-key: <key>` (constant-time
-  comparison); 401 in the error shape of the route's dialect.
+* `ApiKeyMiddleware`: with `--api-key` / `RUNNER_API_KEY`, every route but `/health` and the
+  web page (`/`, `/ui/*`) needs `Authorization: Bearer <key>` or Anthropic's `x-api-key: <key>`
+  (constant-time comparison); 401 in the error shape of the route's dialect.
 
 `warn_if_exposed` logs a warning when binding a non-loopback address without a key.
 """
@@ -76,10 +76,13 @@ def warn_if_exposed(settings: Settings) -> None:
 
 
 class ApiKeyMiddleware:
-    """With `--api-key`, every route but /health needs `Authorization: Bearer <key>` (or
+    """With `--api-key`, every route but /health and the web page needs a bearer token (or
     `x-api-key: <key>`, as Anthropic clients send it)."""
 
-    OPEN_PATHS = frozenset({"/health"})
+    # The web page and its assets hold no data, and a browser cannot attach a bearer token
+    # to a page it navigates to: the page asks for the key and sends it on its API calls.
+    OPEN_PATHS = frozenset({"/health", "/"})
+    OPEN_PREFIXES = ("/ui/",)
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
@@ -99,6 +102,7 @@ class ApiKeyMiddleware:
             scope["type"] != "http"
             or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
             or scope["path"] in self.OPEN_PATHS
+            or scope["path"].startswith(self.OPEN_PREFIXES)
         ):
             await self.app(scope, receive, send)
             return

@@ -35,6 +35,7 @@ from .management import router as management_router
 from .metrics import make_registry
 from .middleware import BodyLimitMiddleware, FormAsJsonMiddleware
 from .responses_store import ResponseStore
+from .ui import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ def create_app(
     app.include_router(anthropic.router)
     app.include_router(responses.router)
     app.include_router(ollama_models.router)
+    if settings.ui:
+        install_ui(app, api_key_required=bool(settings.api_key))
 
     # Added last = outermost. Request path: body cap -> Host -> Origin -> CORS -> API key ->
     # JSON guard -> form-as-JSON -> routes (see access.py and guard.py).
