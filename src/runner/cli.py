@@ -235,6 +235,12 @@ def add_bench(sub: Any) -> None:
     configure(sub.add_parser("bench", parents=[_common()], help=help_, description=help_))
 
 
+def add_cluster(sub: Any) -> None:
+    from runner.cluster.cli import configure  # argparse only; Ray loads when a command runs
+
+    configure(sub.add_parser("cluster", parents=[_common()], help="serve on a Ray cluster"))
+
+
 # ----- entry point -------------------------------------------------------------------------
 
 
@@ -245,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local LLM inference server embedding llama.cpp in-process.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    registrars: list[Registrar] = [add_serve, add_models, add_bench, *cli_client.REGISTRARS]
+    registrars: list[Registrar] = [
+        add_serve,
+        add_models,
+        add_bench,
+        add_cluster,
+        *cli_client.REGISTRARS,
+    ]
     for registrar in registrars:
         registrar(sub)
     return parser

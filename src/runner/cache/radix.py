@@ -219,6 +219,42 @@ class RadixIndex(Generic[V]):
                 c = node.children[tok]
                 stack.append((c, prefix + c.edge))
 
+    def block_hashes(self, block: int) -> set[int]:
+        """`prefix_hashes(key, block)` of every key, as one set: a compact summary of the
+        block-aligned prefixes this index can serve (a cluster router matches a prompt's
+        own `prefix_hashes` against it). Shared prefixes are hashed once."""
+        if block < 1:
+            raise ValueError("block must be at least 1")
+        found: set[int] = set()
+        # (node, hash of the aligned prefix above it, tokens since that aligned boundary)
+        stack: list[tuple[_Node[V], int, tuple[int, ...]]] = [(self._root, 0, ())]
+        while stack:
+            node, digest, rest = stack.pop()
+            for child in node.children.values():
+                tokens = rest + child.edge
+                h, i = digest, 0
+                while i + block <= len(tokens):
+                    h = hash((h, tokens[i : i + block]))
+                    found.add(h)
+                    i += block
+                stack.append((child, h, tokens[i:]))
+        return found
+
+    @staticmethod
+    def prefix_hashes(tokens: Sequence[int], block: int) -> list[int]:
+        """Chained hashes of `tokens`' first 1, 2, ... whole blocks of `block` tokens: entry
+        k depends on every token before the end of block k. Deterministic across processes
+        (int and tuple hashing do not use the string hash seed)."""
+        if block < 1:
+            raise ValueError("block must be at least 1")
+        key = _as_key(tokens)
+        out: list[int] = []
+        h = 0
+        for i in range(0, len(key) - block + 1, block):
+            h = hash((h, key[i : i + block]))
+            out.append(h)
+        return out
+
     # -- internals -------------------------------------------------------------------
 
     def _walk(self, key: tuple[int, ...]) -> tuple[_Node[V], _Node[V] | None, int, _Node[V] | None]:

@@ -257,6 +257,15 @@ class PromptCache:
             self._ram.clear()
             self._disk.clear()
 
+    def block_hashes(self, block: int) -> set[int]:
+        """`RadixIndex.block_hashes` over both tiers: every block-aligned prefix a lookup
+        here could restore. Read-only; safe to call from any thread."""
+        with self._lock:
+            found = self._ram.index.block_hashes(block)
+            if self._dir is not None:
+                found |= self._disk.index.block_hashes(block)
+            return found
+
     def stats(self) -> dict[str, Any]:
         """Counters and sizes; safe to call from any thread."""
         with self._lock:

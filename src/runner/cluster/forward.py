@@ -1,0 +1,69 @@
+"""`ForwardedRequest`: an HTTP request as the front door hands it to a replica, with what the
+routers read from it (`hashes` for runner's cache-following router, `prompt` text for Ray's
+`PrefixCacheAffinityRouter`, which looks for a `prompt` attribute)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ForwardedRequest:
+    method: str
+    path: str
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    scheme: str = "http"
+    hashes: list[int] = field(default_factory=list)  # of the prompt's whole blocks
+    block: int = 0  # tokens per block
+    n_tokens: int = 0  # prompt length
+    prompt: str = ""
+
+    def scope(self) -> dict[str, Any]:
+        """The ASGI scope runner's app sees, as if the client had called it directly."""
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": self.method,
+            "scheme": self.scheme,
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "root_path": "",
+            "query_string": self.query_string,
+            "headers": self.headers,
+            "client": self.client,
+            "server": self.server,
+            "state": {},
+        }
+
+
+def prompt_text(path: str, body: bytes) -> str:
+    """The prompt as plain text (message contents joined), for text-prefix routers; the
+    method and path when the route has no prompt (so the text is never empty)."""
+    text = ""
+    if path.endswith("completions") and body:
+        try:
+            raw = json.loads(body)
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict):
+            if isinstance(raw.get("messages"), list):
+                text = "".join(_content(m) for m in raw["messages"] if isinstance(m, dict))
+            elif isinstance(raw.get("prompt"), str):
+                text = raw["prompt"]
+    return text or path
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""

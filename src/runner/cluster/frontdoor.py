@@ -1,0 +1,204 @@
+"""`FrontDoor`: the cluster's HTTP ingress. It reads each request, works out its prompt's
+block hashes (`keys.PromptKeys`), and forwards it through a deployment handle, whose request
+router picks the replica; the replica's own runner app answers, and the answer streams back.
+
+Every route is runner's: the front door has none of its own. `/engines/ps` and
+`/engines/status` are first answered by a replica (so access control applies as usual), then
+widened to every replica from their reports. A replica that dies before answering is
+retried once on another; one that dies mid-answer ends that answer with an error (an SSE
+`error` event for streams), and only that answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from runner.api.errors import error_body
+from runner.config import Settings
+
+from .forward import ForwardedRequest, prompt_text
+from .keys import PromptKeys
+from .registry import replica_reports
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+_GONE = (RayActorError, ActorUnavailableError)
+_PS = {"/engines/ps", "/engines/llama.cpp/ps"}
+_STATUS = {"/engines/status", "/engines/llama.cpp/status"}
+
+
+class TooLarge(Exception):
+    pass
+
+
+class FrontDoorApp:
+    """The ASGI app the Serve proxy calls."""
+
+    def __init__(self, handle: DeploymentHandle, settings: Settings, keys: PromptKeys) -> None:
+        self.handle = handle.options(stream=True)
+        self.settings = settings
+        self.keys = keys
+        self.deployment = handle.deployment_name
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]  # startup / shutdown
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        try:
+            body = await _read_body(receive, self.settings.max_body_bytes)
+        except TooLarge:
+            limit = self.settings.max_body_bytes
+            await _send_error(send, 413, f"the request body exceeds {limit} bytes", "too_large")
+            return
+        path = scope["path"]
+        request = ForwardedRequest(
+            method=scope["method"],
+            path=path,
+            query_string=scope.get("query_string", b""),
+            headers=list(scope.get("headers", [])),
+            body=body,
+            client=_pair(scope.get("client")),
+            server=_pair(scope.get("server")),
+            scheme=scope.get("scheme", "http"),
+        )
+        if scope["method"] == "POST" and path.endswith("completions"):
+            request.hashes, request.n_tokens = await asyncio.to_thread(self.keys.hashes, path, body)
+            request.block = self.keys.block
+            request.prompt = prompt_text(path, body)
+        else:
+            request.prompt = f"{scope['method']} {path}"
+        if scope["method"] == "GET" and path in _PS | _STATUS:
+            await self._engines(request, send, path in _PS)
+            return
+        await self._forward(request, send)
+
+    async def _forward(self, request: ForwardedRequest, send: Any) -> None:
+        gen, first = await self._start(request)
+        if gen is None:
+            await _send_error(send, 503, f"no replica could take the request: {first}", "replica_unavailable")  # fmt: skip
+            return
+        streaming = False
+        try:
+            for message in first:
+                streaming = streaming or _is_sse(message)
+                await send(message)
+            async for messages in gen:
+                for message in messages:
+                    await send(message)
+        except _GONE as exc:
+            log.warning("replica died mid-answer: %s", exc)
+            if streaming:
+                event = error_body(502, "the replica serving this request failed", "replica_failed")
+                data = f"data: {json.dumps(event)}\r\n\r\n".encode()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gen.cancel()
+
+    async def _start(self, request: ForwardedRequest) -> tuple[Any, Any]:
+        """(generator, first messages) from a replica; (None, error) if none answers."""
+        error: Exception | None = None
+        for _ in range(2):  # a replica that died before answering: once more, elsewhere
+            gen = self.handle.handle_http.remote(request)
+            try:
+                return gen, await gen.__anext__()
+            except _GONE as exc:
+                log.warning("replica unavailable, retrying elsewhere: %s", exc)
+                error = exc
+            except StopAsyncIteration:
+                error = RuntimeError("the replica sent no answer")
+        return None, error
+
+    async def _engines(self, request: ForwardedRequest, send: Any, ps: bool) -> None:
+        """A replica's answer (access checks included), widened to every replica."""
+        gen, first = await self._start(request)
+        if gen is None:
+            await _send_error(send, 503, f"no replica answered: {first}", "replica_unavailable")
+            return
+        messages = list(first)
+        async for more in gen:
+            messages.extend(more)
+        start = messages[0]
+        body = b"".join(m.get("body", b"") for m in messages[1:])
+        if start["status"] == 200:
+            reports = replica_reports(self.deployment) or []
+            local = json.loads(body)
+            body = json.dumps(_widen(local, reports, ps)).encode()
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _widen(local: Any, reports: list[dict[str, Any]], ps: bool) -> Any:
+    rows = [
+        {**row, "replica": r["replica_id"], "node": r.get("node"), "pid": r.get("pid")}
+        for r in reports
+        for row in r.get("models", [])
+    ]
+    if ps:
+        return rows
+    replicas = [{k: v for k, v in r.items() if k != "models"} for r in reports]
+    return {**local, "models": rows, "replicas": replicas}
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(parts)
+
+
+async def _send_error(send: Any, status: int, message: str, code: str) -> None:
+    body = json.dumps(error_body(status, message, code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _is_sse(message: dict[str, Any]) -> bool:
+    if message["type"] != "http.response.start":
+        return False
+    return any(
+        k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+        for k, v in message.get("headers", [])
+    )
+
+
+def _pair(value: Any) -> tuple[str, int] | None:
+    return (str(value[0]), int(value[1])) if value else None
+
+
+@serve.ingress()
+class FrontDoor:
+    def __init__(self, replicas_app: str, settings: dict[str, Any], block: int) -> None:
+        self.settings = Settings(**settings)
+        handle = serve.get_deployment_handle("RunnerReplica", app_name=replicas_app)
+        self._front = FrontDoorApp(handle, self.settings, PromptKeys(self.settings, block))
+
+    def __serve_build_asgi_app__(self) -> FrontDoorApp:
+        return self._front

@@ -1,0 +1,120 @@
+"""The front door's view of a request's prompt: the same tokens a replica will compute, as
+chained block hashes (`RadixIndex.prefix_hashes`) for the cache-following router.
+
+Tokens must match the replica's exactly, so this follows `openai_routes`: the body is
+parsed with the API's own schemas, chat messages are rendered with the model's chat template
+(same choice as the loader: per-model override > --chat-template-file > GGUF > builtin) and
+tokenized with the model's vocabulary, which is loaded alone (llama.cpp `vocab_only`: no
+weights, milliseconds). Anything that fails here only costs routing information: the
+request is forwarded anyway and the replica reports the error in the API's own shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from runner.api.schemas import ChatCompletionRequest, CompletionRequest
+from runner.cache.radix import RadixIndex
+from runner.chat import ChatTemplate, template_for
+from runner.config import Settings
+from runner.engine.model import init_backend
+from runner.store import BUNDLED_TAGS, ModelEntry, ModelStore
+
+log = logging.getLogger(__name__)
+
+# Tokens per routing block: a replica advertises every cached prefix at this granularity.
+DEFAULT_BLOCK = 16
+
+
+class Vocab:
+    """A model's tokenizer without its weights; tokenizing is thread-safe in llama.cpp."""
+
+    def __init__(self, path: Path) -> None:
+        init_backend()  # also quiets llama.cpp's load logs
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ValueError(f"llama.cpp could not read the vocabulary of {path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+
+    def tokenize(self, text: str) -> list[int]:
+        # Same flags and UTF-8 cleanup as the engine's tokenizer (add BOS, parse specials).
+        data = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
+        return list(buf[:n])
+
+
+class PromptKeys:
+    """Request body -> the prompt's block hashes (empty when the route has no prompt)."""
+
+    def __init__(self, settings: Settings, block: int = DEFAULT_BLOCK) -> None:
+        self.settings = settings
+        self.block = block
+        self.store = ModelStore(settings.models_dir)
+        self._lock = threading.Lock()
+        self._models: dict[str, tuple[Vocab, ChatTemplate]] = {}
+
+    def hashes(self, path: str, body: bytes) -> tuple[list[int], int]:
+        """(block hashes, prompt length in tokens). Blocking (template rendering,
+        tokenizing): call it on a worker thread."""
+        tokens = self.tokens(path, body)
+        if not tokens:
+            return [], 0
+        return RadixIndex.prefix_hashes(tokens, self.block), len(tokens)
+
+    def tokens(self, path: str, body: bytes) -> list[int] | None:
+        kind = path.rstrip("/").rsplit("/", 2)[-2:]
+        try:
+            if kind == ["chat", "completions"]:
+                return self._chat(json.loads(body))
+            if kind[-1] == "completions":
+                return self._completion(json.loads(body))
+        except Exception as exc:  # routing information only; the replica reports errors
+            log.debug("no routing key for %s: %s", path, exc)
+        return None
+
+    def _chat(self, raw: Any) -> list[int]:
+        body = ChatCompletionRequest.model_validate(raw)
+        vocab, template = self._model(body.model)
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        text = template.render(messages, tools=body.tools, extra=body.chat_template_kwargs)
+        return vocab.tokenize(text)
+
+    def _completion(self, raw: Any) -> list[int]:
+        body = CompletionRequest.model_validate(raw)
+        if isinstance(body.prompt, str):
+            vocab, _ = self._model(body.model)
+            return vocab.tokenize(body.prompt)
+        return list(body.prompt)
+
+    def _model(self, requested: str | None) -> tuple[Vocab, ChatTemplate]:
+        name = (requested or "").strip()
+        if not name:  # the replica's default: first preloaded model, else the bundled one
+            name = self.settings.model[0] if self.settings.model else BUNDLED_TAGS[-1]
+        with self._lock:
+            cached = self._models.get(name)
+            if cached is None:
+                entry = self.store.get(name)
+                cached = (Vocab(entry.path), self._template(entry))
+                self._models[name] = cached
+            return cached
+
+    def _template(self, entry: ModelEntry) -> ChatTemplate:
+        meta = entry.metadata
+        override = self.store.get_config(entry.id).get("chat-template")
+        if override is None and self.settings.chat_template_file is not None:
+            override = Path(self.settings.chat_template_file).read_text(encoding="utf-8")
+        return template_for(meta.architecture, meta.chat_template, override)

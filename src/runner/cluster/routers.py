@@ -1,0 +1,156 @@
+"""Ray Serve request routers for runner replicas.
+
+`CacheFollowingRouter` sends a request to the replica holding the longest cached prefix of
+its prompt. Replicas report what they hold (`RunnerReplica.record_routing_stats`: chained
+hashes of every block-aligned prefix in their slots and prompt-cache tiers); the front door
+sends each request's own prefix hashes along (`ForwardedRequest.hashes`). A match counts
+from `min_match_tokens` tokens or `min_match_fraction` of the prompt (a shared template
+opening should not pull every user onto one replica). Reports arrive
+every `request_routing_stats_period_s`, so the router also remembers what it routed in the
+last `recent_ttl_s` seconds: a prompt just sent to a replica counts as held there until the
+replica's next report says so itself.
+
+Load comes first when it must: a best replica already running as many requests as it has
+slots (times `overload_factor`) is passed over for the least loaded one. With no prefix to
+follow (short prompts, cold cluster, ties) the choice is power-of-two-choices, exactly
+Ray's default, so uniform load is never routed worse than by the default router.
+
+`RayDefaultRouter` and `PrefixAffinityRouter` are Ray's own power-of-two and
+`PrefixCacheAffinityRouter`, only made to publish replica reports for the front door's
+`/engines/ps` (every router does, in `registry`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from typing import Any
+
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    RequestRouter,
+    RunningReplica,
+)
+
+from . import registry
+from .forward import ForwardedRequest
+
+
+class Published:
+    """Mixin: register the router so the front door can read replica reports."""
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)  # type: ignore[misc]
+        registry.publish(self._deployment_id.name, self)  # type: ignore[attr-defined]
+
+
+def _request_of(pending: PendingRequest | None) -> ForwardedRequest | None:
+    for arg in pending.args if pending is not None else ():
+        if isinstance(arg, ForwardedRequest):
+            return arg
+    return None
+
+
+class CacheFollowingRouter(Published, RequestRouter):
+    def initialize_state(
+        self,
+        overload_factor: float = 1.0,
+        recent_ttl_s: float = 10.0,
+        min_match_tokens: int = 64,
+        min_match_fraction: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        self._overload_factor = overload_factor
+        self._recent_ttl = recent_ttl_s
+        self._min_tokens = min_match_tokens
+        self._min_fraction = min_match_fraction
+        self._recent: dict[ReplicaID, deque[tuple[float, frozenset[int]]]] = {}
+        self._held: dict[ReplicaID, tuple[float, frozenset[int]]] = {}  # report time, blocks
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if len(candidate_replicas) < 2:
+            return [candidate_replicas]
+        request = _request_of(pending_request)
+        hashes = request.hashes if request is not None else []
+        scores = {r.replica_id: self._cached_blocks(r, hashes) for r in candidate_replicas}
+        best = max(scores.values())
+        if best == 0 or not self._worth_following(request, best):
+            return [_two_choices(candidate_replicas)]
+        top = [r for r in candidate_replicas if scores[r.replica_id] == best]
+        ready = [r for r in top if not self._overloaded(r)]
+        if ready:  # ties between holders go to the less loaded one (Ray probes the rank)
+            return [ready, _two_choices(candidate_replicas)]
+        others = [r for r in candidate_replicas if r not in top]
+        return [others, top] if others else [top]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:  # fmt: skip
+        request = _request_of(pending_request)
+        hashes = request.hashes if request is not None else []
+        if hashes:
+            recent = self._recent.setdefault(replica_id, deque(maxlen=1024))
+            recent.append((time.monotonic(), frozenset(hashes)))
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._recent.pop(replica_id, None)
+        self._held.pop(replica_id, None)
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _worth_following(self, request: ForwardedRequest | None, blocks: int) -> bool:
+        """A shared template opening or boilerplate line is no reason to pile every user
+        onto one replica: follow a prefix of some length, or most of a short prompt."""
+        if request is None:
+            return False
+        tokens = blocks * request.block
+        return tokens >= self._min_tokens or tokens >= self._min_fraction * request.n_tokens
+
+    def _cached_blocks(self, replica: RunningReplica, hashes: list[int]) -> int:
+        """How many leading blocks of the prompt the replica holds (or was just sent)."""
+        if not hashes:
+            return 0
+        held = self._blocks(replica)
+        recent = self._recent.get(replica.replica_id)
+        if recent:
+            horizon = time.monotonic() - self._recent_ttl
+            while recent and recent[0][0] < horizon:
+                recent.popleft()
+        n = 0
+        for h in hashes:
+            if h not in held and not (recent and any(h in s for _, s in recent)):
+                break
+            n += 1
+        return n
+
+    def _blocks(self, replica: RunningReplica) -> frozenset[int]:
+        stats = replica.routing_stats or {}
+        stamp = stats.get("time", 0.0)
+        cached = self._held.get(replica.replica_id)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, frozenset(stats.get("blocks", ())))
+            self._held[replica.replica_id] = cached
+        return cached[1]
+
+    def _overloaded(self, replica: RunningReplica) -> bool:
+        stats = replica.routing_stats or {}
+        load = self.replica_queue_len_cache.get(replica.replica_id)
+        if load is None:
+            load = stats.get("load", 0)
+        capacity = stats.get("slots") or replica.max_ongoing_requests
+        return load >= capacity * self._overload_factor
+
+
+def _two_choices(candidates: list[RunningReplica]) -> list[RunningReplica]:
+    """Ray's default: two random replicas; the router then takes the shorter queue."""
+    return random.sample(candidates, 2) if len(candidates) > 2 else list(candidates)
+
+
+class RayDefaultRouter(Published, PowerOfTwoChoicesRequestRouter):
+    """Ray Serve's default power-of-two-choices router, unchanged."""

@@ -1,0 +1,297 @@
+"""runner on Ray Serve, end to end: a local Ray cluster on 127.0.0.1, two replicas of the
+bundled model (one thread, two slots each) behind the front door, real HTTP.
+
+One cluster for the module; each router under test gets its own deployment with an empty
+prompt cache. Order matters only for cost: the default router's run comes first so the
+cache-following deployment stays up for the remaining tests, the replica kill last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("ray.serve")
+
+import ray  # noqa: E402
+from openai import OpenAI  # noqa: E402
+from ray import serve  # noqa: E402
+
+from runner.cluster.deploy import APP_NAME, REPLICAS_APP, ClusterOptions, build_apps  # noqa: E402
+from runner.cluster.keys import PromptKeys  # noqa: E402
+from runner.config import Settings  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900)]
+
+MODEL = "ai/gemma3"
+USERS = 4
+ROUNDS = 3
+TOPICS = ["astronomy", "cooking", "tax law", "sailing"]
+STREAM_TOKENS = 600  # long enough that no stream ends before the kill
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, models_dir: Path, root: Path, port: int) -> None:
+        self.models_dir = models_dir
+        self.root = root
+        self.url = f"http://127.0.0.1:{port}"
+        self.runs = 0
+
+    def deploy(self, router: str) -> Settings:
+        """(Re)deploy both applications with `router` and a fresh, empty prompt cache."""
+        self.runs += 1
+        settings = Settings(
+            models_dir=self.models_dir,
+            model=[MODEL],
+            threads=1,
+            slots=2,
+            ctx_size=1024,
+            cache_ram=0,  # every saved prefix goes to disk: a restarted replica finds it
+            cache_dir=self.root / f"kv-{self.runs}-{router}",
+        )
+        replicas, front = build_apps(settings, ClusterOptions(replicas=2, router=router))
+        serve.run(replicas, name=REPLICAS_APP, route_prefix=None)
+        serve.run(front, name=APP_NAME, route_prefix="/")
+        self.wait_for_replicas(2)
+        return settings
+
+    def replicas(self) -> list[dict[str, Any]]:
+        r = httpx.get(self.url + "/engines/status", timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["replicas"]
+
+    def wait_for_replicas(self, n: int, timeout: float = 240.0) -> list[dict[str, Any]]:
+        """Until the front door sees `n` live replicas, each with its model loaded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.replicas()
+            if len(found) == n and all(r.get("models") for r in self.ps_by_replica(found)):
+                return found
+            assert time.monotonic() < deadline, f"replicas: {found}"
+            time.sleep(0.5)
+
+    def ps_by_replica(self, replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = httpx.get(self.url + "/engines/ps", timeout=30).json()
+        return [
+            {**r, "models": [row for row in rows if row["replica"] == r["replica_id"]]}
+            for r in replicas
+        ]
+
+    def chat(self, system: str, user: str, max_tokens: int = 2) -> tuple[dict[str, Any], str]:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "max_tokens": max_tokens,
+        }
+        r = httpx.post(self.url + "/v1/chat/completions", json=body, timeout=180)
+        assert r.status_code == 200, r.text
+        return r.json(), r.headers["x-runner-replica"]
+
+
+@pytest.fixture(scope="module")
+def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    ray.init(
+        num_cpus=3,
+        include_dashboard=False,
+        logging_level="warning",
+        runtime_env={"env_vars": {"PYTHONPATH": src, "RAY_USAGE_STATS_ENABLED": "0"}},
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield Cluster(models_dir, tmp_path_factory.mktemp("cluster"), port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def system_prompt(topic: str) -> str:
+    """About 300 tokens, distinct from the first sentence on."""
+    line = f"You answer questions about {topic}, briefly and accurately, citing {topic} sources. "
+    return (f"{topic.upper()} DESK. " + line * 12).strip()
+
+
+def shared_tokens(keys: PromptKeys, topic: str) -> int:
+    """Tokens every request of this user shares: the prompts' common prefix."""
+    a, b = (
+        keys.tokens("/v1/chat/completions", json.dumps(_body(topic, q)).encode())
+        for q in ("question 1", "another question 2")
+    )
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _body(topic: str, question: str) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": system_prompt(topic)},
+            {"role": "user", "content": question},
+        ],
+    }
+
+
+def run_users(cluster: Cluster) -> list[list[float]]:
+    """4 users with distinct system prompts, interleaved over 3 rounds; per round, each
+    user's reused share of the tokens it has in common with its earlier requests."""
+    keys = PromptKeys(Settings(models_dir=cluster.models_dir))
+    shared = {t: shared_tokens(keys, t) for t in TOPICS[:USERS]}
+    rounds = []
+    for r in range(ROUNDS):
+        reuse = []
+        for topic in TOPICS[:USERS]:
+            answer, _ = cluster.chat(system_prompt(topic), f"round {r}: question about {topic}?")
+            cached = answer["timings"]["cache_n"]
+            reuse.append(min(cached, shared[topic]) / shared[topic])
+        rounds.append(reuse)
+    return rounds
+
+
+@pytest.fixture(scope="module")
+def default_reuse(cluster: Cluster) -> list[list[float]]:
+    cluster.deploy("pow2")
+    return run_users(cluster)
+
+
+@pytest.fixture(scope="module")
+def runner_cluster(cluster: Cluster, default_reuse: list[list[float]]) -> Cluster:
+    cluster.deploy("runner")
+    return cluster
+
+
+def test_seed_scenario_reuses_the_system_prompt(runner_cluster: Cluster) -> None:
+    client = OpenAI(base_url=runner_cluster.url + "/v1", api_key="unused", max_retries=0)
+    system = {"role": "system", "content": "You are a helpful coding assistant."}
+    first = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            system,
+            {"role": "user", "content": "Write a Python function to add two numbers"},
+        ],  # fmt: skip
+        max_tokens=8,
+    )
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    second = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[
+            system,
+            {"role": "user", "content": "Write a Python function to multiply two numbers"},
+        ],  # fmt: skip
+        max_tokens=8,
+    )
+    answer = second.parse()
+    assert answer.usage.prompt_tokens_details.cached_tokens > 0
+    assert answer.model_extra["timings"]["cache_n"] > 0
+    assert second.headers["x-runner-replica"]
+    # The front door's tokens (what it routes on) are the replica's tokens.
+    keys = PromptKeys(Settings(models_dir=runner_cluster.models_dir))
+    body = {"model": MODEL, "messages": [system, {"role": "user", "content": "Write a Python function to multiply two numbers"}]}  # fmt: skip
+    tokens = keys.tokens("/v1/chat/completions", json.dumps(body).encode())
+    assert tokens is not None and len(tokens) == answer.usage.prompt_tokens
+
+
+def test_engines_routes_show_every_replica(runner_cluster: Cluster) -> None:
+    replicas = runner_cluster.replicas()
+    assert len({r["replica_id"] for r in replicas}) == 2
+    assert len({r["pid"] for r in replicas}) == 2
+    assert len({r["cache_dir"] for r in replicas}) == 2  # one prompt cache each
+    rows = httpx.get(runner_cluster.url + "/engines/ps", timeout=30).json()
+    assert {row["replica"] for row in rows} == {r["replica_id"] for r in replicas}
+    assert all(row["model_name"].startswith(MODEL) for row in rows)
+
+
+def test_cache_following_router_reuses_system_prompts(
+    runner_cluster: Cluster, default_reuse: list[list[float]]
+) -> None:
+    followed = run_users(runner_cluster)
+    later = [x for r in followed[1:] for x in r]
+    later_default = [x for r in default_reuse[1:] for x in r]
+    assert min(later) >= 0.9, followed
+    # Ray's default router sends a returning user to a replica without its prefix about
+    # half the time (all 8 of 8 landing right has probability 1/256).
+    assert sum(later_default) < sum(later) - 0.5, (default_reuse, followed)
+
+
+def _stream(url: str, topic: str, results: dict[str, Any], started: threading.Event) -> None:
+    body = {**_body(topic, "Tell a long story."), "max_tokens": STREAM_TOKENS, "stream": True}
+    body["ignore_eos"] = True
+    out: dict[str, Any] = {"chunks": 0, "done": False, "error": None}
+    results[topic] = out
+    try:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+            out["status"] = r.status_code
+            out["replica"] = r.headers.get("x-runner-replica")
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    out["done"] = True
+                elif line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        out["error"] = event["error"]
+                    else:
+                        out["chunks"] += 1
+                        if out["chunks"] == 2:
+                            started.set()
+    except httpx.HTTPError as exc:
+        out["error"] = repr(exc)
+
+
+def test_killed_replica_fails_only_its_own_requests(runner_cluster: Cluster) -> None:
+    before = {r["replica_id"]: r for r in runner_cluster.replicas()}
+    results: dict[str, Any] = {}
+    threads = []
+    for topic in TOPICS:  # distinct prompts: spread over both replicas by load
+        started = threading.Event()
+        t = threading.Thread(target=_stream, args=(runner_cluster.url, topic, results, started))
+        t.start()
+        threads.append((t, started))
+        assert started.wait(120), results
+    serving = {results[t]["replica"] for t in TOPICS}
+    assert serving == set(before), results  # two slots each: the router spreads them
+    victim = sorted(serving)[0]
+    os.kill(before[victim]["pid"], signal.SIGKILL)
+    for t, _ in threads:
+        t.join(300)
+    for topic in TOPICS:
+        res = results[topic]
+        assert res["status"] == 200
+        if res["replica"] == victim:
+            assert not res["done"] and res["error"], res
+            assert res["error"]["code"] == "replica_failed", res
+        else:
+            assert res["done"] and res["error"] is None and res["chunks"] >= STREAM_TOKENS // 2, res
+    # The next requests succeed at once, on the survivor while Ray restarts the other.
+    for topic in TOPICS:
+        answer, replica = runner_cluster.chat(system_prompt(topic), "And now?")
+        assert answer["choices"][0]["finish_reason"] in ("length", "stop")
+    # Ray replaces the dead replica; on the same host it takes over its prompt cache, and
+    # its cache summary lists the saved prefixes before it has served anything.
+    after = runner_cluster.wait_for_replicas(2)
+    replaced = [r for r in after if r["replica_id"] not in before]
+    assert len(replaced) == 1
+    assert replaced[0]["cache_dir"] == before[victim]["cache_dir"]
+    deadline = time.monotonic() + 30
+    while not replaced[0].get("cached_blocks"):
+        assert time.monotonic() < deadline, replaced
+        time.sleep(0.5)
+        replaced = [r for r in runner_cluster.replicas() if r["replica_id"] not in before]
