@@ -20,7 +20,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from runner.api.errors import error_body
+from runner.api.errors import ErrorInfo, openai_body
 from runner.config import Settings
 
 from .forward import ForwardedRequest, prompt_text
@@ -102,7 +102,8 @@ class FrontDoorApp:
         except _GONE as exc:
             log.warning("replica died mid-answer: %s", exc)
             if streaming:
-                event = error_body(502, "the replica serving this request failed", "replica_failed")
+                info = ErrorInfo(502, "replica_failed", "the replica serving this request failed")
+                event = openai_body(info)
                 data = f"data: {json.dumps(event)}\r\n\r\n".encode()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -174,7 +175,7 @@ async def _read_body(receive: Any, limit: int) -> bytes:
 
 
 async def _send_error(send: Any, status: int, message: str, code: str) -> None:
-    body = json.dumps(error_body(status, message, code)).encode()
+    body = json.dumps(openai_body(ErrorInfo(status, code, message))).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
