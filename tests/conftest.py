@@ -1,11 +1,11 @@
 """Shared fixtures.
 
-Store fixtures (issue 2): `models_dir`, `bundled_model_path`, `empty_models_dir`,
+Store fixtures: `models_dir`, `bundled_model_path`, `empty_models_dir`,
 `make_gguf`, `runner_env`. The bundled 250 MB model is materialized once into a cache dir
 reused across runs (`RUNNER_TEST_MODELS_DIR`, default `~/.cache/runner-test/models`); tests
 must not mutate that store -- use `empty_models_dir` for anything that adds or removes.
 
-API server fixtures (issue 4): `start_server` (factory of `ServerHandle`s running
+API server fixtures: `start_server` (factory of `ServerHandle`s running
 `python -m runner serve` in a subprocess) and `server` (one shared, preloaded server).
 """
 
@@ -95,7 +95,7 @@ def make_gguf(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-# ----- API server fixtures (issue 4) --------------------------------------------------------
+# ----- API server fixtures ------------------------------------------------------------------
 #
 # `start_server(*args, env=...)` runs `python -m runner serve` in a subprocess on a free port
 # against the shared store and returns a `ServerHandle` once `/health` answers (so models

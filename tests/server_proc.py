@@ -1,4 +1,4 @@
-"""Helpers for the lifecycle tests (issue 5): a private copy of the model store, servers from
+"""Helpers for the lifecycle tests: a private copy of the model store, servers from
 conftest's `start_server` factory, and small HTTP helpers. Importable from test modules.
 """
 
@@ -164,3 +164,19 @@ class Background(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The sum of `/metrics` samples called `name` whose labels include `labels` (0 if none).
+
+    Counters are compared before and after an action, so other requests to the same server
+    (earlier tests, other models) cannot make an assertion pass.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from server_proc import metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -66,6 +67,8 @@ def test_eight_streams_on_four_slots(server) -> None:
 
 def test_disconnect_frees_slot(server) -> None:
     url = server.base_url + "/chat/completions"
+    with httpx.Client(base_url=server.url) as client:
+        cancelled_before = metric(client, "runner:requests_finished_total", reason="cancelled")
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
@@ -91,13 +94,9 @@ def test_disconnect_frees_slot(server) -> None:
     asyncio.run(main())
     slots = _wait_all_idle(server, timeout=10)
     assert not any(s["is_processing"] for s in slots), slots
-    metrics = httpx.get(server.url + "/metrics").text
-    cancelled = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith("runner:requests_finished_total") and 'reason="cancelled"' in line
-    ]
-    assert cancelled and float(cancelled[0].split()[-1]) >= 1
+    with httpx.Client(base_url=server.url) as client:
+        after = metric(client, "runner:requests_finished_total", reason="cancelled")
+    assert after - cancelled_before >= 1
     _wait_released(server)
 
 

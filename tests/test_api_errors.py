@@ -6,6 +6,7 @@ import json
 import time
 
 import httpx
+import openai
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -90,6 +91,25 @@ def test_prompt_too_long(server) -> None:
     completion = {"model": MODEL, "prompt": "hello " * 2500, "max_tokens": 1}
     r = httpx.post(server.base_url + "/completions", json=completion, timeout=120)
     _assert_error(r, 400)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unparsable_raw_grammar_is_400_streamed_or_not(server, stream: bool) -> None:
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    ask = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "stream": stream}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**ask, extra_body={"grammar": "root ::= ("})
+    assert info.value.status_code == 400
+    assert info.value.body["code"] == "invalid_grammar"
+    # A grammar that parses only with the model's vocabulary (a token named by its text);
+    # one token of output, so the answer stops well before the grammar is complete.
+    good = 'root ::= "yes" <end_of_turn>'
+    ask["max_tokens"] = 1
+    answer = client.chat.completions.create(**ask, extra_body={"grammar": good})
+    if stream:
+        assert list(answer)
+    else:
+        assert answer.choices[0].message.content is not None
 
 
 def test_body_over_limit_by_content_length(server) -> None:

@@ -1,4 +1,4 @@
-"""The official `openai` client against a real server (issue 4 acceptance), plus raw SSE shapes."""
+"""The official `openai` client against a real server plus raw SSE shapes."""
 
 from __future__ import annotations
 

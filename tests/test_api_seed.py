@@ -1,6 +1,6 @@
-"""The three curl requests of shared/seed.md, against a fresh server (issue 4 acceptance).
+"""The three example curl requests runner was specified with, against a fresh server.
 
-The bodies are the seed's, with the model renamed to `ai/gemma3` and one addition:
+The bodies are the originals, with the model renamed to `ai/gemma3` and one addition:
 `"max_tokens": 8`. Without it the bundled base model rarely emits an end-of-turn token and
 would generate to the end of the slot's context (minutes on a 2-core test box); the prompt
 side, which is what `timings.cache_n` measures, is unaffected.

@@ -1,4 +1,4 @@
-"""`runner bench` (issue 7): pure helpers in-process, then end-to-end runs against the bundled
+"""`runner bench`: pure helpers in-process, then end-to-end runs against the bundled
 model (kept tiny: the test box has 2 busy cores), and the GPU install script's dry run."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`runner status`, `runner ps`, `runner run` (docker model parity) against a real server,
-and against no server at all (issue 5)."""
+and against no server at all."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 8, faults: broken model files, hostile chat templates, an unusable prompt-cache dir.
+"""Faults: broken model files, hostile chat templates, an unusable prompt-cache dir.
 
 One server per module on a private copy of the store (these tests add, break and delete
 models). After every fault the bundled model must still answer.

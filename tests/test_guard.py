@@ -1,4 +1,4 @@
-"""Issue 8, in process (no model, no subprocess): access control, the JSON guard, field ranges
+"""Hardening, in process (no model, no subprocess): access control, the JSON guard, field ranges
 and the engine's own request checks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 8 end to end: hostile input against the shared server, access control on a real
+"""Hardening end to end: hostile input against the shared server, access control on a real
 process, and a small run of the soak script (`scripts/soak.py`)."""
 
 from __future__ import annotations

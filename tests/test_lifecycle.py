@@ -1,4 +1,4 @@
-"""Model lifecycle end to end (issue 5): a real `runner serve` process, the real model, HTTP.
+"""Model lifecycle end to end: a real `runner serve` process, the real model, HTTP.
 
 Load on demand, idle unload and reload, several models resident, `--max-models` eviction that
 waits for a busy model, streams that outlive the idle timeout, and `_configure` persisting
@@ -47,21 +47,21 @@ def test_idle_model_unloads_and_reloads_with_a_full_prompt(
         rows = c.get("/engines/ps").json()
         assert [r["model_name"] for r in rows] == [MODEL]
         assert rows[0]["keep_alive"] == "3s" and rows[0]["in_use"] is False
+        first_load = rows[0]["loaded_at"]
+        assert first_load is not None
 
         time.sleep(5)
         assert wait_for(lambda: ps(c) == [], timeout=10), "model still resident after idle time"
 
         second = chat(c)  # loads it again
         assert ps(c) == [MODEL]
+        assert c.get("/engines/ps").json()[0]["loaded_at"] > first_load  # a new load (RFC 3339)
         timings = second["timings"]
         assert timings["cache_n"] == 0
         assert timings["prompt_n"] == second["usage"]["prompt_tokens"] > 0
         assert (
             second["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
         )
-    logs = server.logs()
-    assert f"loaded {MODEL} in" in logs
-    assert f"unloaded {MODEL} (idle for 3s" in logs
 
 
 def test_long_stream_outlives_a_short_idle_timeout(
@@ -77,7 +77,6 @@ def test_long_stream_outlives_a_short_idle_timeout(
         assert text
         # After the stream the idle timer starts, and the model goes.
         assert wait_for(lambda: ps(c) == [], timeout=15)
-    assert "unloaded" in server.logs()
 
 
 def test_two_names_resident_and_served_concurrently(
@@ -125,9 +124,7 @@ def test_max_models_one_evicts_only_once_idle(
         assert last["choices"][0]["finish_reason"] == "length"  # A was not cut off
         assert b.value()["choices"][0]["message"]["content"] is not None
         assert b.finished_at > a.finished_at
-        assert ps(c) == [SECOND]
-    logs = server.logs()
-    assert f"unloaded {MODEL} (evicted to make room for {SECOND}" in logs
+        assert ps(c) == [SECOND]  # A was evicted for B once it was idle
 
 
 def test_configured_context_size_applies_at_next_load_and_survives_restart(

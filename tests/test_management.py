@@ -1,4 +1,4 @@
-"""DMR's management routes over real HTTP against a real server (issue 5): engines status,
+"""DMR's management routes over real HTTP against a real server: engines status,
 ps, unload, _configure, and the models API (list, inspect, create from a local GGUF, delete).
 
 One server per module, on a private copy of the store (these tests add and delete models).

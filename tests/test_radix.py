@@ -1,4 +1,4 @@
-"""Tests for runner.cache.radix.RadixIndex."""
+"""Tests for runner.cache.radix.RadixIndex, through its public API only."""
 
 from __future__ import annotations
 
@@ -7,60 +7,37 @@ from array import array
 
 import pytest
 
-from runner.cache.radix import RadixIndex, _Node
+from runner.cache.radix import RadixIndex
 
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _nodes(index: RadixIndex) -> list[_Node]:
-    out, stack = [], [index._root]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        stack.extend(node.children.values())
-    return out
+def check_consistent(index: RadixIndex) -> None:
+    """Every lookup agrees with a brute-force reading of `items()`.
 
-
-def check_invariants(index: RadixIndex) -> None:
-    """Assert the structural invariants the lookups rely on."""
-    root = index._root
-    assert root.edge == () and root.depth == 0 and root.parent is None
-    entries = 0
-    # Post-order over (node, min entry depth in subtree) to verify `rep`.
-    stack: list[tuple[_Node, bool]] = [(root, False)]
-    min_depth: dict[int, int | None] = {}
-    while stack:
-        node, done = stack.pop()
-        if not done:
-            stack.append((node, True))
-            for tok, c in node.children.items():
-                assert c.parent is node
-                assert len(c.edge) > 0, "non-root edges are non-empty"
-                assert c.edge[0] == tok, "children keyed by first edge token"
-                assert c.depth == node.depth + len(c.edge)
-                stack.append((c, False))
-            continue
-        if node is not root:
-            assert node.has_value or len(node.children) >= 2, "path compression"
-        if node.has_value:
-            entries += 1
-            best = node.depth
-        else:
-            assert node.value is None
-            depths = [min_depth[id(c)] for c in node.children.values()]
-            best = min((d for d in depths if d is not None), default=None)
-        min_depth[id(node)] = best
-        if best is None:
-            assert node.rep is None
-        else:
-            assert node.rep is not None and node.rep.has_value
-            assert node.rep.depth == best, "rep is a shortest entry in the subtree"
-            # rep must really be inside this subtree
-            a = node.rep
-            while a is not None and a is not node:
-                a = a.parent
-            assert a is node
-    assert entries == len(index)
+    For each stored key and each of its prefixes `p` (which covers every point where the
+    tree could have split or merged an edge): `best_match(p)` shares all of `p` and returns
+    one of the shortest keys that extend `p`; stored keys answer `get`, `in` and
+    `longest_prefix` exactly.
+    """
+    items = list(index.items())
+    keys = [k for k, _ in items]
+    assert keys == sorted(set(keys)), "items are unique and in lexicographic order"
+    assert len(index) == len(items)
+    shortest: dict[tuple[int, ...], tuple[int, list[object]]] = {}
+    for key, value in items:
+        assert index.get(key) == value and key in index
+        assert index.longest_prefix(key) == (len(key), value)
+        for n in range(len(key) + 1):
+            best = shortest.get(key[:n])
+            if best is None or len(key) < best[0]:
+                shortest[key[:n]] = (len(key), [value])
+            elif len(key) == best[0]:
+                best[1].append(value)
+    for prefix, (_, values) in shortest.items():
+        got = index.best_match(prefix)
+        assert got is not None and got[0] == len(prefix)
+        assert any(got[1] is v or got[1] == v for v in values), (prefix, got, values)
 
 
 def lcp(a, b) -> int:
@@ -88,7 +65,7 @@ def test_empty_index():
     assert list(idx.items()) == []
     assert [1] not in idx
     assert [] not in idx
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 def test_insert_get_replace():
@@ -104,7 +81,7 @@ def test_insert_get_replace():
     assert idx.insert([1, 2, 3], "b") == "a"  # replaced
     assert len(idx) == 1
     assert idx.get([1, 2, 3]) == "b"
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 def test_none_is_a_storable_value():
@@ -116,10 +93,10 @@ def test_none_is_a_storable_value():
     assert idx.best_match([7]) == (0, None)
     assert idx.remove([5]) is None
     assert len(idx) == 0 and [5] not in idx
-    check_invariants(idx)
+    check_consistent(idx)
 
 
-def test_empty_key_lives_on_root():
+def test_the_empty_key_is_a_key():
     idx: RadixIndex[str] = RadixIndex()
     assert idx.insert([], "root") is None
     assert len(idx) == 1 and [] in idx and idx.get(()) == "root"
@@ -133,12 +110,12 @@ def test_empty_key_lives_on_root():
     assert idx.best_match([4]) == (0, "root")
     assert idx.best_match([]) == (0, "root")
     assert list(idx.items()) == [((), "root"), ((1, 2), "x")]
-    check_invariants(idx)
+    check_consistent(idx)
     assert idx.remove([]) == "root"
     assert [] not in idx and len(idx) == 1
     assert idx.best_match([4]) == (0, "x")
     assert idx.longest_prefix([4]) is None
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 def test_input_sequence_types():
@@ -165,90 +142,89 @@ def test_numpy_input():
     assert key == (1, 2, 3) and all(type(t) is int for t in key)
 
 
-# -- structure: splits and merges --------------------------------------------------------
+# -- structure: splits and merges, seen through lookups -----------------------------------
 
 
 def test_split_on_divergence_and_merge_back():
     idx: RadixIndex[str] = RadixIndex()
     idx.insert([1, 2, 3, 4], "a")
-    root = idx._root
-    assert list(root.children) == [1] and root.children[1].edge == (1, 2, 3, 4)
+    idx.insert([1, 2, 5], "b")  # diverges mid-edge
+    assert [1, 2] not in idx and idx.longest_prefix([1, 2, 9]) is None
+    assert idx.best_match([1, 2, 9]) == (2, "b")  # the shorter of the two branches
+    assert idx.best_match([1, 2, 3]) == (3, "a")
+    check_consistent(idx)
 
-    idx.insert([1, 2, 5], "b")  # diverges mid-edge -> split
-    mid = root.children[1]
-    assert mid.edge == (1, 2) and not mid.has_value
-    assert {c.edge for c in mid.children.values()} == {(3, 4), (5,)}
-    check_invariants(idx)
-
-    assert idx.remove([1, 2, 5]) == "b"  # mid left with one child -> merged
-    leaf = root.children[1]
-    assert leaf.edge == (1, 2, 3, 4) and leaf.has_value and leaf.parent is root
-    assert leaf.children == {}
-    check_invariants(idx)
+    assert idx.remove([1, 2, 5]) == "b"
+    assert idx.best_match([1, 2, 9]) == (2, "a")
+    assert list(idx.items()) == [((1, 2, 3, 4), "a")]
+    check_consistent(idx)
 
 
 def test_split_at_exact_key_end():
     idx: RadixIndex[str] = RadixIndex()
     idx.insert([1, 2, 3, 4], "long")
-    idx.insert([1, 2], "short")  # ends mid-edge -> split, entry on the middle node
-    mid = idx._root.children[1]
-    assert mid.edge == (1, 2) and mid.has_value and mid.value == "short"
-    assert list(mid.children.values())[0].edge == (3, 4)
-    check_invariants(idx)
+    idx.insert([1, 2], "short")  # ends mid-edge
+    assert idx.get([1, 2]) == "short" and idx.get([1, 2, 3, 4]) == "long"
+    assert idx.longest_prefix([1, 2, 3]) == (2, "short")
+    assert idx.best_match([1, 2, 3]) == (3, "long")
+    check_consistent(idx)
 
-    assert idx.remove([1, 2]) == "short"  # entry-less node with one child -> merged
-    assert idx._root.children[1].edge == (1, 2, 3, 4)
-    check_invariants(idx)
+    assert idx.remove([1, 2]) == "short"
+    assert idx.longest_prefix([1, 2, 3]) is None
+    assert idx.best_match([1, 2]) == (2, "long")
+    check_consistent(idx)
 
 
 def test_extension_below_leaf():
     idx: RadixIndex[str] = RadixIndex()
     idx.insert([1, 2], "a")
     idx.insert([1, 2, 3, 4], "b")
-    node = idx._root.children[1]
-    assert node.edge == (1, 2) and node.value == "a"
-    assert node.children[3].edge == (3, 4)
-    check_invariants(idx)
+    assert idx.longest_prefix([1, 2, 3, 4, 5]) == (4, "b")
+    assert idx.longest_prefix([1, 2, 3]) == (2, "a")
+    assert list(idx.items()) == [((1, 2), "a"), ((1, 2, 3, 4), "b")]
+    check_consistent(idx)
 
 
 def test_remove_leaf_prunes_and_merges_parent():
     idx: RadixIndex[str] = RadixIndex()
     for key, v in [([1, 2, 3], "a"), ([1, 2, 4], "b"), ([1, 2, 5, 6], "c")]:
         idx.insert(key, v)
-    assert idx.remove([1, 2, 3]) == "a"  # mid still has two children: stays
-    assert idx._root.children[1].edge == (1, 2)
-    assert idx.remove([1, 2, 4]) == "b"  # mid now has one child: merged into it
-    only = idx._root.children[1]
-    assert only.edge == (1, 2, 5, 6) and only.value == "c"
-    assert len(_nodes(idx)) == 2
-    check_invariants(idx)
+    assert idx.remove([1, 2, 3]) == "a"
+    assert idx.best_match([1, 2, 9]) == (2, "b")
+    check_consistent(idx)
+    assert idx.remove([1, 2, 4]) == "b"
+    assert idx.best_match([1, 2, 9]) == (2, "c")
+    assert idx.best_match([1, 2, 5]) == (3, "c")
+    assert list(idx.items()) == [((1, 2, 5, 6), "c")]
+    check_consistent(idx)
 
 
-def test_remove_internal_entry_with_two_children_keeps_node():
+def test_remove_internal_entry_with_two_children_keeps_both():
     idx: RadixIndex[str] = RadixIndex()
     idx.insert([1], "p")
     idx.insert([1, 2], "a")
     idx.insert([1, 3], "b")
     assert idx.remove([1]) == "p"
-    node = idx._root.children[1]
-    assert not node.has_value and len(node.children) == 2
-    assert idx.best_match([1, 9]) is not None and idx.best_match([1, 9])[0] == 1
-    check_invariants(idx)
+    assert idx.longest_prefix([1, 9]) is None
+    common, value = idx.best_match([1, 9]) or (None, None)
+    assert common == 1 and value in ("a", "b")
+    assert idx.get([1, 2]) == "a" and idx.get([1, 3]) == "b"
+    check_consistent(idx)
 
 
 def test_remove_missing_keys_is_noop():
     idx: RadixIndex[str] = RadixIndex()
     idx.insert([1, 2, 3, 4], "a")
     idx.insert([1, 2, 5], "b")
-    before = [(n.edge, n.has_value) for n in _nodes(idx)]
-    assert idx.remove([1, 2]) is None  # internal node without an entry
-    assert idx.remove([1, 2, 3]) is None  # ends mid-edge
-    assert idx.remove([1, 2, 3, 4, 5]) is None  # runs past a leaf
+    before = list(idx.items())
+    assert idx.remove([1, 2]) is None  # a branch point, not a key
+    assert idx.remove([1, 2, 3]) is None  # ends inside a key
+    assert idx.remove([1, 2, 3, 4, 5]) is None  # runs past a key
     assert idx.remove([7]) is None  # no such branch
     assert idx.remove([]) is None  # empty key not stored
-    assert [(n.edge, n.has_value) for n in _nodes(idx)] == before
+    assert list(idx.items()) == before
     assert len(idx) == 2
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 def test_remove_everything_leaves_empty_tree():
@@ -257,16 +233,15 @@ def test_remove_everything_leaves_empty_tree():
     keys = {tuple(rng.randrange(4) for _ in range(rng.randrange(0, 9))) for _ in range(300)}
     for i, k in enumerate(keys):
         idx.insert(k, i)
-    check_invariants(idx)
+    check_consistent(idx)
     order = list(keys)
     rng.shuffle(order)
     for k in order:
         assert idx.remove(k) is not None
-        check_invariants(idx)
+        check_consistent(idx)
     assert len(idx) == 0
-    assert idx._root.children == {} and idx._root.rep is None and not idx._root.has_value
     assert list(idx.items()) == []
-    assert idx.best_match([1, 2]) is None
+    assert idx.best_match([1, 2]) is None and idx.best_match([]) is None
 
 
 def test_clear():
@@ -275,7 +250,7 @@ def test_clear():
     idx.insert([], 2)
     idx.clear()
     assert len(idx) == 0 and list(idx.items()) == [] and idx.longest_prefix([1, 2]) is None
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 # -- lookups -----------------------------------------------------------------------------
@@ -319,10 +294,10 @@ def test_best_match_prefers_shortest_key_and_repairs_after_remove():
     assert idx.remove([1, 2, 3, 7]) == "short"
     assert idx.best_match([1, 2, 9]) == (2, "mid")
     assert idx.best_match([1, 2, 3, 9]) == (3, "long")
-    check_invariants(idx)
+    check_consistent(idx)
     assert idx.remove([1, 2, 8, 8, 8]) == "mid"
     assert idx.best_match([1, 2, 9]) == (2, "long")
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 def test_best_match_at_node_with_entry_returns_it():
@@ -347,7 +322,7 @@ def test_long_edges_chunked_comparison():
     assert idx.best_match(base[:700] + [-5]) == (701, "fork")
     assert idx.best_match(base[:650]) == (650, "fork")  # shorter key preferred
     assert idx.longest_prefix(base + [1, 2]) == (1000, "base")
-    check_invariants(idx)
+    check_consistent(idx)
 
 
 def test_items_lexicographic_order():
@@ -428,49 +403,19 @@ def test_random_against_brute_force(seed):
                 assert len(k) == min(len(kk) for kk in ref.d if lcp(kk, q) == common)
 
         if step % 25 == 0:
-            check_invariants(idx)
+            check_consistent(idx)
             assert list(idx.items()) == sorted(ref.d.items())
 
     for k in list(ref.d):
         assert idx.remove(k) == ref.d.pop(k)
-    assert len(idx) == 0 and idx._root.children == {} and idx._root.rep is None
-    check_invariants(idx)
+    assert len(idx) == 0 and list(idx.items()) == [] and idx.best_match([]) is None
+    check_consistent(idx)
 
 
-# -- scaling (structural, not timing-based) ----------------------------------------------
+# -- scale and depth ---------------------------------------------------------------------
 
 
-class _CountingDict(dict):
-    """Children dict that counts every access, to bound the nodes a lookup touches."""
-
-    counter = [0]
-
-    def get(self, *a):
-        self.counter[0] += 1
-        return super().get(*a)
-
-    def __getitem__(self, k):
-        self.counter[0] += 1
-        return super().__getitem__(k)
-
-    def __contains__(self, k):
-        self.counter[0] += 1
-        return super().__contains__(k)
-
-    def __iter__(self):
-        raise AssertionError("lookup iterated over a children dict")
-
-    def values(self):
-        raise AssertionError("lookup iterated over a children dict")
-
-    def items(self):
-        raise AssertionError("lookup iterated over a children dict")
-
-    def keys(self):
-        raise AssertionError("lookup iterated over a children dict")
-
-
-def test_scaling_10k_entries_lookups_touch_only_the_path():
+def test_10k_entries_sharing_a_system_prompt():
     rng = random.Random(1234)
     system = [rng.randrange(32000) for _ in range(256)]  # shared system prompt
     idx: RadixIndex[int] = RadixIndex()
@@ -479,65 +424,32 @@ def test_scaling_10k_entries_lookups_touch_only_the_path():
         k = tuple(system + [rng.randrange(32000) for _ in range(32)])
         keys.append(k)
         idx.insert(k, i)
-    assert len(idx) == 10_000
-    nodes = _nodes(idx)
-    assert len(nodes) <= 2 * len(idx) + 1  # path compression bound
-    check_invariants(idx)
-
-    # Swap every children dict for a counting one; lookups may only probe along the path.
-    for n in nodes:
-        n.children = _CountingDict(n.children)
-    counter = _CountingDict.counter
-
-    def probes(fn, q):
-        counter[0] = 0
-        res = fn(q)
-        return res, counter[0]
-
+    assert len(idx) == len(set(keys))
     for i in rng.sample(range(10_000), 200):
         k = keys[i]
-        # Depth in nodes here is at most 4 (root -> system -> [shared first token] -> leaf).
-        res, c = probes(idx.longest_prefix, list(k) + [1, 2, 3])
-        assert res == (288, i) and c <= 5
-        res, c = probes(idx.get, k)
-        assert res == i and c <= 5
-        res, c = probes(idx.best_match, list(k[:270]) + [-1])
-        assert res is not None and res[0] == 270 and c <= 5
-        assert keys[res[1]][:270] == k[:270]
-        res, c = probes(idx.best_match, system + [-1])
-        assert res is not None and res[0] == 256 and c <= 3
-
-    # Removing all entries through the counting dicts still works and empties the tree
-    # (removal may scan children to repair cached shortest entries; allow that here).
-    for n in _nodes_safe(idx):
-        n.children = dict(dict.items(n.children))
+        assert idx.longest_prefix(list(k) + [1, 2, 3]) == (288, i)
+        assert idx.get(k) == i
+        res = idx.best_match(list(k[:270]) + [-1])
+        assert res is not None and res[0] == 270 and keys[res[1]][:270] == k[:270]
+        res = idx.best_match(system + [-1])
+        assert res is not None and res[0] == 256
     for i, k in enumerate(keys):
         assert idx.remove(k) == i
-    assert len(idx) == 0 and idx._root.children == {}
-
-
-def _nodes_safe(index: RadixIndex) -> list[_Node]:
-    out, stack = [], [index._root]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        stack.extend(dict.values(node.children))
-    return out
+    assert len(idx) == 0 and list(idx.items()) == []
 
 
 def test_deep_chain_beyond_recursion_limit():
-    # Every key a prefix of the next: a 1,200-node-deep path. Nothing may recurse.
+    # Every key a prefix of the next: a 1,200-deep path. Nothing may recurse.
     n = 1200
     idx: RadixIndex[int] = RadixIndex()
-    for i in range(n, 0, -1):  # longest first, so each insert splits an edge
+    for i in range(n, 0, -1):  # longest first, so each insert cuts an existing key
         idx.insert(range(i), i)
     assert len(idx) == n
-    assert len(_nodes(idx)) == n + 1
-    check_invariants(idx)
     assert idx.longest_prefix(list(range(n + 5))) == (n, n)
+    assert idx.longest_prefix(list(range(700)) + [-1]) == (700, 700)
     assert idx.best_match(list(range(600)) + [-1]) == (600, 600)
     keys = [k for k, _ in idx.items()]
     assert keys == [tuple(range(i)) for i in range(1, n + 1)]
     for i in range(1, n + 1):
         assert idx.remove(range(i)) == i
-    assert len(idx) == 0 and idx._root.children == {}
+    assert len(idx) == 0 and list(idx.items()) == []

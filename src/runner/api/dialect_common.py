@@ -125,10 +125,13 @@ def text_of(content: Any, where: str) -> str:
     return "\n".join(parts)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object body; 400 for an empty, invalid or non-object body."""
+async def read_json(request: Request, allow_empty: bool = False) -> dict[str, Any]:
+    """The request's JSON object body; 400 for an invalid or non-object body, and for an
+    empty one unless `allow_empty` (then it reads as `{}`)."""
     raw = await request.body()
     if not raw.strip():
+        if allow_empty:
+            return {}
         raise APIError(400, "the request body is empty; send a JSON object", "invalid_request")
     try:
         body = json.loads(raw)

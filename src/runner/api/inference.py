@@ -15,7 +15,7 @@ import anyio
 from fastapi import Request
 
 from runner import __version__
-from runner.chat import grammar_for
+from runner.chat import grammar_for, validate_gbnf
 from runner.engine import (
     Engine,
     EngineError,
@@ -130,6 +130,18 @@ def check_token_limit(body: GenerationFields, engine: Engine, name: str) -> None
         )
 
 
+async def check_grammar(grammar: str | None, engine: Engine) -> None:
+    """Parse the request's grammar with llama.cpp now, so a bad one is a 400 whether or not
+    the answer is streamed (the engine only builds the sampler after a stream's 200 is out).
+    Reading the vocabulary is safe from any thread (`LlamaModel`)."""
+    if not grammar:
+        return
+    if len(grammar) <= INLINE_LIMIT:
+        validate_gbnf(grammar, engine.model.vocab)
+    else:
+        await asyncio.to_thread(validate_gbnf, grammar, engine.model.vocab)
+
+
 def usage(final: FinishEvent) -> dict[str, Any]:
     return {
         "prompt_tokens": final.prompt_tokens,
@@ -188,6 +200,7 @@ async def start(
         engine_request = generation_request(body, tokens, stops)
         if customize is not None:
             customize(engine_request)
+        await check_grammar(engine_request.sampling.grammar, engine)
         handle = engine.submit(engine_request)
     except BaseException:
         with anyio.CancelScope(shield=True):

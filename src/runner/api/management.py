@@ -29,10 +29,11 @@ from runner.store import (
     read_metadata,
 )
 
+from .dialect_common import read_json
 from .errors import APIError
 from .import_policy import allowed_import_dirs, import_source, not_a_model
 from .schemas import ConfigureRequest, CreateModelRequest, UnloadRequest, json_body
-from .state import loader_of, store_of
+from .state import loader_of, settings_of, store_of
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,6 @@ BACKEND = "llama.cpp"
 
 
 # ----- helpers -----------------------------------------------------------------------------
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from exc
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", "invalid_request")
-    return body
 
 
 async def _entry(request: Request, name: str) -> ModelEntry:
@@ -141,7 +129,7 @@ async def engines_ps(request: Request) -> list[dict[str, Any]]:
 async def engines_unload(request: Request) -> dict[str, Any]:
     """`{all, backend, models[]}`: unload idle models now. A model serving requests is left
     alone (reported in `busy`); it unloads on its idle timer as usual."""
-    body = await _json_body(request)
+    body = await read_json(request, allow_empty=True)
     _check_backend(body.get("backend"))
     everything = body.get("all", False)
     names = body.get("models")
@@ -172,7 +160,7 @@ async def engines_configure(request: Request) -> JSONResponse:
     """`{model, context-size, keep_alive, slots, similarity, gpu-layers, chat-template,
     runtime-flags}`: persisted in the store (survives restarts), applied at the next load.
     202 on success; 409 while the model serves requests; 400 for bad values."""
-    body = await _json_body(request)
+    body = await read_json(request, allow_empty=True)
     name = body.get("model")
     if not isinstance(name, str) or not name.strip():
         raise APIError(400, "'model' is required", "invalid_request", param="model")
@@ -224,13 +212,13 @@ async def models_create(request: Request) -> StreamingResponse:
     model (registry name, `hf.co/...`, URL) or import a local GGUF into the store, streaming
     progress lines (JSON lines with `Accept: application/json`, else text), then a success
     or error line. Problems found before the transfer starts are plain HTTP errors."""
-    body = await _json_body(request)
+    body = await read_json(request, allow_empty=True)
     source = body.get("from")
     if not isinstance(source, str) or not source.strip():
         raise APIError(400, "'from' (a model name or a local .gguf path) is required", param="from")
     if _is_remote(source):
         return await _pull(request, body, source.strip())
-    path = import_source(source, allowed_import_dirs(request.app.state.settings))
+    path = import_source(source, allowed_import_dirs(settings_of(request)))
     tag = body.get("tag") or body.get("name") or _name_from_file(Path(source))
     if not isinstance(tag, str):
         raise APIError(400, "'tag' must be a string", "invalid_request", param="tag")
