@@ -121,6 +121,11 @@ def test_imports_outside_the_allowed_directories_are_refused(
         assert "root:" not in r.text
 
 
+def test_a_path_with_a_nul_byte_is_400(client: httpx.Client, allowed_dir: Path) -> None:
+    r = create(client, f"{allowed_dir}/a\x00b.gguf")
+    assert r.status_code == 400, r.text
+
+
 def test_an_unusable_file_gets_one_error_that_quotes_nothing(
     client: httpx.Client, allowed_dir: Path
 ) -> None:

@@ -34,6 +34,7 @@ from .guard import JsonGuardMiddleware
 from .management import router as management_router
 from .metrics import make_registry
 from .middleware import BodyLimitMiddleware, FormAsJsonMiddleware
+from .openapi import true_openapi
 from .responses_store import ResponseStore
 from .ui import install_ui
 
@@ -84,6 +85,7 @@ def create_app(
     )
 
     install_error_handlers(app, renderers=RENDERERS)
+    true_openapi(app)
     app.include_router(extras.router)
     for prefix in openai_routes.PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)

@@ -32,6 +32,8 @@ def allowed_import_dirs(settings: Settings) -> list[Path]:
 def import_source(source: str, allowed: Sequence[Path]) -> Path:
     """The real path of a local file to import: 400 unless absolute, 403 unless inside
     `allowed`. Whether the file exists is not checked here (see `not_a_model`)."""
+    if "\x00" in source:
+        raise APIError(400, "'from' holds a NUL character", "invalid_request", param="from")
     path = Path(source).expanduser()
     if not path.is_absolute():  # relative to what? The server's cwd is no one's business
         raise APIError(400, "'from' must be an absolute path", "invalid_request", param="from")

@@ -33,6 +33,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# Request bodies as the HTTP routes parse them: JSON types exactly as /openapi.json documents
+# them (no "1" for 1, 1.0 for 1 or 0 for false). Dialects build `GenerationFields` from their
+# own values and keep the lax base.
+_STRICT = ConfigDict(extra="ignore", strict=True)
+
+
 class ChatMessage(BaseModel):
     """One message; extra keys (tool_calls, name...) pass through to the chat template."""
 
@@ -139,6 +145,8 @@ class GenerationFields(_Body):
 
 
 class ChatCompletionRequest(GenerationFields):
+    model_config = _STRICT
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
     # Checked by `chat.tools` (400 with param "tools" / "tool_choice").
@@ -175,6 +183,8 @@ Prompt = str | list[int] | list[str] | list[list[int]]
 
 
 class CompletionRequest(GenerationFields):
+    model_config = _STRICT
+
     prompt: Prompt
     echo: bool | None = False
     suffix: str | None = None
@@ -211,6 +221,8 @@ EmbeddingInput = str | list[str] | list[int] | list[list[int]]
 
 
 class EmbeddingRequest(_Body):
+    model_config = _STRICT
+
     model: str | None = None
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = "float"
@@ -243,6 +255,8 @@ class EmbeddingRequest(_Body):
 
 
 class TokenizeRequest(_Body):
+    model_config = _STRICT
+
     model: str | None = None
     content: str
     add_special: bool = False  # llama-server's default
@@ -251,6 +265,8 @@ class TokenizeRequest(_Body):
 
 
 class DetokenizeRequest(_Body):
+    model_config = _STRICT
+
     model: str | None = None
     tokens: list[StrictInt]  # not true/false, "1" or 1.0
 
