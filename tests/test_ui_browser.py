@@ -140,10 +140,15 @@ def slot_states(page: Page) -> list[str]:
     return page.eval_on_selector_all("[data-slot-state]", "ns => ns.map(n => n.dataset.slotState)")
 
 
+@pytest.fixture(scope="module")
+def model_server(start_server: Callable[..., Any]) -> Any:
+    return start_server("--model", MODEL, "--slots", "2", "--ctx-size", "2048")
+
+
 def test_chat_cache_figures_stop_and_reload(
-    start_server: Callable[..., Any], watched: Callable[[str], Watched], tmp_path: Path
+    model_server: Any, watched: Callable[[str], Watched], tmp_path: Path
 ) -> None:
-    server = start_server("--model", MODEL, "--slots", "2", "--ctx-size", "2048")
+    server = model_server
     view = watched(server.url + "/")
     page = view.page
     shot = lambda name: page.screenshot(path=tmp_path / f"{name}.png")  # noqa: E731
@@ -232,6 +237,45 @@ def test_chat_cache_figures_stop_and_reload(
     view.assert_clean()
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tool_call_is_shown(
+    model_server: Any, watched: Callable[[str], Watched], tmp_path: Path
+) -> None:
+    # A base model calls tools only when forced: tool_choice "required".
+    view = watched(model_server.url + "/")
+    page = view.page
+    page.wait_for_selector(f"#model option[value='{MODEL}']", state="attached")
+    page.click("#tools-box summary")
+    page.fill("#tools", "[not json")
+    page.fill("#prompt", "What is the weather in Paris?")
+    page.click("#send")
+    page.wait_for_selector("#tools-error:text('not valid JSON')")
+    assert page.locator(".msg").count() == 0  # nothing was sent
+    page.fill("#tools", json.dumps([WEATHER_TOOL]))
+    page.select_option("#tool-choice", "required")
+    page.fill("#max-tokens", "60")
+    send(page, "What is the weather in Paris?")
+    call = page.locator(".msg.assistant .tool-calls pre").first.inner_text()
+    name, _, arguments = call.partition("(")
+    assert name == "get_weather"
+    assert isinstance(json.loads(arguments.removesuffix(")"))["city"], str)
+    page.screenshot(path=tmp_path / "tool-call.png")
+    view.assert_clean()
+
+
 def test_api_key_is_asked_for_and_sent(
     start_server: Callable[..., Any], watched: Callable[[str], Watched], tmp_path: Path
 ) -> None:
@@ -290,4 +334,31 @@ def test_markdown_renderer_escapes_html(
         assert 'href="javascript' not in rendered[source]
     page.wait_for_timeout(200)
     assert page.evaluate("window.hacked") is None
+
+    # A stored answer with reasoning and a tool call shows both apart from the content.
+    stored = {
+        "id": "stored",
+        "title": "stored",
+        "model": MODEL,
+        "system": "",
+        "updated": 1,
+        "messages": [
+            {"role": "user", "content": "<b>hi</b>"},
+            {
+                "role": "assistant",
+                "content": "",
+                "reasoning": "The user <greets>.",
+                "tool_calls": [{"function": {"name": "wave", "arguments": '{"hand": "left"}'}}],
+                "stats": {"cache_n": 5, "prompt_n": 7, "cache_source": "ram"},
+            },
+        ],
+    }
+    page.evaluate("c => localStorage.setItem('runner.conversations', JSON.stringify([c]))", stored)
+    page.reload()
+    page.wait_for_selector(".msg.assistant")
+    assert page.locator(".msg.user .content").inner_html() == "&lt;b&gt;hi&lt;/b&gt;"
+    reasoning = page.locator(".msg.assistant details.reasoning pre").text_content()
+    assert reasoning == "The user <greets>."
+    assert page.locator(".tool-calls pre").inner_text() == 'wave({"hand": "left"})'
+    assert figure(page, "cache_source") == "ram" and figure(page, "cache_n") == "5"
     view.assert_clean()

@@ -29,7 +29,7 @@ export class ChatView {
     if (this.controller) this.controller.abort();
   }
 
-  async send(text, { model, system, temperature, maxTokens }) {
+  async send(text, { model, system, temperature, maxTokens, tools, toolChoice }) {
     const conversation = this.conversation;
     const history = conversation.messages.map((m) => ({ role: m.role, content: m.content || "" }));
     if (system.trim()) history.unshift({ role: "system", content: system });
@@ -51,6 +51,7 @@ export class ChatView {
     const started = performance.now();
     let firstTokenAt = null;
     const body = { model, messages: history, temperature, max_tokens: maxTokens };
+    if (tools && tools.length) Object.assign(body, { tools, tool_choice: toolChoice });
     try {
       await streamChat(body, this.controller.signal, (chunk) => {
         const choice = (chunk.choices || [])[0];

@@ -38,6 +38,8 @@ function persistSettings() {
   settings.system = $("system").value;
   settings.temperature = Number($("temperature").value);
   settings.max_tokens = Number($("max-tokens").value);
+  settings.tools = $("tools").value;
+  settings.toolChoice = $("tool-choice").value;
   saveSettings(settings);
 }
 
@@ -119,13 +121,17 @@ function wire() {
     persistSettings();
     showModelInfo();
   });
-  for (const id of ["system", "temperature", "max-tokens"]) $(id).addEventListener("change", persistSettings);
+  for (const id of ["system", "temperature", "max-tokens", "tools", "tool-choice"]) {
+    $(id).addEventListener("change", persistSettings);
+  }
   $("new-chat").addEventListener("click", startNewChat);
   $("stop").addEventListener("click", () => chat.stop());
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("prompt").value.trim();
     if (!text || chat.busy || !$("model").value) return;
+    const tools = readTools();
+    if (tools === null) return;
     persistSettings();
     $("prompt").value = "";
     chat.send(text, {
@@ -133,6 +139,8 @@ function wire() {
       system: $("system").value,
       temperature: settings.temperature,
       maxTokens: settings.max_tokens,
+      tools,
+      toolChoice: $("tool-choice").value,
     });
   });
   $("prompt").addEventListener("keydown", (event) => {
@@ -165,6 +173,25 @@ function wire() {
     $("key-input").value = "";
     boot();
   });
+}
+
+// The Tools box: [] when empty, the parsed array, or null (and a message) when invalid.
+function readTools() {
+  const raw = $("tools").value.trim();
+  let tools = [];
+  let problem = "";
+  if (raw) {
+    try {
+      tools = JSON.parse(raw);
+      if (!Array.isArray(tools)) problem = "Tools must be a JSON array of tool definitions.";
+    } catch (err) {
+      problem = `Tools are not valid JSON: ${err.message}`;
+    }
+  }
+  $("tools-error").textContent = problem;
+  $("tools-error").hidden = !problem;
+  if (problem) $("tools-box").open = true;
+  return problem ? null : tools;
 }
 
 function showStatusPane() {
@@ -202,6 +229,9 @@ whenUnauthorized(() => {
 $("temperature").value = settings.temperature;
 $("max-tokens").value = settings.max_tokens;
 $("system").value = settings.system;
+$("tools").value = settings.tools;
+$("tool-choice").value = settings.toolChoice;
+$("tools-box").open = Boolean(settings.tools);
 showStatusPane();
 wire();
 open(conversations[0] || newConversation(settings));

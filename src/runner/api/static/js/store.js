@@ -8,6 +8,8 @@ export const DEFAULT_SETTINGS = {
   system: "You are a helpful assistant.",
   temperature: 0.7,
   max_tokens: 512,
+  tools: "",
+  toolChoice: "auto",
   statusOpen: true,
 };
 
