@@ -10,11 +10,13 @@ import http.server
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from runner.store import download as download_module
 from runner.store.artifact import GGUF_LAYER, OCI_MANIFEST, manifest
 from runner.store.errors import (
     DigestMismatch,
+    DiskFull,
     PullError,
     RemoteNotFound,
     RemoteUnauthorized,
@@ -409,3 +412,26 @@ def test_token_auth_as_docker_hub_does_it(
     assert pull(store, f"{proxy.host}/test/token:v1").entry.id == model_id
     assert proxy.token_requests[-1][1] == proxy.token_login
     assert len(proxy.token_requests) == 2  # one token served the manifest and the blob
+
+
+def test_space_is_checked_first_and_abandoned_downloads_are_swept(
+    registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = f"{registry.host}/test/space:v1"
+    _publish(tmp_path, ref, "space", 5.0)
+    store = _store(tmp_path / "models")
+    store.tmp_dir.mkdir(parents=True)
+    old, fresh = store.tmp_dir / "pull-old.partial", store.tmp_dir / "pull-fresh.partial"
+    for path in (old, fresh):
+        path.write_bytes(b"x")
+    week_ago = time.time() - 8 * 24 * 3600
+    os.utime(old, (week_ago, week_ago))
+
+    real_usage = shutil.disk_usage
+    with monkeypatch.context() as patch, pytest.raises(DiskFull, match="MB needed"):
+        patch.setattr(
+            download_module.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=10)
+        )
+        pull(store, ref)
+    assert not store.list() and not old.exists() and fresh.exists()
+    assert pull(store, ref).downloaded > 0

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +72,19 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
+def _check_space(partial: Path, size: int | None, what: str) -> None:
+    """Fail before downloading what cannot fit (what an earlier attempt left stays)."""
+    if size is None:
+        return
+    need = size - (partial.stat().st_size if partial.exists() else 0)
+    free = shutil.disk_usage(partial.parent).free
+    if need > free:
+        raise DiskFull(
+            f"{what}: no space left for the download ({need / 1e6:.1f} MB needed, "
+            f"{free / 1e6:.1f} MB free in {partial.parent})"
+        )
+
+
 def fetch_verified(
     open_stream: OpenStream,
     partial: Path,
@@ -88,6 +102,7 @@ def fetch_verified(
     retries = RETRIES if retries is None else retries
     partial.parent.mkdir(parents=True, exist_ok=True)
     with _locked(partial):
+        _check_space(partial, size, what)
         attempt = 0
         while True:
             try:

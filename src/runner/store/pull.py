@@ -14,6 +14,8 @@ Progress events use Ollama's pull statuses so an API can stream them as they are
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ from .names import normalize
 from .oci import Registry
 from .refs import HfSource, OciSource, Source, UrlSource, parse_source
 from .store import ModelStore
+
+ABANDONED_AFTER_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ def pull(
     source = parse_source(ref, sha256=sha256)
     name = normalize(tag) if tag else source.local_name
     emit = progress or _quiet
+    _sweep_abandoned(store)
     emit(PullProgress("pulling manifest"))
     if isinstance(source, OciSource):
         result = _pull_oci(store, source, name, emit)
@@ -80,6 +85,17 @@ def pull(
     emit(PullProgress("writing manifest"))
     emit(PullProgress("success"))
     return result
+
+
+def _sweep_abandoned(store: ModelStore) -> None:
+    """Delete downloads that no pull resumed for a week (a partial in use is fresh)."""
+    if not store.tmp_dir.is_dir():
+        return
+    cutoff = time.time() - ABANDONED_AFTER_S
+    for path in store.tmp_dir.glob("pull-*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 def blob_progress(emit: PullProgressFn, model_id: str) -> Callable[[int, int], None]:
