@@ -178,6 +178,18 @@ def test_basic_auth_registry(
     )
     assert pull(store, ref).entry.id == _sha(gguf)
 
+    # ... or behind a credential helper named by `credsStore` (here a script on PATH)
+    helper_dir = tmp_path / "bin"
+    helper_dir.mkdir()
+    helper = helper_dir / "docker-credential-runnertest"
+    answer = json.dumps({"ServerURL": auth_registry.host, "Username": USER, "Secret": PASSWORD})
+    helper.write_text(f"#!/bin/sh\nread server\necho '{answer}'\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper_dir}{os.pathsep}{os.environ['PATH']}")
+    (config_dir / "config.json").write_text(json.dumps({"credsStore": "runnertest"}))
+    fresh = _store(tmp_path / "fresh")
+    assert pull(fresh, ref).entry.id == _sha(gguf)
+
 
 class _CuttingProxy(http.server.ThreadingHTTPServer):
     """Forwards GETs/HEADs to the registry. Blob GETs can be cut half way (`cuts` times) or
