@@ -143,11 +143,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_status(sub: Any) -> None:
-    p = sub.add_parser("status", help="is a server running; its backend, devices and models")
+def _add_report(sub: Any, name: str, help_: str, handler: Any) -> None:
+    """A command that prints one server answer: as text, or as the JSON with `--json`."""
+    p = sub.add_parser(name, help=help_)
     _add_client_args(p)
     p.add_argument("--json", action="store_true", help="print the server's JSON")
-    p.set_defaults(func=_run_handler(cmd_status))
+    p.set_defaults(func=_run_handler(handler))
+
+
+def add_status(sub: Any) -> None:
+    _add_report(sub, "status", "is a server running; its backend, devices and models", cmd_status)
 
 
 # ----- ps ----------------------------------------------------------------------------------
@@ -176,10 +181,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def add_ps(sub: Any) -> None:
-    p = sub.add_parser("ps", help="models loaded in a running server")
-    _add_client_args(p)
-    p.add_argument("--json", action="store_true", help="print the server's JSON")
-    p.set_defaults(func=_run_handler(cmd_ps))
+    _add_report(sub, "ps", "models loaded in a running server", cmd_ps)
 
 
 # ----- run ---------------------------------------------------------------------------------

@@ -38,23 +38,21 @@ from runner.engine.slot_files import (
     SlotFileWriteFailed,
 )
 from runner.loader import InsufficientMemory, LoaderError, LoadFailed, ModelBusy
-from runner.store import (
+from runner.store.errors import (
     AmbiguousModelName,
+    DigestMismatch,
+    DiskFull,
     InvalidModelFile,
     InvalidModelName,
     ModelFileMissing,
     ModelNotFound,
-    StoreError,
-)
-from runner.store.errors import (
-    DigestMismatch,
-    DiskFull,
     PullError,
     RemoteForbidden,
     RemoteNotFound,
     RemoteRateLimited,
     RemoteUnauthorized,
     RemoteUnreachable,
+    StoreError,
     UnsupportedArtifact,
 )
 

@@ -83,9 +83,9 @@ async def tokenize_route(body: TokenizeRequest, request: Request) -> dict[str, A
         tokens = await tokenize(engine, body.content, body.add_special, body.parse_special)
         if not body.with_pieces:
             return {"tokens": tokens}
-        # Pieces are read on the engine thread: the model's piece buffer is not thread-safe.
-        future = engine.run_on_engine(lambda: [engine.token_piece(t, True) for t in tokens])
-        pieces = await asyncio.wrap_future(future)
+        # Vocabulary reads are safe from any thread (`LlamaModel`): build the pieces on a
+        # worker thread, leaving the engine thread to generation.
+        pieces = await asyncio.to_thread(lambda: [engine.token_piece(t, True) for t in tokens])
     return {"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces, strict=True)]}
 
 
