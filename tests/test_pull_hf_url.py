@@ -128,6 +128,8 @@ def test_url_pull_with_and_without_sha256(
     store = _store(tmp_path)
     url = f"{hub.url}/{REPO}/resolve/main/tiny-Q8_0.gguf"
     model_id = _sha(ggufs["tiny-Q8_0.gguf"])
+    with pytest.raises(RemoteNotFound):
+        pull(store, f"{hub.url}/{REPO}/resolve/main/missing.gguf")
     with pytest.raises(DigestMismatch):
         pull(store, f"{url}#sha256={'cd' * 32}")
     assert not store.list() and not list(store.tmp_dir.glob("*.partial"))

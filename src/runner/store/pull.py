@@ -221,13 +221,12 @@ def _pull_url(store: ModelStore, source: UrlSource, name: str, emit: PullProgres
             head = client.head(source.url)
         except httpx.TransportError as exc:
             raise unreachable(what, exc) from exc
-        raise_for_status(head, what)
+        if head.status_code == 404:
+            raise_for_status(head, what)
+        # Some servers refuse HEAD (a URL signed for GET only): then the GET tells, sizeless.
         length = head.headers.get("content-length", "")
-        size = (
-            int(length)
-            if length.isdigit() and "gzip" not in head.headers.get("content-encoding", "")
-            else None
-        )
+        plain = "gzip" not in head.headers.get("content-encoding", "")
+        size = int(length) if head.status_code == 200 and length.isdigit() and plain else None
         digest = fetch_verified(
             lambda headers: client.stream("GET", source.url, headers=headers),
             partial,
