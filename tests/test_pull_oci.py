@@ -329,7 +329,7 @@ def test_interrupted_download_resumes_with_range(
 def test_corrupt_blob_leaves_nothing_behind(
     registry: RegistryProcess, proxy: _CuttingProxy, tmp_path: Path
 ) -> None:
-    _publish(tmp_path, f"{registry.host}/test/corrupt:v1", "corrupt", 2.0)
+    model_id = _publish(tmp_path, f"{registry.host}/test/corrupt:v1", "corrupt", 2.0)
     store = _store(tmp_path / "models")
     proxy.corrupt = True
     with pytest.raises(DigestMismatch):
@@ -337,6 +337,13 @@ def test_corrupt_blob_leaves_nothing_behind(
     assert not store.list()
     assert not list(store.tmp_dir.glob("*.partial"))
     assert not store.blobs_dir.exists() or not list(store.blobs_dir.iterdir())
+
+    # A damaged leftover of an earlier attempt is thrown away and fetched again whole.
+    proxy.corrupt, proxy.ranges = False, []
+    size = (tmp_path / "corrupt-2.0.gguf").stat().st_size
+    (store.tmp_dir / f"pull-{model_id}.partial").write_bytes(b"\0" * size)
+    assert pull(store, f"{proxy.host}/test/corrupt:v1").entry.id == model_id
+    assert proxy.ranges == [None]
 
 
 def test_unknown_name_and_unreachable_registry(registry: RegistryProcess, tmp_path: Path) -> None:

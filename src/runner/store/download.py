@@ -103,34 +103,52 @@ def fetch_verified(
     partial.parent.mkdir(parents=True, exist_ok=True)
     with _locked(partial):
         _check_space(partial, size, what)
-        attempt = 0
+        # Bytes left by an earlier attempt are trusted only until the digest is checked: if
+        # a resumed file does not match, it is downloaded once more from scratch.
+        resumed = partial.exists() and partial.stat().st_size > 0
         while True:
-            try:
-                _fetch_once(open_stream, partial, size, what, progress)
-                break
-            except (httpx.TransportError, _ShortRead) as exc:
-                attempt += 1
-                if attempt > retries:
-                    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-                        raise unreachable(what, exc) from exc
-                    raise PullError(
-                        f"{what}: download interrupted ({exc or type(exc).__name__}); "
-                        "run the pull again to resume"
-                    ) from exc
-                time.sleep(min(0.2 * 2**attempt, 2.0))
-            except OSError as exc:
-                if exc.errno in NO_SPACE:
-                    partial.unlink(missing_ok=True)
-                    raise DiskFull(f"{what}: no space left for the download ({exc})") from exc
-                raise
-        digest = _sha256(partial)
-        if expected_sha256 and digest != expected_sha256:
+            _download(open_stream, partial, size, what, progress, retries)
+            digest = _sha256(partial)
+            if not expected_sha256 or digest == expected_sha256:
+                return digest
             partial.unlink(missing_ok=True)
-            raise DigestMismatch(
-                f"{what}: sha256 mismatch (got {digest}, expected {expected_sha256}); "
-                "the download was discarded"
-            )
-        return digest
+            if not resumed:
+                raise DigestMismatch(
+                    f"{what}: sha256 mismatch (got {digest}, expected {expected_sha256}); "
+                    "the download was discarded"
+                )
+            resumed = False
+
+
+def _download(
+    open_stream: OpenStream,
+    partial: Path,
+    size: int | None,
+    what: str,
+    progress: BytesProgress | None,
+    retries: int,
+) -> None:
+    """`_fetch_once`, resumed after dropped connections up to `retries` times."""
+    attempt = 0
+    while True:
+        try:
+            _fetch_once(open_stream, partial, size, what, progress)
+            return
+        except (httpx.TransportError, _ShortRead) as exc:
+            attempt += 1
+            if attempt > retries:
+                if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    raise unreachable(what, exc) from exc
+                raise PullError(
+                    f"{what}: download interrupted ({exc or type(exc).__name__}); "
+                    "run the pull again to resume"
+                ) from exc
+            time.sleep(min(0.2 * 2**attempt, 2.0))
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                partial.unlink(missing_ok=True)
+                raise DiskFull(f"{what}: no space left for the download ({exc})") from exc
+            raise
 
 
 class _ShortRead(Exception):
