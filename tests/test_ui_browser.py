@@ -228,8 +228,8 @@ def test_chat_cache_figures_stop_and_reload(
     page.reload()
     page.wait_for_selector("#conversations li >> nth=1")
     titles = page.locator("#conversations li span").all_inner_texts()
-    assert len(titles) == 2 and titles[1] == FIRST, titles
-    page.locator("#conversations li").nth(1).click()
+    assert len(titles) >= 2 and titles[-1] == FIRST, titles
+    page.locator("#conversations li").last.click()
     page.wait_for_selector(".msg.assistant >> nth=1")
     assert page.locator("#messages").inner_text() == conversation
     assert figure(page, "cache_n", answer=1) == str(timings["cache_n"])
@@ -273,6 +273,28 @@ def test_tool_call_is_shown(
     assert name == "get_weather"
     assert isinstance(json.loads(arguments.removesuffix(")"))["city"], str)
     page.screenshot(path=tmp_path / "tool-call.png")
+    view.assert_clean()
+
+
+def test_unload_and_preload_buttons(
+    model_server: Any, watched: Callable[[str], Watched], tmp_path: Path
+) -> None:
+    view = watched(model_server.url + "/")
+    page = view.page
+    card = page.locator(f"#status-models .card[data-model='{MODEL}']")
+    card.locator(".idle:text('unloads in')").wait_for()
+    card.locator("button[data-action=unload]").click()
+    preload = page.locator("#status-models button[data-action=preload]").first
+    preload.wait_for()
+    assert httpx.get(model_server.url + "/engines/ps", timeout=30).json() == []
+    assert page.locator("[data-slot-state]").count() == 0
+    page.screenshot(path=tmp_path / "unloaded.png")
+    preload.click()
+    card.wait_for()
+    page.wait_for_selector("[data-slot-state=idle]")
+    rows = httpx.get(model_server.url + "/engines/ps", timeout=30).json()
+    assert [row["model_name"] for row in rows] == [MODEL]
+    page.screenshot(path=tmp_path / "preloaded.png")
     view.assert_clean()
 
 

@@ -2,7 +2,7 @@
 // store (preload), slots (busy/idle, cached tokens) and the prompt-cache tiers, from
 // /engines/status, /slots and /metrics, refreshed every second while the tab is visible.
 
-import { OPENAI_PREFIX, getJson, getText, postJson, request } from "./api.js";
+import { OPENAI_PREFIX, apiKey, getJson, getText, keyRequired, postJson, request } from "./api.js";
 
 const REFRESH_MS = 1000;
 
@@ -82,6 +82,7 @@ export class StatusView {
   }
 
   async refresh() {
+    if (keyRequired() && !apiKey()) return; // waiting for the key dialog
     try {
       const status = await getJson("/engines/status");
       const ready = status.models.filter((m) => !m.loading);
