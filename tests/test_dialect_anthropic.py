@@ -65,7 +65,7 @@ def test_stream_events_and_usage(client: anthropic.Anthropic) -> None:
     with client.messages.stream(model=MODEL, max_tokens=5, messages=messages) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_message()
-    assert kinds[:2] == ["message_start", "content_block_start"]
+    assert kinds[:2] == ["message_start", "content_block_start"]  # (the SDK drops pings)
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert "content_block_delta" in kinds
     assert final.stop_reason in ("end_turn", "max_tokens")
@@ -131,3 +131,47 @@ def test_errors_in_anthropic_shape(server: ServerHandle, client: anthropic.Anthr
     # Still serving.
     ok = client.messages.create(model=MODEL, max_tokens=2, messages=user)
     assert ok.usage.output_tokens >= 1
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def test_tool_use_and_tool_result(client: anthropic.Anthropic) -> None:
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    # Forced, since a base model does not decide to call tools on its own.
+    forced = {"type": "tool", "name": "get_weather"}
+    reply = client.messages.create(
+        model=MODEL, max_tokens=60, tools=[WEATHER], tool_choice=forced, messages=ask
+    )
+    assert reply.stop_reason == "tool_use"
+    uses = [block for block in reply.content if block.type == "tool_use"]
+    assert len(uses) == 1 and uses[0].name == "get_weather"
+    assert isinstance(uses[0].input["city"], str)
+
+    with client.messages.stream(
+        model=MODEL, max_tokens=60, tools=[WEATHER], tool_choice={"type": "any"}, messages=ask
+    ) as stream:
+        deltas = [e.delta.type for e in stream if e.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert "input_json_delta" in deltas
+    assert final.stop_reason == "tool_use"
+    assert [b.name for b in final.content if b.type == "tool_use"] == ["get_weather"]
+
+    result = {"type": "tool_result", "tool_use_id": uses[0].id, "content": "Sunny, 21 C"}
+    history = [
+        *ask,
+        {"role": "assistant", "content": reply.content},
+        {"role": "user", "content": [result]},
+    ]
+    after = client.messages.create(model=MODEL, max_tokens=4, tools=[WEATHER], messages=history)
+    assert after.usage.output_tokens >= 1
+    # The turn with the call was computed before: its prefix comes from the cache.
+    assert after.usage.cache_read_input_tokens > 0

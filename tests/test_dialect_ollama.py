@@ -205,3 +205,51 @@ def test_bad_input_in_ollama_shape(server: ServerHandle, client: ollama.Client) 
     with http.stream("POST", "/api/chat", json={**chat, "stream": True, "options": OPTIONS}) as r:
         lines = [json.loads(line) for line in r.iter_lines() if line]
     assert lines[-1]["done"] is True and "eval_count" in lines[-1]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tool_calls(server: ServerHandle, client: ollama.Client) -> None:
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    # A base model does not decide to call tools, so the call is forced with runner's
+    # `tool_choice` extension (Ollama itself has none).
+    body = {
+        "model": MODEL,
+        "messages": ask,
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "options": {"num_predict": 60},
+    }
+    http = raw(server)
+    answer = http.post("/api/chat", json={**body, "stream": False}).json()
+    calls = answer["message"]["tool_calls"]
+    assert answer["done_reason"] == "stop" and len(calls) == 1
+    assert calls[0]["function"]["name"] == "get_weather"
+    assert isinstance(calls[0]["function"]["arguments"]["city"], str)
+
+    with http.stream("POST", "/api/chat", json=body) as response:
+        parts = [json.loads(line) for line in response.iter_lines() if line]
+    streamed = [c for p in parts for c in p["message"].get("tool_calls", [])]
+    assert [c["function"]["name"] for c in streamed] == ["get_weather"]
+    assert parts[-1]["done"] is True
+
+    # The official client sends the call and its result back; the template renders both.
+    history = [
+        *ask,
+        answer["message"],
+        {"role": "tool", "content": "Sunny, 21 C", "tool_name": "get_weather"},
+    ]
+    reply = client.chat(model=MODEL, messages=history, tools=[WEATHER], options=OPTIONS)
+    assert reply.done and reply.prompt_eval_count >= 1

@@ -118,3 +118,53 @@ def test_errors_in_openai_shape(server: ServerHandle) -> None:
     for path in ("/v1/responses/../../etc/passwd", "/v1/responses/resp_nope/input_items"):
         response = httpx.get(server.url + path)
         assert response.status_code == 404 and "error" in response.json()
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def test_function_call_round_trip(server: ServerHandle) -> None:
+    client = client_of(server)
+    ask = "What is the weather in Paris?"
+    # Forced, since a base model does not decide to call tools on its own.
+    first = client.responses.create(
+        model=MODEL, input=ask, tools=[WEATHER], tool_choice="required", max_output_tokens=60
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert first.status == "completed" and len(calls) == 1
+    assert calls[0].name == "get_weather"
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+
+    output = {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny"}
+    second = client.responses.create(
+        model=MODEL, previous_response_id=first.id, input=[output], tools=[WEATHER],
+        max_output_tokens=4,
+    )  # fmt: skip
+    assert second.usage.input_tokens_details.cached_tokens > 0
+    items = client.responses.input_items.list(second.id)
+    assert [item.type for item in items.data] == ["function_call_output"]
+
+    named = {"type": "function", "name": "get_weather"}
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input=ask,
+            tools=[WEATHER],
+            tool_choice=named,
+            max_output_tokens=60,
+            stream=True,
+        )  # fmt: skip
+    )
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and isinstance(json.loads(done[0].arguments)["city"], str)
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output[0].type == "function_call"

@@ -4,25 +4,28 @@
 A thin translation onto the OpenAI chat path (`inference.start`, the model's chat template,
 the shared prompt cache). `usage.cache_read_input_tokens` is the reused prefix (`cache_n`)
 and `input_tokens` the prompt tokens computed, as in Anthropic's own accounting (and
-llama-server's). Streams follow Anthropic's event sequence. Errors take Anthropic's shape
+llama-server's). Tools go through `chat/tools.py` like the OpenAI route's; answers and
+streams (Anthropic's event sequence) are in `anthropic_stream.py`. Errors take Anthropic's shape
 (`dialect_errors.py`); `x-api-key` is accepted as the API key (`access.py`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import ServerSentEvent
 
-from runner.engine import Engine, FinishEvent, TokenEvent
+from runner.engine import Engine
 from runner.loader import ResidentModel
 
+from .anthropic_stream import content_blocks, message_events, message_object, stop_reason, usage
+from .chat_output import ChatPlan
 from .dialect_common import (
+    chat_plan,
     chat_prompt,
     check_final,
     generation_fields,
@@ -30,10 +33,8 @@ from .dialect_common import (
     text_of,
     validated,
 )
-from .dialect_errors import anthropic_body, stream_failure
 from .errors import APIError
 from .inference import (
-    Generation,
     PromptBuilder,
     collect,
     engine_of,
@@ -47,8 +48,6 @@ from .streaming import EngineStream, ShutdownCutoff
 PREFIXES = ("", "/anthropic")
 
 router = APIRouter()
-
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 
 class AnthropicMessage(BaseModel):
@@ -139,61 +138,6 @@ def _tools(body: CountTokensRequest) -> list[dict[str, Any]] | None:
     ]
 
 
-def usage(final: FinishEvent) -> dict[str, Any]:
-    cached = final.timings.cache_n
-    return {
-        "input_tokens": final.prompt_tokens - cached,
-        "output_tokens": final.completion_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
-    }
-
-
-def _message(gen: Generation, model: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": gen.id,
-        "type": "message",
-        "role": "assistant",
-        "content": content,
-        "model": model,
-        "stop_reason": None,
-        "stop_sequence": None,
-    }
-
-
-def _event(kind: str, data: dict[str, Any]) -> ServerSentEvent:
-    payload = json.dumps({"type": kind, **data}, ensure_ascii=False, separators=(",", ":"))
-    return ServerSentEvent(data=payload, event=kind)
-
-
-async def _events(
-    gen: Generation, model: str, prompt_n: list[int], cutoff: ShutdownCutoff
-) -> AsyncIterator[Any]:
-    start_usage = {"input_tokens": prompt_n[0], "output_tokens": 0}
-    yield _event("message_start", {"message": {**_message(gen, model, []), "usage": start_usage}})
-    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-    yield _event("ping", {})
-    final: FinishEvent | None = None
-    async for event in gen.handle:
-        if isinstance(event, TokenEvent):
-            if event.text:
-                delta = {"type": "text_delta", "text": event.text}
-                yield _event("content_block_delta", {"index": 0, "delta": delta})
-            continue
-        final = event
-    early, error = stream_failure(final, cutoff)
-    if error is not None:
-        yield _event("error", {"error": anthropic_body(error)["error"]})
-    if early:
-        return
-    assert final is not None
-    yield _event("content_block_stop", {"index": 0})
-    delta = {"stop_reason": _STOP_REASONS.get(final.finish_reason), "stop_sequence": None}
-    end = {"delta": delta, "usage": usage(final), "timings": final.timings.to_dict()}
-    yield _event("message_delta", end)
-    yield _event("message_stop", {})
-
-
 def _counting(builder: PromptBuilder, prompt_n: list[int]) -> PromptBuilder:
     """`builder`, also recording the prompt's length (message_start reports it)."""
 
@@ -203,6 +147,28 @@ def _counting(builder: PromptBuilder, prompt_n: list[int]) -> PromptBuilder:
         return tokens, stops
 
     return prompt_of
+
+
+def _tool_choice(raw: dict[str, Any] | None) -> tuple[Any, bool]:
+    """Anthropic's `tool_choice` as OpenAI's, and whether parallel calls are allowed: only
+    when asked for (`disable_parallel_tool_use: false`), as the OpenAI route allows them
+    only with `parallel_tool_calls: true` (llama-server's default: one call per answer)."""
+    if raw is None:
+        return None, False
+    parallel = raw.get("disable_parallel_tool_use") is False
+    kind = raw.get("type")
+    if kind in ("auto", "none"):
+        return kind, parallel
+    if kind == "any":
+        return "required", parallel
+    if kind == "tool":
+        return {"type": "function", "function": {"name": raw.get("name")}}, parallel
+    raise APIError(400, f"tool_choice.type must be auto, any, tool or none, not {kind!r}")
+
+
+def _plan(body: CountTokensRequest) -> ChatPlan:
+    choice, parallel = _tool_choice(body.tool_choice)
+    return chat_plan(_tools(body), choice, parallel)
 
 
 async def messages(request: Request) -> Response:
@@ -216,16 +182,19 @@ async def messages(request: Request) -> Response:
         top_k=body.top_k,
         stop=body.stop_sequences,
     )
+    plan = _plan(body)
     prompt_n = [0]
-    builder = _counting(chat_prompt(chat_messages(body), _tools(body)), prompt_n)
-    gen = await start(request, body.model, builder, fields, "msg_")
+    builder = _counting(chat_prompt(chat_messages(body), plan), prompt_n)
+    gen = await start(request, body.model, builder, fields, "msg_", plan.customize)
     if body.stream:
         cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
-        return EngineStream(gen, _events(gen, body.model, prompt_n, cutoff), cutoff)
+        events = message_events(gen, body.model, prompt_n, plan.parser(), cutoff)
+        return EngineStream(gen, events, cutoff)
     text, final = await collect(request, gen)
     check_final(final)
-    result = _message(gen, body.model, [{"type": "text", "text": text}] if text else [])
-    result["stop_reason"] = _STOP_REASONS.get(final.finish_reason)
+    message, has_calls = plan.message(text)
+    result = message_object(gen, body.model, content_blocks(message))
+    result["stop_reason"] = stop_reason(final, has_calls)
     result["usage"] = usage(final)
     result["timings"] = final.timings.to_dict()
     return JSONResponse(result)
@@ -233,7 +202,7 @@ async def messages(request: Request) -> Response:
 
 async def count_tokens(request: Request) -> dict[str, int]:
     body: CountTokensRequest = validated(CountTokensRequest, await read_json(request))
-    builder = chat_prompt(chat_messages(body), _tools(body))
+    builder = chat_prompt(chat_messages(body), _plan(body))
     async with hold_model(request, body.model) as model:
         tokens, _ = await builder(model, engine_of(model))
     return {"input_tokens": len(tokens)}

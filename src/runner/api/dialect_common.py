@@ -18,9 +18,11 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from runner.chat.tools import ToolError, parse_tool_choice, parse_tools
 from runner.engine import Engine, FinishEvent
 from runner.loader import ResidentModel
 
+from .chat_output import ChatPlan, tool_error
 from .errors import APIError
 from .inference import INLINE_LIMIT, PromptBuilder, finish_error
 from .schemas import GenerationFields
@@ -55,29 +57,64 @@ def generation_fields(renames: Mapping[str, str] | None = None, **values: Any) -
     return validated(GenerationFields, clean, renames)
 
 
+def chat_plan(
+    tools: list[dict[str, Any]] | None,
+    tool_choice: Any = None,
+    parallel: bool = False,
+    constrained: bool = False,
+) -> ChatPlan:
+    """The tools plan (`chat_output.ChatPlan`) from OpenAI-shaped `tools` / `tool_choice`, as
+    each dialect converts its own; 400 for bad tools. `constrained`: the request has its own
+    output format, which a forced call cannot be combined with."""
+    try:
+        specs = parse_tools(tools or None)
+        choice = parse_tool_choice(tool_choice, specs)
+    except ToolError as exc:
+        raise tool_error(exc) from None
+    if choice.forced and constrained:
+        raise APIError(
+            400,
+            "a forced tool call cannot be combined with a response format",
+            "invalid_request_error",
+            param="tool_choice",
+        )
+    return ChatPlan(specs, choice, parallel=parallel)
+
+
 def chat_prompt(
-    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+    messages: Sequence[Mapping[str, Any]], plan: ChatPlan, free_grammar: bool = True
 ) -> PromptBuilder:
     """The prompt builder for chat `messages` (OpenAI message dicts), rendered through the
-    model's chat template exactly as the OpenAI chat route renders them."""
+    model's chat template by `plan` exactly as the OpenAI chat route renders them (so the
+    prompt, and its cache entry, is the same whichever dialect sent it). `free_grammar` is
+    False when the request constrains its output itself."""
     messages = list(messages)
 
     def render(model: ResidentModel, engine: Engine) -> list[int]:
         if model.template is None:
             raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
-        text = model.template.render(messages, tools=tools or None)
+        text = plan.render(model.template, messages, None, free_grammar)
         # The template emits its special tokens and no BOS: the tokenizer adds BOS.
         return engine.tokenize(text, add_special=True, parse_special=True)
 
     async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         size = sum(len(str(m.get("content") or "")) for m in messages)
-        if size > INLINE_LIMIT or tools:
+        if size > INLINE_LIMIT or plan.tools:
             tokens = await asyncio.to_thread(render, model, engine)
         else:
             tokens = render(model, engine)
         return tokens, model.template.stop_strings if model.template else ()
 
     return prompt_of
+
+
+def parse_arguments(arguments: str) -> Any:
+    """A call's arguments (JSON text) as the object Ollama and Anthropic send; text that is
+    not JSON (a model that broke off mid-call) is kept under `"arguments"`."""
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return {"arguments": arguments}
 
 
 def raw_prompt(text: str) -> PromptBuilder:

@@ -3,10 +3,10 @@ and the older `/api/embeddings`. Model routes (`tags`, `ps`, `show`, ...) are in
 `ollama_models.py`.
 
 Thin translations: a body becomes chat messages (or a raw prompt) plus `GenerationFields`
-and runs through `inference.start` like `/v1/chat/completions`, on the same prompt cache.
-Streams are NDJSON, on by default (as in Ollama). The last object carries Ollama's counters
-in nanoseconds (`prompt_eval_count` is the prompt tokens computed, `timings.cache_n` the ones
-reused) plus runner's `timings`. Errors are `{"error": "..."}` (see `dialect_errors.py`).
+and runs through `inference.start` like `/v1/chat/completions`, on the same prompt cache,
+with tools through `chat/tools.py`. Streams are NDJSON, on by default (as in Ollama); the
+answers (content, `thinking`, `tool_calls`, Ollama's counters) are built in
+`ollama_stream.py`. Errors are `{"error": "..."}` (see `dialect_errors.py`).
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import JSONResponse, Response
 
 from runner.config import parse_duration
-from runner.engine import FinishEvent, TokenEvent
+from runner.engine import FinishEvent
 from runner.loader import ResidentModel
 
+from .chat_output import ChatPlan
 from .dialect_common import (
+    chat_plan,
     chat_prompt,
     check_final,
     generation_fields,
@@ -33,15 +33,15 @@ from .dialect_common import (
     read_json,
     rfc3339,
 )
-from .dialect_errors import ollama_body, stream_failure
 from .errors import APIError
-from .inference import Generation, PromptBuilder, collect, engine_of, hold_model, start, tokenize
+from .inference import PromptBuilder, collect, engine_of, hold_model, start, tokenize
 from .ollama_schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
 )
+from .ollama_stream import NdjsonStream, counters, done, lines, piece, whole
 from .schemas import GenerationFields, json_body
 from .state import loader_of, settings_of
 
@@ -180,66 +180,7 @@ def _tool_calls(calls: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _no_thinking(body: dict[str, Any]) -> None:
-    if body.get("think") not in (None, False):
-        raise APIError(400, f"{body.get('model')!r} does not support thinking")
-
-
-# ----- responses ---------------------------------------------------------------------------
-
-
-def counters(final: FinishEvent, started_ns: int, load_ns: int) -> dict[str, Any]:
-    """Ollama's counters (nanoseconds) plus runner's `timings`."""
-    timings = final.timings
-    return {
-        "total_duration": time.perf_counter_ns() - started_ns,
-        "load_duration": load_ns,
-        "prompt_eval_count": timings.prompt_n,
-        "prompt_eval_duration": int(timings.prompt_ms * 1e6),
-        "eval_count": final.completion_tokens,
-        "eval_duration": int(timings.predicted_ms * 1e6),
-        "timings": timings.to_dict(),
-    }
-
-
-class NdjsonStream(StreamingResponse):
-    """An NDJSON response that owns a `Generation` and always releases it; a client that
-    hangs up cancels the iteration, which cancels the engine request."""
-
-    def __init__(self, gen: Generation, lines: AsyncIterator[bytes]) -> None:
-        super().__init__(lines, media_type="application/x-ndjson")
-        self.gen = gen
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.gen.close()
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-
-
-Piece = Callable[[str], dict[str, Any]]
-Last = Callable[[FinishEvent], dict[str, Any]]
-
-
-async def _lines(gen: Generation, piece: Piece, last: Last) -> AsyncIterator[bytes]:
-    final: FinishEvent | None = None
-    async for event in gen.handle:
-        if isinstance(event, TokenEvent):
-            if event.text:
-                yield _line(piece(event.text))
-            continue
-        final = event
-    early, error = stream_failure(final)
-    if error is not None:
-        yield _line(ollama_body(error))
-    if early:
-        return
-    assert final is not None
-    yield _line(last(final))
+# ----- running --------------------------------------------------------------------------
 
 
 async def _run(
@@ -247,27 +188,36 @@ async def _run(
     body: dict[str, Any],
     prompt_of: PromptBuilder,
     fields: GenerationFields,
-    shape: Callable[[str, bool, FinishEvent | None], dict[str, Any]],
+    key: str,
+    plan: ChatPlan | None,
 ) -> Response:
-    """Start, apply keep_alive, then stream NDJSON or answer once. `shape(text, done,
-    final)` is the dialect object (chat `message` or generate `response`)."""
+    """Start, apply keep_alive, then stream NDJSON or answer once, as a chat `message` or a
+    generate `response` (`key`). `plan` (None for raw prompts) splits tool calls and
+    thinking out of the text and constrains forced calls."""
     started = time.perf_counter_ns()
     keep_alive = parse_keep_alive(body.get("keep_alive"))
-    gen = await start(request, _model_name(body), prompt_of, fields, "")
+    name = _model_name(body)
+    customize = plan.customize if plan is not None else None
+    gen = await start(request, name, prompt_of, fields, "", customize)
     load_ns = time.perf_counter_ns() - started
     apply_keep_alive(request, gen.model, keep_alive)
 
-    def last(final: FinishEvent) -> dict[str, Any]:
-        return {**shape("", True, final), **counters(final, started, load_ns)}
+    def envelope(part: dict[str, Any]) -> dict[str, Any]:
+        return {"model": name, "created_at": rfc3339(), **part}
+
+    def tail(final: FinishEvent) -> dict[str, Any]:
+        return counters(final, started, load_ns)
 
     if body.get("stream", True) is not False:
-        return NdjsonStream(gen, _lines(gen, lambda text: shape(text, False, None), last))
+        parser = plan.parser() if plan is not None else None
+        return NdjsonStream(gen, lines(gen, key, parser, envelope, tail))
     text, final = await collect(request, gen)
     check_final(final)
-    return JSONResponse({**shape(text, True, final), **counters(final, started, load_ns)})
+    answer = whole(key, plan.message(text)[0]) if plan is not None else piece(key, text)
+    return JSONResponse(envelope({**answer, **done(final), **tail(final)}))
 
 
-async def _load_only(request: Request, body: dict[str, Any], shape: dict[str, Any]) -> Response:
+async def _load_only(request: Request, body: dict[str, Any], key: str) -> Response:
     """Ollama's empty request: load the model (keep_alive 0: unload it) and say so."""
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     async with hold_model(request, _model_name(body)) as model:
@@ -275,14 +225,14 @@ async def _load_only(request: Request, body: dict[str, Any], shape: dict[str, An
         name = model.name
     reason = "unload" if keep_alive == 0 else "load"
     return JSONResponse(
-        {"model": name, "created_at": rfc3339(), **shape, "done": True, "done_reason": reason}
+        {
+            "model": name,
+            "created_at": rfc3339(),
+            **piece(key),
+            "done": True,
+            "done_reason": reason,
+        }
     )
-
-
-def _done(final: FinishEvent | None) -> dict[str, Any]:
-    if final is None:
-        return {"done": False}
-    return {"done": True, "done_reason": final.finish_reason}
 
 
 # ----- routes ------------------------------------------------------------------------------
@@ -290,27 +240,24 @@ def _done(final: FinishEvent | None) -> dict[str, Any]:
 
 @router.post("/chat", openapi_extra=json_body(OllamaChatRequest))
 async def chat(request: Request) -> Response:
+    """`tool_choice` (OpenAI's values) is a runner extension: Ollama has none, and lets the
+    model decide; "required" or a named function forces a call."""
     body = await read_json(request)
-    name = _model_name(body)
-    _no_thinking(body)
+    _model_name(body)
     messages = _messages(body.get("messages") or [])
     if not messages:
-        return await _load_only(request, body, {"message": {"role": "assistant", "content": ""}})
-    tools = body.get("tools") or None
+        return await _load_only(request, body, "message")
     fields = fields_from(body)
-
-    def shape(text: str, done: bool, final: FinishEvent | None) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text}
-        return {"model": name, "created_at": rfc3339(), "message": message, **_done(final)}
-
-    return await _run(request, body, chat_prompt(messages, tools), fields, shape)
+    constrained = fields.response_format is not None
+    plan = chat_plan(body.get("tools"), body.get("tool_choice"), constrained=constrained)
+    prompt_of = chat_prompt(messages, plan, free_grammar=not constrained)
+    return await _run(request, body, prompt_of, fields, "message", plan)
 
 
 @router.post("/generate", openapi_extra=json_body(OllamaGenerateRequest))
 async def generate(request: Request) -> Response:
     body = await read_json(request)
-    name = _model_name(body)
-    _no_thinking(body)
+    _model_name(body)
     _no_images(body.get("images"))
     for unsupported in ("template", "suffix", "context"):
         if body.get(unsupported):
@@ -319,18 +266,15 @@ async def generate(request: Request) -> Response:
     if not isinstance(prompt, str) or not isinstance(system, str | None):
         raise APIError(400, "prompt and system must be strings")
     if not prompt:
-        return await _load_only(request, body, {"response": ""})
+        return await _load_only(request, body, "response")
     fields = fields_from(body)
     if body.get("raw"):
-        prompt_of = raw_prompt(prompt)
-    else:
-        messages = [{"role": "system", "content": system}] if system else []
-        prompt_of = chat_prompt([*messages, {"role": "user", "content": prompt}])
-
-    def shape(text: str, done: bool, final: FinishEvent | None) -> dict[str, Any]:
-        return {"model": name, "created_at": rfc3339(), "response": text, **_done(final)}
-
-    return await _run(request, body, prompt_of, fields, shape)
+        return await _run(request, body, raw_prompt(prompt), fields, "response", None)
+    messages = [{"role": "system", "content": system}] if system else []
+    plan = chat_plan(None)
+    free = fields.response_format is None
+    prompt_of = chat_prompt([*messages, {"role": "user", "content": prompt}], plan, free)
+    return await _run(request, body, prompt_of, fields, "response", plan)
 
 
 async def _embed(request: Request, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:

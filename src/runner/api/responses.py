@@ -6,14 +6,13 @@
 through `inference.start`, like `/v1/chat/completions`, on the same prompt cache: a
 continued conversation reuses its cached prefix, also after a restart (the prompt cache's
 disk tier and the response store both persist). `usage.input_tokens_details.cached_tokens`
-is that reused prefix. Stored responses: `responses_store.py`; streams: `responses_stream.py`.
+is that reused prefix. Stored responses: `responses_store.py`; output items and streams: `responses_output.py`.
 Errors are OpenAI-shaped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Any
 
@@ -21,15 +20,29 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from runner.engine import FinishEvent
-
-from .dialect_common import chat_prompt, check_final, generation_fields, read_json, validated
+from .dialect_common import (
+    chat_plan,
+    chat_prompt,
+    check_final,
+    generation_fields,
+    read_json,
+    validated,
+)
 from .dialect_common import text_of as _text_of
 from .errors import APIError
 from .inference import collect, model_name, start
 from .openai_routes import PREFIXES
+from .responses_output import (
+    assistant_message,
+    finish,
+    new_id,
+    output_items,
+    response_events,
+)
 from .responses_store import ResponseStore
 from .schemas import INT32_MAX, json_body
+from .state import settings_of
+from .streaming import EngineStream, ShutdownCutoff
 
 router = APIRouter()
 
@@ -53,10 +66,6 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = None
     metadata: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-
-
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_urlsafe(24).replace("-", "a").replace("_", "b")
 
 
 def store_of(request: Request) -> ResponseStore:
@@ -98,7 +107,10 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "type": "function",
                 "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
             }
-            out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            if out and out[-1]["role"] == "assistant":  # calls of one turn: one message
+                out[-1].setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
             text = output if isinstance(output, str) else _text_of(output, f"input[{i}].output")
@@ -138,27 +150,6 @@ def response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
 # ----- output ------------------------------------------------------------------------------
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
-    return {
-        "type": "message",
-        "id": item_id,
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
-
-
-def usage(final: FinishEvent) -> dict[str, Any]:
-    return {
-        "input_tokens": final.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": final.timings.cache_n},
-        "output_tokens": final.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": final.prompt_tokens + final.completion_tokens,
-    }
-
-
 def response_object(
     response_id: str, created: int, model: str, body: ResponsesRequest
 ) -> dict[str, Any]:
@@ -174,7 +165,7 @@ def response_object(
         "max_output_tokens": body.max_output_tokens,
         "model": model,
         "output": [],
-        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "parallel_tool_calls": body.parallel_tool_calls is True,
         "previous_response_id": body.previous_response_id,
         "reasoning": {"effort": None, "summary": None},
         "store": body.store,
@@ -189,19 +180,15 @@ def response_object(
     }
 
 
-def finish(obj: dict[str, Any], final: FinishEvent, item: dict[str, Any]) -> dict[str, Any]:
-    """`obj` completed (or incomplete at the token limit) with output `item`."""
-    done = dict(obj)
-    done["output"] = [item]
-    done["usage"] = usage(final)
-    done["timings"] = final.timings.to_dict()
-    if final.finish_reason == "length":
-        done["status"] = "incomplete"
-        done["incomplete_details"] = {"reason": "max_output_tokens"}
-        item["status"] = "incomplete"
-    else:
-        done["status"] = "completed"
-    return done
+def tool_choice(raw: Any) -> Any:
+    """Responses' `tool_choice` as the chat API's (named functions are flat here)."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict) and raw.get("type") == "function":
+        return {"type": "function", "function": {"name": raw.get("name")}}
+    raise APIError(
+        400, "tool_choice must be none, auto, required or a function", param="tool_choice"
+    )
 
 
 async def save(
@@ -210,14 +197,14 @@ async def save(
     response: dict[str, Any],
     history: list[dict[str, Any]],
     items: list[dict[str, Any]],
-    text: str,
 ) -> None:
+    """Store `response` (with its input and the conversation so far) when `store` is on."""
     if not body.store:
         return
     record = {
         "response": response,
         "input_items": items,
-        "messages": [*history, {"role": "assistant", "content": text}],
+        "messages": [*history, assistant_message(response["output"])],
     }
     await asyncio.to_thread(store_of(request).put, response["id"], record)
 
@@ -226,8 +213,6 @@ async def save(
 
 
 async def create(request: Request) -> Response:
-    from .responses_stream import response_stream
-
     body: ResponsesRequest = validated(ResponsesRequest, await read_json(request))
     history: list[dict[str, Any]] = []
     if body.previous_response_id:
@@ -244,24 +229,37 @@ async def create(request: Request) -> Response:
     history = [*history, *chat_messages(items)]
     # Instructions are not carried over from a previous response (as in OpenAI's API).
     system = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    fmt = response_format(body.text)
     fields = generation_fields(
         {"max_tokens": "max_output_tokens", "response_format": "text.format"},
         max_tokens=body.max_output_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
-        response_format=response_format(body.text),
+        response_format=fmt,
+    )
+    plan = chat_plan(
+        chat_tools(body.tools),
+        tool_choice(body.tool_choice),
+        # Several calls in one answer only when asked for, as on the chat route.
+        parallel=body.parallel_tool_calls is True,
+        constrained=fmt is not None,
     )
     name = model_name(request, body.model)
-    gen = await start(
-        request, name, chat_prompt([*system, *history], chat_tools(body.tools)), fields, ""
-    )
+    prompt_of = chat_prompt([*system, *history], plan, free_grammar=fmt is None)
+    gen = await start(request, name, prompt_of, fields, "", plan.customize)
     obj = response_object(new_id("resp_"), int(time.time()), body.model or name, body)
+
+    async def store(response: dict[str, Any]) -> None:
+        await save(request, body, response, history, items)
+
     if body.stream:
-        return response_stream(request, gen, body, obj, history, items)
+        cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
+        events = response_events(gen, obj, plan.parser(), cutoff, store)
+        return EngineStream(gen, events, cutoff)
     text, final = await collect(request, gen)
     check_final(final)
-    result = finish(obj, final, message_item(new_id("msg_"), text))
-    await save(request, body, result, history, items, text)
+    result = finish(obj, final, output_items(plan.message(text)[0]))
+    await store(result)
     return JSONResponse(result)
 
 
