@@ -10,11 +10,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from runner.api.app import create_app
+from runner.api.ui import STATIC_DIR
 from runner.cli import build_parser, settings_from
 from runner.config import Settings
 from runner.store import ModelStore
 
-ASSETS = ["/ui/style.css", "/ui/js/main.js", "/ui/js/markdown.js", "/ui/js/status.js"]
+ASSETS = ["/ui/style.css"] + [f"/ui/js/{p.name}" for p in sorted((STATIC_DIR / "js").glob("*.js"))]
 
 
 def client(models_dir: Path, **settings: object) -> TestClient:
@@ -36,7 +37,11 @@ def test_page_and_assets_are_served(tmp_path: Path) -> None:
     for path in ASSETS:
         asset = http.get(path)
         assert asset.status_code == 200, path
-    assert "javascript" in http.get("/ui/js/main.js").headers["content-type"]
+    script = http.get("/ui/js/main.js")
+    assert "javascript" in script.headers["content-type"]
+    assert script.headers["cache-control"] == "no-cache"  # no stale script after an upgrade
+    etag = {"If-None-Match": script.headers["etag"]}
+    assert http.get("/ui/js/main.js", headers=etag).status_code == 304
     assert http.get("/ui/../pyproject.toml").status_code == 404
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).parent / "static"
 UI_PREFIX = "/ui"
@@ -38,6 +40,17 @@ SECURITY_HEADERS = {
 }
 
 
+class UiFiles(StaticFiles):
+    """The page's assets, revalidated on every load (a 304 when unchanged) so that a browser
+    never mixes a cached script from an older runner with a newer page."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
 def install_ui(app: FastAPI, api_key_required: bool) -> None:
     """Serve the page at `/` and its assets under `/ui/`."""
     template = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
@@ -48,4 +61,4 @@ def install_ui(app: FastAPI, api_key_required: bool) -> None:
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers=SECURITY_HEADERS)
 
-    app.mount(UI_PREFIX, StaticFiles(directory=STATIC_DIR), name="ui")
+    app.mount(UI_PREFIX, UiFiles(directory=STATIC_DIR), name="ui")

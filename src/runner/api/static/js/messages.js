@@ -2,14 +2,8 @@
 // prompt-cache figures (tokens reused vs computed, where the reuse came from, speed).
 // Built with DOM calls: the page's Content-Security-Policy forbids inline style attributes.
 
+import { el } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function figure(label, field, value) {
   const span = el("span");

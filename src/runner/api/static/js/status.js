@@ -2,16 +2,10 @@
 // store (preload), slots (busy/idle, cached tokens) and the prompt-cache tiers, from
 // /engines/status, /slots and /metrics, refreshed every second while the tab is visible.
 
+import { el } from "./dom.js";
 import { OPENAI_PREFIX, apiKey, getJson, getText, keyRequired, postJson, request } from "./api.js";
 
 const REFRESH_MS = 1000;
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 export function formatBytes(bytes) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
