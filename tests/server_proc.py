@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 MODEL = BUNDLED_TAGS[0]  # ai/gemma3:270m
 SECOND = "test/gemma-two:latest"  # a second name for the same GGUF (temporary stores only)
+OTHER = "test/gemma-other:latest"  # another file with the same weights (`others=`)
 
 # Small and quick on a 2-core machine shared with other test runs; no disk prompt cache, so a
 # reloaded model computes its prompt from scratch.
@@ -34,11 +36,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def private_store(root: Path, bundled_model_path: Path, *names: str) -> Path:
-    """A store under `root` holding the bundled GGUF (hard-linked) under `MODEL` and `names`."""
+def private_store(
+    root: Path, bundled_model_path: Path, *names: str, others: Sequence[str] = ()
+) -> Path:
+    """A store under `root` holding the bundled GGUF (hard-linked) under `MODEL` and `names`,
+    and under each of `others` a copy that differs in trailing bytes: another file (its own
+    sha256, so its own engine) with the same weights."""
     store = ModelStore(root, bundled_default=False)
     for name in (MODEL, *names):
         store.add(name, bundled_model_path, link=True)
+    for i, name in enumerate(others):
+        copy = root.parent / f"{root.name}-other-{i}.gguf"
+        shutil.copyfile(bundled_model_path, copy)
+        with copy.open("ab") as fh:
+            fh.write(bytes(64 + i))
+        store.add(name, copy, link=True)
     return root
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from server_proc import (
     MODEL,
+    OTHER,
     SECOND,
     Background,
     chat,
@@ -36,6 +37,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 @pytest.fixture
 def two_name_store(tmp_path: Path, bundled_model_path: Path) -> Path:
     return private_store(tmp_path / "models", bundled_model_path, SECOND)
+
+
+@pytest.fixture
+def two_model_store(tmp_path: Path, bundled_model_path: Path) -> Path:
+    return private_store(tmp_path / "models", bundled_model_path, others=[OTHER])
 
 
 def test_idle_model_unloads_and_reloads_with_a_full_prompt(
@@ -79,27 +85,47 @@ def test_long_stream_outlives_a_short_idle_timeout(
         assert wait_for(lambda: ps(c) == [], timeout=15)
 
 
-def test_two_names_resident_and_served_concurrently(
-    start_server: StartServer, two_name_store: Path
+def test_two_models_resident_and_served_concurrently(
+    start_server: StartServer, two_model_store: Path
 ) -> None:
-    with running(start_server, two_name_store) as server, http(server) as c:
+    with running(start_server, two_model_store) as server, http(server) as c:
         a = Background(lambda: stream_chat(http(server), MODEL, max_tokens=48))
-        b = Background(lambda: stream_chat(http(server), SECOND, max_tokens=48))
+        b = Background(lambda: stream_chat(http(server), OTHER, max_tokens=48))
         a.start()
         b.start()
         for job in (a, b):
             _, last = job.value()
             assert last["choices"][0]["finish_reason"] == "length"
-        assert ps(c) == sorted([MODEL, SECOND])
+        assert ps(c) == sorted([MODEL, OTHER])
         status = c.get("/engines/status").json()
-        assert sorted(m["model_name"] for m in status["models"]) == sorted([MODEL, SECOND])
+        assert sorted(m["model_name"] for m in status["models"]) == sorted([MODEL, OTHER])
+
+
+def test_two_names_of_one_file_load_once(start_server: StartServer, two_name_store: Path) -> None:
+    with (
+        running(start_server, two_name_store, "--max-models", "1") as server,
+        http(server) as c,
+    ):
+        first = chat(c, MODEL, max_tokens=4)
+        row = c.get("/engines/ps").json()[0]
+        second = chat(c, SECOND, max_tokens=4)  # no second engine, and no eviction
+        rows = c.get("/engines/ps").json()
+        assert len(rows) == 1 and rows[0]["loaded_at"] == row["loaded_at"], rows
+        assert rows[0]["model_name"] == MODEL and rows[0]["aliases"] == [SECOND]
+        assert len(c.get("/engines/status").json()["models"]) == 1
+        # One engine, so one prompt cache: the second name reuses the first one's prefix.
+        assert second["timings"]["cache_n"] > 0
+        assert second["choices"][0]["message"]["content"] is not None
+        assert first["usage"]["prompt_tokens"] == second["usage"]["prompt_tokens"]
+        r = c.post("/engines/unload", json={"models": [SECOND]})
+        assert r.json()["unloaded"] == [MODEL] and ps(c) == []
 
 
 def test_max_models_one_evicts_only_once_idle(
-    start_server: StartServer, two_name_store: Path
+    start_server: StartServer, two_model_store: Path
 ) -> None:
     with (
-        running(start_server, two_name_store, "--max-models", "1") as server,
+        running(start_server, two_model_store, "--max-models", "1") as server,
         http(server) as c,
     ):
         n = tokens_for(c, seconds=4)
@@ -109,12 +135,12 @@ def test_max_models_one_evicts_only_once_idle(
         )
         a.start()
         assert streaming.wait(180), "stream on model A never started"
-        b = Background(lambda: chat(http(server), SECOND, max_tokens=4))
+        b = Background(lambda: chat(http(server), OTHER, max_tokens=4))
         b.start()
 
         def b_is_waiting() -> bool:
             rows = {r["model_name"]: r for r in c.get("/engines/ps").json()}
-            return SECOND in rows and rows[SECOND]["loading"] and rows[MODEL]["in_use"]
+            return OTHER in rows and rows[OTHER]["loading"] and rows[MODEL]["in_use"]
 
         assert wait_for(b_is_waiting, timeout=30), c.get("/engines/ps").json()
         assert a.is_alive(), "A finished before B's wait could be observed"
@@ -124,7 +150,7 @@ def test_max_models_one_evicts_only_once_idle(
         assert last["choices"][0]["finish_reason"] == "length"  # A was not cut off
         assert b.value()["choices"][0]["message"]["content"] is not None
         assert b.finished_at > a.finished_at
-        assert ps(c) == [SECOND]  # A was evicted for B once it was idle
+        assert ps(c) == [OTHER]  # A was evicted for B once it was idle
 
 
 def test_configured_context_size_applies_at_next_load_and_survives_restart(

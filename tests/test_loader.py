@@ -83,6 +83,28 @@ def test_concurrent_first_requests_share_one_load(store: ModelStore) -> None:
     run(main())
 
 
+def test_two_tags_of_one_file_share_one_load(store: ModelStore) -> None:
+    store.add("a2", store.get("a").path)  # same sha256, another name
+    log: list[str] = []
+
+    async def main() -> None:
+        loader = make_loader(store, log, max_models=1)
+        async with loader.use("a") as first:
+            pass
+        async with loader.use("a2") as second:
+            assert second is first  # no second engine, no eviction of the first
+        assert log == ["load ai/a:latest"]
+        assert [m.name for m in loader.resident()] == ["ai/a:latest"]
+        assert first.aliases == ["ai/a2:latest"]
+        assert loader.get_resident("a2") is first
+        await loader.forget("a")  # one name goes; the file and its engine stay
+        assert loader.resident() == [first] and first.name == "ai/a2:latest"
+        assert await loader.unload(["a2"]) == ["ai/a2:latest"]
+        assert log[-1] == "close ai/a:latest"
+
+    run(main())
+
+
 def test_idle_timer_starts_when_the_last_holder_lets_go(store: ModelStore) -> None:
     log: list[str] = []
 

@@ -7,6 +7,7 @@ One server per module, on a private copy of the store (these tests add and delet
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,10 +240,26 @@ def test_models_create_streams_progress(
 
 
 def test_delete_refuses_a_busy_model_and_unloads_an_idle_one(
-    mgmt_server: Any, client: httpx.Client, bundled_model_path: Path
+    mgmt_server: Any, client: httpx.Client, bundled_model_path: Path, tmp_path: Path
 ) -> None:
+    # A name of a file that has other names: the file and its engine stay, so even a busy
+    # model loses that name at once.
+    alias = "test/alias:latest"
+    client.post("/models/create", json={"from": str(bundled_model_path), "tag": alias}).read()
+    job, _ = busy_stream(mgmt_server, alias)
+    r = client.delete(f"/models/{alias}")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": r.json()["id"], "untagged": [alias], "deleted": False}
+    assert job.value()[1]["choices"][0]["finish_reason"] == "length"  # not cut off
+    assert client.get(f"/models/{MODEL}").status_code == 200  # the file's other names stay
+
+    # The only name of a file: deleting it deletes the file, which waits until it is idle.
+    copy = tmp_path / "doomed.gguf"
+    shutil.copyfile(bundled_model_path, copy)
+    with copy.open("ab") as fh:
+        fh.write(bytes(32))
     tag = "test/doomed:latest"
-    client.post("/models/create", json={"from": str(bundled_model_path), "tag": tag}).read()
+    client.post("/models/create", json={"from": str(copy), "tag": tag}).read()
     job, _ = busy_stream(mgmt_server, tag)
     assert_error(client.delete(f"/models/{tag}"), 409, "model_busy")
     job.value()
@@ -250,10 +267,9 @@ def test_delete_refuses_a_busy_model_and_unloads_an_idle_one(
     wait_idle(client, tag)
     r = client.delete(f"/models/{tag}")
     assert r.status_code == 200, r.text
-    assert r.json() == {"id": r.json()["id"], "untagged": [tag], "deleted": False}  # shared file
+    assert r.json() == {"id": r.json()["id"], "untagged": [tag], "deleted": True}
     assert tag not in ps(client)
     assert_error(client.get(f"/models/{tag}"), 404)
-    assert client.get(f"/models/{MODEL}").status_code == 200  # the file's other names stay
     assert_error(client.delete("/models/no-such-model"), 404)
 
 

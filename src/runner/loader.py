@@ -26,6 +26,7 @@ from .resident import (
     LoaderError,
     LoadFailed,
     ModelBusy,
+    ResidentKey,
     ResidentModel,
     format_keep_alive,
 )
@@ -55,7 +56,8 @@ class Loader:
         self.store = store
         self.budget = settings.memory_budget or default_budget()
         self._engine_factory = engine_factory
-        self._models: dict[str, ResidentModel] = {}
+        # Keyed by blob and load settings: every name of one file shares one engine.
+        self._models: dict[ResidentKey, ResidentModel] = {}
         self._retired: set[ResidentModel] = set()
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition(self._lock)
@@ -84,14 +86,18 @@ class Loader:
         async with self._lock:
             if self._closing:
                 raise LoadFailed("the server is shutting down")
-            model = self._models.get(tag)
-            if model is None or model.entry.id != entry.id:
-                if model is not None:  # the tag was moved to another file
-                    await self._retire_locked(model)
-                model = self._new_resident(tag, entry)
-                self._models[tag] = model
+            for stale in [m for m in self._models.values() if m.name == tag]:
+                if stale.entry.id != entry.id:  # the tag was moved to another file
+                    await self._retire_locked(stale)
+            config, keep_alive = self._load_settings(entry)
+            model = self._models.get((entry.id, config))
+            if model is None:
+                model = self._new_resident(tag, entry, config, keep_alive)
+                self._models[model.key] = model
                 log.info("loading %s (%s)", tag, entry.short_id)
                 self._spawn(self._load(model))
+            elif tag != model.name and tag not in model.aliases:
+                model.aliases.append(tag)
             model.in_use += 1
             self._cancel_timer(model)
         try:
@@ -127,7 +133,9 @@ class Loader:
 
     # -- loading -------------------------------------------------------------------------
 
-    def _new_resident(self, tag: str, entry: ModelEntry) -> ResidentModel:
+    def _load_settings(self, entry: ModelEntry) -> tuple[EngineConfig, float]:
+        """How `entry` would be loaded now (engine config, keep-alive): the server's settings
+        under the file's persisted per-model configuration."""
         cfg = self.model_config(entry)
         ctx = cfg.get("context-size") or self.settings.ctx_size
         if entry.metadata.context_length:
@@ -145,6 +153,11 @@ class Loader:
         keep_alive = self.settings.idle_timeout
         if cfg.get("keep_alive") is not None:
             keep_alive = parse_duration(cfg["keep_alive"])
+        return config, keep_alive
+
+    def _new_resident(
+        self, tag: str, entry: ModelEntry, config: EngineConfig, keep_alive: float
+    ) -> ResidentModel:
         return ResidentModel(
             name=tag,
             entry=entry,
@@ -200,8 +213,7 @@ class Loader:
                         self._arm_idle_timer(model)
         except BaseException as exc:
             async with self._lock:
-                if self._models.get(model.name) is model:
-                    del self._models[model.name]
+                self._forget_locked(model)
                 self._retired.discard(model)
                 self._changed.notify_all()
             if isinstance(exc, ModelLoadError):
@@ -296,7 +308,7 @@ class Loader:
             if model.idle_timer is not handle or model.in_use > 0:
                 return  # used again (or re-armed) since this timer was set
             model.idle_timer = None
-            if self._models.get(model.name) is not model:
+            if self._models.get(model.key) is not model:
                 return
             if model.busy:
                 # Requests running without a holder (should not happen): look again shortly.
@@ -304,9 +316,12 @@ class Loader:
                 return
             await self._unload_locked(model, f"idle for {format_keep_alive(model.keep_alive)}")
 
+    def _forget_locked(self, model: ResidentModel) -> None:
+        if self._models.get(model.key) is model:
+            del self._models[model.key]
+
     async def _retire_locked(self, model: ResidentModel) -> None:
-        if self._models.get(model.name) is model:
-            del self._models[model.name]
+        self._forget_locked(model)
         if model.busy or model.loading:
             model.retired = True
             self._retired.add(model)
@@ -314,8 +329,7 @@ class Loader:
             await self._unload_locked(model, "its name now refers to another file")
 
     async def _unload_locked(self, model: ResidentModel, reason: str) -> None:
-        if self._models.get(model.name) is model:
-            del self._models[model.name]
+        self._forget_locked(model)
         self._retired.discard(model)
         self._cancel_timer(model)
         model.admitted = False
@@ -338,8 +352,8 @@ class Loader:
             targets = list(self._models.values()) if everything else []
             for name in names or []:
                 targets += [m for m in self._models.values() if self.matches(m, name)]
-            for model in targets:
-                if model.busy or model.loading or model.name in done:
+            for model in dict.fromkeys(targets):
+                if model.busy or model.loading or self._models.get(model.key) is not model:
                     continue
                 await self._unload_locked(model, "unload requested")
                 done.append(model.name)
@@ -347,10 +361,10 @@ class Loader:
 
     def matches(self, model: ResidentModel, name: str) -> bool:
         """Whether `name` (a tag, partial name or ID) refers to resident `model`."""
-        if name in (model.name, model.entry.id):
+        if name in (model.name, model.entry.id, *model.aliases):
             return True
         try:
-            return self.store.resolve(name) == model.name
+            return self.store.entry(name).id == model.entry.id
         except Exception:
             return False
 
@@ -414,7 +428,12 @@ class Loader:
         entry = await asyncio.to_thread(self.store.entry, name)  # works with a broken file
         whole_file = name == entry.id or len(entry.tags) <= 1
         async with self._lock:
-            doomed = [m for m in self.holders_of(entry.id) if whole_file or self.matches(m, name)]
+            if not whole_file:  # the file stays under its other names, and so does its engine
+                tag = self._canonical(name, entry)
+                for model in self.holders_of(entry.id):
+                    model.drop_name(tag, [t for t in entry.tags if t != tag])
+                return []
+            doomed = self.holders_of(entry.id)
             if any(m.busy or m.loading for m in doomed):
                 raise ModelBusy(f"{entry.name} is serving requests; try again when it is idle")
             for model in doomed:

@@ -13,6 +13,9 @@ from .engine import Engine, EngineConfig
 from .memory import MemoryEstimate
 from .store import ModelEntry
 
+# What makes two loads the same: the file (sha256) and how it is loaded.
+ResidentKey = tuple[str, EngineConfig]
+
 
 class LoaderError(Exception):
     """Base of the loader's errors (the API maps each to HTTP)."""
@@ -34,8 +37,10 @@ class LoadFailed(LoaderError):
 class ResidentModel:
     """A model in memory (or on its way there).
 
-    Residents are keyed by canonical name (tag), so two tags of one file are two residents:
-    that lets each carry its own settings and lets them be evicted independently.
+    Residents are keyed by the file's sha256 and the load settings (`key`): every tag of one
+    file shares one engine (one copy of the weights, one prompt cache). Per-model settings
+    belong to the file, so its tags always agree on them. `name` is the tag it was first
+    loaded under; `aliases` are the other tags it has served since.
     """
 
     name: str
@@ -57,6 +62,18 @@ class ResidentModel:
     admitted: bool = False
     # Replaced in the name table (its tag now names another file): unload once idle.
     retired: bool = False
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> ResidentKey:
+        return (self.entry.id, self.config)
+
+    def drop_name(self, tag: str, remaining: list[str]) -> None:
+        """Tag `tag` is being removed from the store; the file keeps `remaining` tags."""
+        if tag in self.aliases:
+            self.aliases.remove(tag)
+        if self.name == tag and remaining:
+            self.name = self.aliases.pop(0) if self.aliases else remaining[0]
 
     @property
     def loading(self) -> bool:
@@ -73,6 +90,7 @@ class ResidentModel:
             "backend_name": "llama.cpp",
             "model_name": self.name,
             "model_id": self.entry.id,
+            "aliases": list(self.aliases),
             "mode": "completion",
             "last_used": _rfc3339(self.last_used),
             "in_use": self.busy,
