@@ -276,6 +276,25 @@ def test_tool_call_is_shown(
     view.assert_clean()
 
 
+def test_server_error_is_shown_and_the_page_keeps_working(
+    model_server: Any, watched: Callable[[str], Watched]
+) -> None:
+    view = watched(model_server.url + "/")
+    page = view.page
+    page.wait_for_selector(f"#model option[value='{MODEL}']", state="attached")
+    page.fill("#max-tokens", "100000")  # more than a slot holds: a 400
+    send(page, "Hello")
+    error = page.locator(".msg.assistant.error-msg .note.error").inner_text()
+    assert "max_tokens" in error, error
+    page.fill("#max-tokens", "8")
+    send(page, "Hello again")
+    assert int(figure(page, "predicted_n").split()[0]) > 0
+    # The browser reports the refused request itself; nothing else may go wrong.
+    assert len(view.errors) == 1 and "status of 400" in view.errors[0], view.errors
+    view.errors.clear()
+    view.assert_clean()
+
+
 def test_unload_and_preload_buttons(
     model_server: Any, watched: Callable[[str], Watched], tmp_path: Path
 ) -> None:

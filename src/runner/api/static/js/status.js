@@ -156,9 +156,12 @@ export class StatusView {
 
     q("#status-cache").replaceChildren(...this.cacheTables(ready, samples));
     const budget = status.memory_budget ? ` of ${formatBytes(status.memory_budget)}` : "";
+    const gpus = (status.devices || [])
+      .filter((d) => d.type !== "cpu")
+      .map((d) => ` · ${d.description || d.name}: ${formatBytes(d.memory_free)} free of ${formatBytes(d.memory_total)}`);
     q("#status-engine").textContent =
       `${status.version} · memory ${formatBytes(status.memory_used_estimate)}${budget} · ` +
-      `idle timeout ${status.idle_timeout < 0 ? "never" : `${status.idle_timeout}s`}`;
+      `idle timeout ${status.idle_timeout < 0 ? "never" : `${status.idle_timeout}s`}${gpus.join("")}`;
   }
 
   cacheTables(ready, samples) {
