@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,8 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
+from runner.cli import build_parser
+
 MODEL = "ai/gemma3"
 READ_TIMEOUT = 1.0
+DEFAULT_LIMIT = 5
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -36,6 +41,7 @@ def srv(start_server: Callable[..., Any], allowed_dir: Path) -> Iterator[Any]:
     server = start_server(
         "--model", MODEL, "--slots", "2", "--ctx-size", "1024", "--no-persist",
         "--read-timeout", str(READ_TIMEOUT), "--keep-alive-timeout", "1",
+        "--max-tokens-default", str(DEFAULT_LIMIT),
         env={"RUNNER_ALLOW_IMPORT": str(allowed_dir)},
     )  # fmt: skip
     yield server
@@ -193,6 +199,30 @@ def test_an_allowed_origin_gets_the_cors_header_whatever_its_case(
     )
     assert preflight.status_code == 200, preflight.text
     assert preflight.headers.get("access-control-allow-origin", "").lower() == origin.lower()
+
+
+# ----- output limits on the first run ----------------------------------------------------------
+
+
+def test_a_request_without_a_limit_gets_the_servers_default(client: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": "Once upon a time", "ignore_eos": True}
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == DEFAULT_LIMIT
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    r = client.post("/v1/completions", json={**body, "max_tokens": DEFAULT_LIMIT + 2})
+    assert r.json()["usage"]["completion_tokens"] == DEFAULT_LIMIT + 2  # a request's own wins
+
+
+def test_run_says_when_an_answer_was_cut_off(srv: Any, runner_env: dict[str, str]) -> None:
+    cmd = [sys.executable, "-m", "runner", "run", "--url", srv.url, MODEL, "Hello"]
+    done = subprocess.run(
+        [*cmd, "--max-tokens", "3"], env=runner_env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert "cut off at 3 tokens" in done.stderr
+    assert build_parser().parse_args(["run", MODEL]).max_tokens == 512  # the default bound
 
 
 def test_still_serving(client: httpx.Client) -> None:

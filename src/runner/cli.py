@@ -94,6 +94,7 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("batch_size", {"metavar": "N", "help": "logical batch size"}),
     ("ubatch_size", {"metavar": "N", "help": "physical batch size"}),
     ("queue_size", {"metavar": "N", "help": "requests waiting for a slot before 503"}),
+    ("max_tokens_default", {"metavar": "N", "help": "output limit of requests without one"}),
     ("chat_template_file", {"metavar": "FILE", "help": "Jinja chat template override"}),
     ("idle_timeout", {"metavar": "DUR", "help": "unload idle models after (30s, 5m, -1=never)"}),
     ("max_models", {"metavar": "N", "help": "max models loaded at once"}),

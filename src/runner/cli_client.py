@@ -20,6 +20,9 @@ from runner.cli_format import table
 from runner.config import format_size
 
 DEFAULT_URL = "http://127.0.0.1:12434"
+# Small models (the bundled one is a base model) may never stop on their own: a terminal
+# answer gets a bound, and says when it hit it.
+RUN_MAX_TOKENS = 512
 
 
 class ClientError(Exception):
@@ -192,11 +195,12 @@ def _stream_chat(
 ) -> str:
     """POST a streaming chat completion; print content as it arrives; return the text."""
     body: dict[str, Any] = {"model": args.model, "messages": messages, "stream": True}
-    if args.max_tokens is not None:
+    if args.max_tokens > 0:
         body["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         body["temperature"] = args.temperature
     parts: list[str] = []
+    finish = None
     try:
         with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -216,6 +220,7 @@ def _stream_chat(
                     message = chunk["error"].get("message", chunk["error"])
                     raise ClientError(f"the server stopped the answer: {message}")
                 for choice in chunk.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         parts.append(text)
@@ -227,6 +232,10 @@ def _stream_chat(
         raise ClientError(f"the connection to {args.url} broke mid-answer ({exc})") from exc
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if finish == "length":  # say so, or a cut-off answer passes for a whole one
+        limit = f"{args.max_tokens} tokens" if args.max_tokens > 0 else "the context size"
+        print(f"[the answer was cut off at {limit}; --max-tokens N allows longer ones]",
+              file=sys.stderr)  # fmt: skip
     return "".join(parts)
 
 
@@ -273,7 +282,13 @@ def add_run(sub: Any) -> None:
     p.add_argument("model", metavar="MODEL", help="model name, e.g. ai/gemma3")
     p.add_argument("prompt", nargs="*", metavar="PROMPT", help="one prompt (omit for a chat)")
     p.add_argument("--system", metavar="TEXT", help="system prompt")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="limit each answer")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=RUN_MAX_TOKENS,
+        metavar="N",
+        help=f"limit each answer (default {RUN_MAX_TOKENS}; -1: the server's default)",
+    )
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
     p.set_defaults(func=_run_handler(cmd_run))
 

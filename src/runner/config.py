@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(2048, ge=32)
     ubatch_size: int = Field(512, ge=32)
     queue_size: int = Field(64, ge=0, description="requests waiting for a slot before 503")
+    max_tokens_default: int = Field(
+        -1, ge=-1, description="tokens to generate when a request sets no limit (-1: no limit)"
+    )
     chat_template_file: Path | None = None
 
     # lifecycle

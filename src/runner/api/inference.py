@@ -115,6 +115,19 @@ def generation_request(
     )
 
 
+def apply_default_limit(
+    engine_request: GenerationRequest, body: GenerationFields, default: int
+) -> None:
+    """A request that names no output limit gets the server's (`--max-tokens-default`, as
+    llama-server's `n_predict`); one that asks for -1 explicitly keeps "no limit"."""
+    if engine_request.max_tokens is not None or default <= 0:
+        return
+    fields = ("max_tokens", "n_predict", "max_completion_tokens")
+    if any((getattr(body, f, None) or 0) < 0 for f in fields):
+        return
+    engine_request.max_tokens = default
+
+
 def check_token_limit(body: GenerationFields, engine: Engine, name: str) -> None:
     """400 for a max_tokens no request could reach: above what a slot holds. A prompt plus
     output that outgrow the slot just end with finish_reason "length" (as in llama-server)."""
@@ -198,6 +211,7 @@ async def start(
         check_token_limit(body, engine, model.name)
         tokens, stops = await prompt_of(model, engine)
         engine_request = generation_request(body, tokens, stops)
+        apply_default_limit(engine_request, body, settings_of(request).max_tokens_default)
         if customize is not None:
             customize(engine_request)
         await check_grammar(engine_request.sampling.grammar, engine)
