@@ -224,7 +224,15 @@ def test_chat_cache_figures_stop_and_reload(
     cancelled = [line for line in metrics.splitlines() if 'reason="cancelled"' in line]
     assert cancelled and float(cancelled[0].split()[-1]) >= 1, cancelled
 
-    # Reload: both conversations are still listed, the first one with all its messages.
+    # The seed's other half: a new system prompt shares next to nothing, so it is computed.
+    page.click("#new-chat")
+    page.fill("#system", "You are a pirate who answers in rhymes.")
+    page.fill("#max-tokens", "8")
+    send(page, FIRST)
+    assert int(figure(page, "cache_n")) < int(figure(page, "prompt_n"))
+    shot("06-new-system-prompt")
+
+    # Reload: the conversations are still listed, the first one with all its messages.
     page.reload()
     page.wait_for_selector("#conversations li >> nth=1")
     titles = page.locator("#conversations li span").all_inner_texts()
@@ -233,7 +241,7 @@ def test_chat_cache_figures_stop_and_reload(
     page.wait_for_selector(".msg.assistant >> nth=1")
     assert page.locator("#messages").inner_text() == conversation
     assert figure(page, "cache_n", answer=1) == str(timings["cache_n"])
-    shot("06-reloaded")
+    shot("07-reloaded")
     view.assert_clean()
 
 
