@@ -38,6 +38,7 @@ USERS = 4
 ROUNDS = 3
 TOPICS = ["astronomy", "cooking", "tax law", "sailing"]
 STREAM_TOKENS = 600  # long enough that no stream ends before the kill
+FRESH_TOPICS = ["knitting", "chess", "volcanoes", "jazz"]  # cached nowhere: load decides
 
 
 def _free_port() -> int:
@@ -210,6 +211,42 @@ def test_seed_scenario_reuses_the_system_prompt(runner_cluster: Cluster) -> None
     assert tokens is not None and len(tokens) == answer.usage.prompt_tokens
 
 
+def test_other_dialects_are_routed_by_their_prompts(runner_cluster: Cluster) -> None:
+    """Anthropic and Ollama requests: the front door computes the replica's own prompt
+    tokens for them, and a second request with the same system prompt follows the first."""
+    from anthropic import Anthropic
+
+    keys = PromptKeys(Settings(models_dir=runner_cluster.models_dir))
+    client = Anthropic(base_url=runner_cluster.url, api_key="unused", max_retries=0)
+    system = system_prompt("pottery")
+    for question, reused in (("What is clay?", False), ("What is a kiln?", True)):
+        messages = [{"role": "user", "content": question}]
+        answer = client.messages.create(model=MODEL, system=system, messages=messages, max_tokens=2)  # fmt: skip
+        raw = {"model": MODEL, "system": system, "messages": messages, "max_tokens": 2}
+        tokens = keys.tokens("/v1/messages", json.dumps(raw).encode())
+        usage = answer.usage
+        assert tokens is not None
+        assert usage.input_tokens + usage.cache_read_input_tokens == len(tokens)
+        assert (usage.cache_read_input_tokens > len(tokens) // 2) == reused
+    system = system_prompt("beekeeping")
+    for question, reused in (("Why do bees swarm?", False), ("What is a queen?", True)):
+        raw = {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],  # fmt: skip
+            "stream": False,
+            "options": {"num_predict": 2},
+        }
+        r = httpx.post(runner_cluster.url + "/api/chat", json=raw, timeout=180)
+        assert r.status_code == 200, r.text
+        timings = r.json()["timings"]
+        tokens = keys.tokens("/api/chat", json.dumps(raw).encode())
+        assert tokens is not None and timings["cache_n"] + timings["prompt_n"] == len(tokens)
+        assert (timings["cache_n"] > len(tokens) // 2) == reused
+
+
 def test_engines_routes_show_every_replica(runner_cluster: Cluster) -> None:
     replicas = runner_cluster.replicas()
     assert len({r["replica_id"] for r in replicas}) == 2
@@ -260,19 +297,19 @@ def test_killed_replica_fails_only_its_own_requests(runner_cluster: Cluster) -> 
     before = {r["replica_id"]: r for r in runner_cluster.replicas()}
     results: dict[str, Any] = {}
     threads = []
-    for topic in TOPICS:  # distinct prompts: spread over both replicas by load
+    for topic in FRESH_TOPICS:  # new prompts: spread over both replicas by load
         started = threading.Event()
         t = threading.Thread(target=_stream, args=(runner_cluster.url, topic, results, started))
         t.start()
         threads.append((t, started))
         assert started.wait(120), results
-    serving = {results[t]["replica"] for t in TOPICS}
+    serving = {results[t]["replica"] for t in FRESH_TOPICS}
     assert serving == set(before), results  # two slots each: the router spreads them
     victim = sorted(serving)[0]
     os.kill(before[victim]["pid"], signal.SIGKILL)
     for t, _ in threads:
         t.join(300)
-    for topic in TOPICS:
+    for topic in FRESH_TOPICS:
         res = results[topic]
         assert res["status"] == 200
         if res["replica"] == victim:

@@ -1,6 +1,7 @@
 """`ForwardedRequest`: an HTTP request as the front door hands it to a replica, with what the
 routers read from it (`hashes` for runner's cache-following router, `prompt` text for Ray's
-`PrefixCacheAffinityRouter`, which looks for a `prompt` attribute)."""
+`PrefixCacheAffinityRouter`, which looks for a `prompt` attribute and must never find it
+empty)."""
 
 from __future__ import annotations
 
@@ -43,21 +44,21 @@ class ForwardedRequest:
         }
 
 
-def prompt_text(path: str, body: bytes) -> str:
-    """The prompt as plain text (message contents joined), for text-prefix routers; the
-    method and path when the route has no prompt (so the text is never empty)."""
-    text = ""
-    if path.endswith("completions") and body:
-        try:
-            raw = json.loads(body)
-        except ValueError:
-            raw = None
-        if isinstance(raw, dict):
-            if isinstance(raw.get("messages"), list):
-                text = "".join(_content(m) for m in raw["messages"] if isinstance(m, dict))
-            elif isinstance(raw.get("prompt"), str):
-                text = raw["prompt"]
-    return text or path
+def prompt_text(body: bytes) -> str:
+    """The prompt as plain text (system, message contents, prompt joined), for text-prefix
+    routers; empty when the body has none."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(raw, dict):
+        return ""
+    parts = [raw["system"]] if isinstance(raw.get("system"), str) else []
+    if isinstance(raw.get("messages"), list):
+        parts += [_content(m) for m in raw["messages"] if isinstance(m, dict)]
+    if isinstance(raw.get("prompt"), str):
+        parts.append(raw["prompt"])
+    return "".join(parts)
 
 
 def _content(message: dict[str, Any]) -> str:

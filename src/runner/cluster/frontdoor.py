@@ -75,12 +75,11 @@ class FrontDoorApp:
             server=_pair(scope.get("server")),
             scheme=scope.get("scheme", "http"),
         )
-        if scope["method"] == "POST" and path.endswith("completions"):
+        request.prompt = f"{scope['method']} {path}"
+        if scope["method"] == "POST" and body:
             request.hashes, request.n_tokens = await asyncio.to_thread(self.keys.hashes, path, body)
             request.block = self.keys.block
-            request.prompt = prompt_text(path, body)
-        else:
-            request.prompt = f"{scope['method']} {path}"
+            request.prompt = prompt_text(body) or request.prompt
         if scope["method"] == "GET" and path in _PS | _STATUS:
             await self._engines(request, send, path in _PS)
             return

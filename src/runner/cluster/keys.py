@@ -76,15 +76,24 @@ class PromptKeys:
         return RadixIndex.prefix_hashes(tokens, self.block), len(tokens)
 
     def tokens(self, path: str, body: bytes) -> list[int] | None:
-        kind = path.rstrip("/").rsplit("/", 2)[-2:]
+        """The prompt tokens of a generation request (any dialect), else None."""
+        build = next((b for suffix, b in self._routes() if path.endswith(suffix)), None)
+        if build is None:
+            return None
         try:
-            if kind == ["chat", "completions"]:
-                return self._chat(json.loads(body))
-            if kind[-1] == "completions":
-                return self._completion(json.loads(body))
+            return build(json.loads(body))
         except Exception as exc:  # routing information only; the replica reports errors
             log.debug("no routing key for %s: %s", path, exc)
         return None
+
+    def _routes(self) -> list[tuple[str, Any]]:
+        return [
+            ("/chat/completions", self._chat),
+            ("/completions", self._completion),
+            ("/v1/messages", self._anthropic),
+            ("/api/chat", self._ollama_chat),
+            ("/api/generate", self._ollama_generate),
+        ]
 
     def _chat(self, raw: Any) -> list[int]:
         body = ChatCompletionRequest.model_validate(raw)
@@ -99,6 +108,31 @@ class PromptKeys:
             vocab, _ = self._model(body.model)
             return vocab.tokenize(body.prompt)
         return list(body.prompt)
+
+    # The other dialects convert to OpenAI chat messages with their own routes' functions.
+
+    def _anthropic(self, raw: Any) -> list[int]:
+        from runner.api import anthropic
+
+        body = anthropic.MessagesRequest.model_validate(raw)
+        return self._render(body.model, anthropic.chat_messages(body), anthropic._tools(body))
+
+    def _ollama_chat(self, raw: Any) -> list[int]:
+        from runner.api import ollama
+
+        messages = ollama._messages(raw.get("messages") or [])
+        return self._render(raw.get("model"), messages, raw.get("tools") or None)
+
+    def _ollama_generate(self, raw: Any) -> list[int]:
+        prompt, system = raw.get("prompt") or "", raw.get("system")
+        if raw.get("raw"):
+            return self._model(raw.get("model"))[0].tokenize(prompt)
+        messages = [{"role": "system", "content": system}] if system else []
+        return self._render(raw.get("model"), [*messages, {"role": "user", "content": prompt}])
+
+    def _render(self, model: str | None, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:  # fmt: skip
+        vocab, template = self._model(model)
+        return vocab.tokenize(template.render(messages, tools=tools or None))
 
     def _model(self, requested: str | None) -> tuple[Vocab, ChatTemplate]:
         name = (requested or "").strip()

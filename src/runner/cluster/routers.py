@@ -11,7 +11,9 @@ last `recent_ttl_s` seconds: a prompt just sent to a replica counts as held ther
 replica's next report says so itself.
 
 Load comes first when it must: a best replica already running as many requests as it has
-slots (times `overload_factor`) is passed over for the least loaded one. With no prefix to
+slots (times `overload_factor`) is passed over for the least loaded one, if that one has at
+least as many requests less to do (when every replica is busy, waiting where the prefix is
+beats recomputing it elsewhere). With no prefix to
 follow (short prompts, cold cluster, ties) the choice is power-of-two-choices, exactly
 Ray's default, so uniform load is never routed worse than by the default router.
 
@@ -84,8 +86,10 @@ class CacheFollowingRouter(Published, RequestRouter):
         if best == 0 or not self._worth_following(request, best):
             return [_two_choices(candidate_replicas)]
         top = [r for r in candidate_replicas if scores[r.replica_id] == best]
-        ready = [r for r in top if not self._overloaded(r)]
+        lightest = min(self._load(r) for r in candidate_replicas)
+        ready = [r for r in top if not self._overloaded(r, lightest)]
         if ready:  # ties between holders go to the less loaded one (Ray probes the rank)
+            random.shuffle(ready)
             return [ready, _two_choices(candidate_replicas)]
         others = [r for r in candidate_replicas if r not in top]
         return [others, top] if others else [top]
@@ -138,18 +142,24 @@ class CacheFollowingRouter(Published, RequestRouter):
             self._held[replica.replica_id] = cached
         return cached[1]
 
-    def _overloaded(self, replica: RunningReplica) -> bool:
-        stats = replica.routing_stats or {}
+    def _load(self, replica: RunningReplica) -> int:
+        """Requests running or waiting there: Ray's count, else the replica's report."""
         load = self.replica_queue_len_cache.get(replica.replica_id)
-        if load is None:
-            load = stats.get("load", 0)
-        capacity = stats.get("slots") or replica.max_ongoing_requests
-        return load >= capacity * self._overload_factor
+        return load if load is not None else (replica.routing_stats or {}).get("load", 0)
+
+    def _overloaded(self, replica: RunningReplica, lightest: int) -> bool:
+        """No free slot there, and another replica has a slot-full (x factor) less to do:
+        when every replica is busy, waiting where the prefix is beats recomputing it."""
+        capacity = (replica.routing_stats or {}).get("slots") or replica.max_ongoing_requests
+        margin = capacity * self._overload_factor
+        load = self._load(replica)
+        return load >= margin and load - lightest >= margin
 
 
 def _two_choices(candidates: list[RunningReplica]) -> list[RunningReplica]:
     """Ray's default: two random replicas; the router then takes the shorter queue."""
-    return random.sample(candidates, 2) if len(candidates) > 2 else list(candidates)
+    # Shuffled even when there are only two: Ray takes the first of equally short queues.
+    return random.sample(candidates, min(2, len(candidates)))
 
 
 class RayDefaultRouter(Published, PowerOfTwoChoicesRequestRouter):
