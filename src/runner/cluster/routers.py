@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from typing import Any
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
@@ -69,7 +68,7 @@ class CacheFollowingRouter(Published, RequestRouter):
         self._recent_ttl = recent_ttl_s
         self._min_tokens = min_match_tokens
         self._min_fraction = min_match_fraction
-        self._recent: dict[ReplicaID, deque[tuple[float, frozenset[int]]]] = {}
+        self._recent: dict[ReplicaID, dict[int, float]] = {}  # block hash -> when routed
         self._held: dict[ReplicaID, tuple[float, frozenset[int]]] = {}  # report time, blocks
 
     async def choose_replicas(
@@ -98,8 +97,12 @@ class CacheFollowingRouter(Published, RequestRouter):
         request = _request_of(pending_request)
         hashes = request.hashes if request is not None else []
         if hashes:
-            recent = self._recent.setdefault(replica_id, deque(maxlen=1024))
-            recent.append((time.monotonic(), frozenset(hashes)))
+            now = time.monotonic()
+            recent = self._recent.setdefault(replica_id, {})
+            if len(recent) > 100_000:  # forget what has expired
+                horizon = now - self._recent_ttl
+                self._recent[replica_id] = recent = {h: t for h, t in recent.items() if t >= horizon}  # fmt: skip
+            recent.update(dict.fromkeys(hashes, now))
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
@@ -121,14 +124,11 @@ class CacheFollowingRouter(Published, RequestRouter):
         if not hashes:
             return 0
         held = self._blocks(replica)
-        recent = self._recent.get(replica.replica_id)
-        if recent:
-            horizon = time.monotonic() - self._recent_ttl
-            while recent and recent[0][0] < horizon:
-                recent.popleft()
+        recent = self._recent.get(replica.replica_id, {})
+        horizon = time.monotonic() - self._recent_ttl
         n = 0
         for h in hashes:
-            if h not in held and not (recent and any(h in s for _, s in recent)):
+            if h not in held and recent.get(h, horizon - 1) < horizon:
                 break
             n += 1
         return n
