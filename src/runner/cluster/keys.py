@@ -19,6 +19,8 @@ from typing import Any
 
 import llama_cpp
 
+from runner.api.chat_output import ChatPlan
+from runner.api.dialect_common import chat_plan
 from runner.api.schemas import ChatCompletionRequest, CompletionRequest
 from runner.cache.radix import RadixIndex
 from runner.chat import ChatTemplate, template_for
@@ -97,10 +99,8 @@ class PromptKeys:
 
     def _chat(self, raw: Any) -> list[int]:
         body = ChatCompletionRequest.model_validate(raw)
-        vocab, template = self._model(body.model)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        text = template.render(messages, tools=body.tools, extra=body.chat_template_kwargs)
-        return vocab.tokenize(text)
+        return self._render(body.model, messages, ChatPlan.from_body(body), body.chat_template_kwargs)  # fmt: skip
 
     def _completion(self, raw: Any) -> list[int]:
         body = CompletionRequest.model_validate(raw)
@@ -109,30 +109,39 @@ class PromptKeys:
             return vocab.tokenize(body.prompt)
         return list(body.prompt)
 
-    # The other dialects convert to OpenAI chat messages with their own routes' functions.
+    # The other dialects convert to OpenAI chat messages and a tools plan with their routes'
+    # own functions, so the rendered prompt is the one their route renders.
 
     def _anthropic(self, raw: Any) -> list[int]:
         from runner.api import anthropic
 
         body = anthropic.MessagesRequest.model_validate(raw)
-        return self._render(body.model, anthropic.chat_messages(body), anthropic._tools(body))
+        return self._render(body.model, anthropic.chat_messages(body), anthropic._plan(body))
 
     def _ollama_chat(self, raw: Any) -> list[int]:
         from runner.api import ollama
 
         messages = ollama._messages(raw.get("messages") or [])
-        return self._render(raw.get("model"), messages, raw.get("tools") or None)
+        plan = chat_plan(raw.get("tools"), raw.get("tool_choice"))
+        return self._render(raw.get("model"), messages, plan)
 
     def _ollama_generate(self, raw: Any) -> list[int]:
         prompt, system = raw.get("prompt") or "", raw.get("system")
         if raw.get("raw"):
             return self._model(raw.get("model"))[0].tokenize(prompt)
         messages = [{"role": "system", "content": system}] if system else []
-        return self._render(raw.get("model"), [*messages, {"role": "user", "content": prompt}])
+        messages.append({"role": "user", "content": prompt})
+        return self._render(raw.get("model"), messages, chat_plan(None))
 
-    def _render(self, model: str | None, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:  # fmt: skip
+    def _render(
+        self,
+        model: str | None,
+        messages: list[dict[str, Any]],
+        plan: ChatPlan,
+        extra: dict[str, Any] | None = None,
+    ) -> list[int]:
         vocab, template = self._model(model)
-        return vocab.tokenize(template.render(messages, tools=tools or None))
+        return vocab.tokenize(plan.render(template, messages, extra, True))
 
     def _model(self, requested: str | None) -> tuple[Vocab, ChatTemplate]:
         name = (requested or "").strip()
@@ -147,8 +156,14 @@ class PromptKeys:
             return cached
 
     def _template(self, entry: ModelEntry) -> ChatTemplate:
+        # As the loader picks it (Loader._template), from the same per-model config.
         meta = entry.metadata
-        override = self.store.get_config(entry.id).get("chat-template")
+        config = self.store.get_config(entry.id)
+        override = config.get("chat-template")
         if override is None and self.settings.chat_template_file is not None:
             override = Path(self.settings.chat_template_file).read_text(encoding="utf-8")
-        return template_for(meta.architecture, meta.chat_template, override)
+        template = template_for(
+            meta.architecture, meta.chat_template, override, tool_format=config.get("tool-format")
+        )
+        template.reasoning_format = config.get("reasoning-format") or "deepseek"
+        return template
