@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from runner.cli import build_parser
 MODEL = "ai/gemma3"
 READ_TIMEOUT = 1.0
 DEFAULT_LIMIT = 5
+JSON = {"content-type": "application/json"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -199,6 +201,42 @@ def test_an_allowed_origin_gets_the_cors_header_whatever_its_case(
     )
     assert preflight.status_code == 200, preflight.text
     assert preflight.headers.get("access-control-allow-origin", "").lower() == origin.lower()
+
+
+# ----- large bodies ---------------------------------------------------------------------------
+
+
+def test_health_stays_responsive_while_a_large_body_is_processed(
+    srv: Any, client: httpx.Client
+) -> None:
+    messages = [{"role": "user", "content": "hi"}] * 50_000  # 1.75 MB, within every limit
+    raw = json.dumps({"model": MODEL, "messages": messages, "max_tokens": 1}).encode()
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert c.get("/health").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        time.sleep(1.0)  # the machine's own noise first (a shared CI box can be busy)
+        noise = max(latencies)
+        latencies.clear()
+        started = time.perf_counter()
+        r = client.post("/v1/chat/completions", content=raw, headers=JSON)
+        took = time.perf_counter() - started
+    finally:
+        done.set()
+        poller.join()
+    assert r.status_code < 500, r.text  # too long for the slot, or the template's budget
+    assert took > 0.5, "the body was handled too fast to show anything"
+    assert max(latencies) < 0.5 + noise, (noise, sorted(latencies)[-5:])
 
 
 # ----- output limits on the first run ----------------------------------------------------------

@@ -22,6 +22,7 @@ from runner.chat.tools import ToolError, parse_tool_choice, parse_tools
 from runner.engine import Engine, FinishEvent
 from runner.loader import ResidentModel
 
+from .bodies import loads
 from .chat_output import ChatPlan, tool_error
 from .errors import APIError
 from .inference import INLINE_LIMIT, PromptBuilder, finish_error
@@ -171,7 +172,7 @@ async def read_json(request: Request, allow_empty: bool = False) -> dict[str, An
             return {}
         raise APIError(400, "the request body is empty; send a JSON object", "invalid_request")
     try:
-        body = json.loads(raw)
+        body = await loads(raw)  # off the event loop when large
     except ValueError as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
     if not isinstance(body, dict):

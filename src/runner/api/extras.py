@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .bodies import parsed
 from .errors import APIError
 from .inference import engine_of, hold_model, model_name, tokenize
-from .schemas import DetokenizeRequest, SlotFileRequest, TokenizeRequest
+from .schemas import DetokenizeRequest, SlotFileRequest, TokenizeRequest, json_body
 from .state import loader_of, metrics_registry_of, settings_of
 
 router = APIRouter()
+# Bodies parsed (and validated) off the event loop when large; see bodies.py.
+TokenizeBody = Annotated[TokenizeRequest, Depends(parsed(TokenizeRequest))]
+DetokenizeBody = Annotated[DetokenizeRequest, Depends(parsed(DetokenizeRequest))]
 
 
 @router.get("/health")
@@ -76,8 +80,8 @@ async def slot_action(
     return {**result, "model": resident.name}
 
 
-@router.post("/tokenize")
-async def tokenize_route(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+@router.post("/tokenize", openapi_extra=json_body(TokenizeRequest))
+async def tokenize_route(request: Request, body: TokenizeBody) -> dict[str, Any]:
     async with hold_model(request, model_name(request, body.model)) as model:
         engine = engine_of(model)
         tokens = await tokenize(engine, body.content, body.add_special, body.parse_special)
@@ -89,8 +93,8 @@ async def tokenize_route(body: TokenizeRequest, request: Request) -> dict[str, A
     return {"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces, strict=True)]}
 
 
-@router.post("/detokenize")
-async def detokenize_route(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+@router.post("/detokenize", openapi_extra=json_body(DetokenizeRequest))
+async def detokenize_route(request: Request, body: DetokenizeBody) -> dict[str, Any]:
     async with hold_model(request, model_name(request, body.model)) as model:
         engine = engine_of(model)
         n_vocab = engine.model.n_vocab

@@ -21,6 +21,7 @@ import re
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .bodies import off_loop_if_large
 from .errors import ErrorInfo
 from .middleware import send_error
 
@@ -109,7 +110,8 @@ class JsonGuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = check_body(body) if body else None
+        # Linear scans at C speed, but a few MB still take tens of ms: not on the event loop.
+        problem = await off_loop_if_large(len(body), check_body, body) if body else None
         if problem is not None:
             message, code = problem
             await send_error(scope, receive, send, ErrorInfo(400, code, message))

@@ -9,9 +9,9 @@ import asyncio
 import base64
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from runner.config import format_size
@@ -19,6 +19,7 @@ from runner.engine import Engine
 from runner.loader import ResidentModel
 from runner.store import ModelEntry, format_params
 
+from .bodies import parsed
 from .chat_output import ChatPlan
 from .errors import APIError
 from .inference import (
@@ -35,13 +36,17 @@ from .inference import (
     tokenize,
     usage,
 )
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, json_body
 from .state import settings_of, store_of
 from .streaming import chat_stream, completion_stream
 
 PREFIXES = ("/engines/llama.cpp/v1", "/engines/v1", "/v1")
 
 router = APIRouter()
+# Bodies parsed (and validated) off the event loop when large; see bodies.py.
+ChatCompletionBody = Annotated[ChatCompletionRequest, Depends(parsed(ChatCompletionRequest))]
+CompletionBody = Annotated[CompletionRequest, Depends(parsed(CompletionRequest))]
+EmbeddingBody = Annotated[EmbeddingRequest, Depends(parsed(EmbeddingRequest))]
 
 
 async def _preload(request: Request, name: str) -> JSONResponse:
@@ -71,12 +76,11 @@ def _result(gen: Generation, final: Any, obj: str, choice: dict[str, Any]) -> di
 # ----- chat --------------------------------------------------------------------------------
 
 
-@router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
+async def chat_completions(request: Request, body: ChatCompletionBody) -> Response:
     name = model_name(request, body.model)
     if preload_only(request):
         return await _preload(request, name)
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
     plan = ChatPlan.from_body(body)
     own_grammar = body.grammar or body.json_schema is not None
     free_grammar = not own_grammar and body.response_format in (None, {"type": "text"})
@@ -84,13 +88,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     def render(model: ResidentModel, engine: Engine) -> list[int]:
         if model.template is None:
             raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
         text = plan.render(model.template, messages, body.chat_template_kwargs, free_grammar)
         # The rendered text carries the template's special tokens (<start_of_turn>...) and
         # no BOS (templates' bos_token is stripped): the tokenizer adds BOS and parses them.
         return engine.tokenize(text, add_special=True, parse_special=True)
 
     async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
-        size = sum(len(str(m.get("content") or "")) for m in messages)
+        # Many messages cost as much as long ones (dumping them, the template's loop).
+        size = sum(len(str(m.content or "")) + 64 for m in body.messages)
         if size > INLINE_LIMIT or body.tools:
             tokens = await asyncio.to_thread(render, model, engine)
         else:
@@ -113,8 +119,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 # ----- text completions --------------------------------------------------------------------
 
 
-@router.post("/completions")
-async def completions(body: CompletionRequest, request: Request) -> Response:
+@router.post("/completions", openapi_extra=json_body(CompletionRequest))
+async def completions(request: Request, body: CompletionBody) -> Response:
     name = model_name(request, body.model)
     if preload_only(request):
         return await _preload(request, name)
@@ -141,8 +147,8 @@ def _encode(vector: list[float], fmt: str | None) -> list[float] | str:
     return vector
 
 
-@router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest))
+async def embeddings(request: Request, body: EmbeddingBody) -> Response:
     name = model_name(request, body.model)
     if preload_only(request):
         return await _preload(request, name)
