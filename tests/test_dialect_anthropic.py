@@ -175,3 +175,18 @@ def test_tool_use_and_tool_result(client: anthropic.Anthropic) -> None:
     assert after.usage.output_tokens >= 1
     # The turn with the call was computed before: its prefix comes from the cache.
     assert after.usage.cache_read_input_tokens > 0
+
+
+def test_stop_sequence_reported(client: anthropic.Anthropic) -> None:
+    # Words are separated by spaces, so the first space ends the answer.
+    stops = [" ", "\n"]
+    ask = [{"role": "user", "content": "Write a long sentence about cats."}]
+    reply = client.messages.create(model=MODEL, max_tokens=30, stop_sequences=stops, messages=ask)
+    assert reply.stop_reason == "stop_sequence" and reply.stop_sequence in stops
+    text = "".join(b.text for b in reply.content if b.type == "text")
+    assert not any(stop in text for stop in stops)
+    with client.messages.stream(
+        model=MODEL, max_tokens=30, stop_sequences=stops, messages=ask
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence in stops

@@ -188,13 +188,15 @@ async def messages(request: Request) -> Response:
     gen = await start(request, body.model, builder, fields, "msg_", plan.customize)
     if body.stream:
         cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
-        events = message_events(gen, body.model, prompt_n, plan.parser(), cutoff)
+        parser = plan.parser()
+        events = message_events(gen, body.model, prompt_n, parser, cutoff, body.stop_sequences)
         return EngineStream(gen, events, cutoff)
     text, final = await collect(request, gen)
     check_final(final)
     message, has_calls = plan.message(text)
     result = message_object(gen, body.model, content_blocks(message))
-    result["stop_reason"] = stop_reason(final, has_calls)
+    reason, sequence = stop_reason(final, has_calls, body.stop_sequences)
+    result["stop_reason"], result["stop_sequence"] = reason, sequence
     result["usage"] = usage(final)
     result["timings"] = final.timings.to_dict()
     return JSONResponse(result)

@@ -29,10 +29,16 @@ from .streaming import ShutdownCutoff
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 
-def stop_reason(final: FinishEvent, has_calls: bool) -> str | None:
+def stop_reason(
+    final: FinishEvent, has_calls: bool, stop_sequences: list[str] | None
+) -> tuple[str | None, str | None]:
+    """Anthropic's (`stop_reason`, `stop_sequence`): one of the request's `stop_sequences`
+    (not a template's own end-of-turn string) is reported as `stop_sequence`."""
     if has_calls and final.finish_reason == "stop":
-        return "tool_use"
-    return _STOP_REASONS.get(final.finish_reason)
+        return "tool_use", None
+    if final.finish_reason == "stop" and final.stop_word in (stop_sequences or []):
+        return "stop_sequence", final.stop_word
+    return _STOP_REASONS.get(final.finish_reason), None
 
 
 def usage(final: FinishEvent) -> dict[str, Any]:
@@ -135,6 +141,7 @@ async def message_events(
     prompt_n: list[int],
     parser: ChatOutputParser,
     cutoff: ShutdownCutoff,
+    stop_sequences: list[str] | None,
 ) -> AsyncIterator[ServerSentEvent]:
     start_usage = {"input_tokens": prompt_n[0], "output_tokens": 0}
     message = {**message_object(gen, model, []), "usage": start_usage}
@@ -156,7 +163,8 @@ async def message_events(
     assert final is not None
     for sse in blocks.feed(parser.finish()) + blocks.close():
         yield sse
-    delta = {"stop_reason": stop_reason(final, parser.n_calls > 0), "stop_sequence": None}
+    reason, sequence = stop_reason(final, parser.n_calls > 0, stop_sequences)
+    delta = {"stop_reason": reason, "stop_sequence": sequence}
     end = {"delta": delta, "usage": usage(final), "timings": final.timings.to_dict()}
     yield _event("message_delta", end)
     yield _event("message_stop", {})

@@ -362,6 +362,7 @@ class Scheduler:
                 completion_tokens=job.timings.predicted_n,
                 slot_id=slot.id if slot else -1,
                 error=error,
+                stop_word=job.stream.stop_word,
             ),
         )
 

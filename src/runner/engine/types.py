@@ -158,6 +158,8 @@ class FinishEvent:
     completion_tokens: int
     slot_id: int
     error: EngineError | None = None
+    # The stop string that ended the output (not included in it), if one did.
+    stop_word: str | None = None
 
 
 Event = TokenEvent | FinishEvent
