@@ -297,3 +297,63 @@ def test_thinking_budget_ends_the_thought(client: openai.OpenAI, server) -> None
     )
     assert 1 <= n <= 6 + 2  # token boundaries may differ by a little when re-tokenized
     assert message.content  # the answer goes on after the forced </think>
+
+
+def test_auto_choice_runs_with_a_lazy_call_grammar(client: openai.OpenAI) -> None:
+    # The bundled model never writes Gemma's call marker by itself, so the lazy grammar stays
+    # idle: free text comes back, and nothing is taken for a call.
+    resp = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER_TOOL], tool_choice="auto", max_tokens=8
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason in ("length", "stop")
+    assert choice.message.tool_calls is None and isinstance(choice.message.content, str)
+
+
+def test_configure_tool_format_and_reasoning_format(
+    start_server, bundled_model_path, tmp_path_factory
+) -> None:
+    from server_proc import MODEL as PRIVATE
+    from server_proc import private_store, running
+
+    store = private_store(tmp_path_factory.mktemp("tools") / "models", bundled_model_path)
+    with running(start_server, store) as own, httpx.Client(base_url=own.url, timeout=120) as c:
+        bad = c.post("/engines/_configure", json={"model": PRIVATE, "tool-format": "xml"})
+        assert bad.status_code == 400 and "tool-format" in bad.text
+        r = c.post(
+            "/engines/_configure",
+            json={"model": PRIVATE, "tool-format": "hermes", "reasoning-format": "none"},
+        )
+        assert r.status_code == 202, r.text
+        conversation = [
+            *ASK,
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        ]
+        body = {"model": PRIVATE, "messages": conversation, "tools": [WEATHER_TOOL]}
+        resp = c.post(
+            "/v1/chat/completions",
+            json={**body, "tool_choice": "required", "max_tokens": 60, "grammar": None},
+        ).json()
+        assert resp["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        template = template_for("gemma3", None, None, tool_format="hermes")
+        text = render(template, conversation, parse_tools([WEATHER_TOOL]), template.tool_format)
+        assert '<tool_call>\n{"name": "get_weather"' in text
+        tokens = c.post(
+            "/tokenize", json={"model": PRIVATE, "content": text, "add_special": True}
+        ).json()["tokens"]
+        assert resp["usage"]["prompt_tokens"] == len(tokens)
+        thought = c.post(
+            "/v1/chat/completions",
+            json={"model": PRIVATE, "messages": ASK, "max_tokens": 40, "grammar": THINKING},
+        ).json()["choices"][0]["message"]
+        assert thought["content"].startswith("<think>") and "reasoning_content" not in thought

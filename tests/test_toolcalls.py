@@ -101,6 +101,14 @@ CASES = [
         [("f", {"a": 1}), ("g", {})],
     ),
     (GENERIC, "no calls <here> at {all}", "no calls <here> at {all}", []),
+    (GENERIC, ' [1, {"a": 2}] ', ' [1, {"a": 2}] ', []),
+    (LLAMA3, '[{"x": 1}]', '[{"x": 1}]', []),
+    (
+        MISTRAL,  # the [TOOL_CALLS] special token does not show in the text
+        '[{"name": "a", "arguments": {"n": 1}}]',
+        None,
+        [("a", {"n": 1})],
+    ),
     (HERMES, "a < b and <tool but no call", "a < b and <tool but no call", []),
 ]
 

@@ -7,13 +7,16 @@ or (v11+ templates, Mistral Small 3.2, Devstral 2507) ``name[ARGS]{...}`` per ca
 
     [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}
 
-Both parse; a constrained call is written in the list form."""
+Both parse; a constrained call is written in the list form. runner's output text leaves out
+special tokens, and ``[TOOL_CALLS]`` is one in most Mistral GGUFs, so a list of calls at the
+start of the answer also counts."""
 
 from .base import ToolCallFormat
 
 MISTRAL = ToolCallFormat(
     name="mistral",
     starts=("[TOOL_CALLS]",),
+    bare_json=True,
     name_args=True,
     call_separator=", ",
     list_open="[TOOL_CALLS][",

@@ -215,6 +215,7 @@ class StreamingToolParser:
     _pending_ws: str = field(default="", init=False)
     _bare_allowed: bool = field(default=True, init=False)
     _tentative: bool = field(default=False, init=False)
+    _skipped: str = field(default="", init=False)  # consumed while tentative: given back
     _call: _Call | None = field(default=None, init=False)
     _n_calls: int = field(default=0, init=False)
     _final: bool = field(default=False, init=False)
@@ -289,6 +290,7 @@ class StreamingToolParser:
         stripped = buf.lstrip()
         if self.fmt.bare_json and self._bare_allowed and not self._seen_text:
             if stripped[:1] in ("{", "["):
+                self._skipped = self._pending_ws + buf[: len(buf) - len(stripped)]
                 self._pending_ws = ""
                 self._buf = stripped
                 self._state, self._ends, self._tentative = "section", (), True
@@ -309,6 +311,8 @@ class StreamingToolParser:
 
     def _in_section(self) -> None:
         buf = self._buf.lstrip(_SEPARATORS)
+        if self._tentative:
+            self._skipped += self._buf[: len(self._buf) - len(buf)]
         self._buf = buf
         if not buf:
             return
@@ -326,12 +330,15 @@ class StreamingToolParser:
                 self._buf = ""
             return
         if buf[0] in "[]":  # a list of calls (Mistral, generic)
+            self._skipped += buf[0] if self._tentative else ""
             self._buf = buf[1:]
         elif buf[0] == "{":
             self._call = _Call(self._n_calls, new_call_id(), _CallScanner())
             self._state = "call"
         elif self.fmt.name_args and buf[0] in _NAME_CHARS:
             self._state = "name"
+        elif self._tentative:  # what looked like a bare call is not one
+            self._give_back("")
         else:  # not a call: the rest is content
             self._state = "content"
             self._bare_allowed = False
@@ -361,6 +368,7 @@ class StreamingToolParser:
                 self._give_back(scanner.raw)
                 return
             self._tentative = False
+            self._skipped = ""
         if self._tentative:
             if scanner.done:
                 self._give_back(scanner.raw)
@@ -375,7 +383,8 @@ class StreamingToolParser:
         self._tentative = False
         self._bare_allowed = False
         self._state = "content"
-        self._buf = raw + self._buf
+        self._buf = self._skipped + raw + self._buf
+        self._skipped = ""
         self._content(self._buf)
         self._buf = ""
 
