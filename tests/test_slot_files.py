@@ -155,3 +155,18 @@ def test_read_slot_file_checks_model_layout_and_checksum(tmp_path: Path) -> None
     with pytest.raises(SlotFileInvalid, match="size mismatch"):
         read_slot_file(path, key)
     assert [p.name for p in tmp_path.iterdir()] == ["s.slot"]  # no temporary files left
+
+
+def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without root (no tmpfs to fill), a full disk is simulated at the write call.
+    import errno
+
+    from runner.engine import slot_files
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(slot_files.os, "write", full)
+    with pytest.raises(slot_files.SlotFileNoSpace, match="No space left on device"):
+        write_slot_file(tmp_path / "s.slot", SlotFileKey("a" * 64, "l"), [1, 2], b"x" * 100)
+    assert list(tmp_path.iterdir()) == []
