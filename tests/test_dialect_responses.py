@@ -168,3 +168,27 @@ def test_function_call_round_trip(server: ServerHandle) -> None:
     assert len(done) == 1 and isinstance(json.loads(done[0].arguments)["city"], str)
     assert events[-1].type == "response.completed"
     assert events[-1].response.output[0].type == "function_call"
+
+
+def test_input_items_pages(server: ServerHandle) -> None:
+    client = client_of(server)
+    turns = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    response = client.responses.create(model=MODEL, input=turns, max_output_tokens=2)
+
+    def texts(page: object) -> list[str]:
+        return [item.content[0].text for item in page.data]  # type: ignore[attr-defined]
+
+    assert texts(client.responses.input_items.list(response.id)) == ["c", "b", "a"]
+    first = client.responses.input_items.list(response.id, order="asc", limit=2)
+    assert texts(first) == ["a", "b"] and first.has_more
+    rest = client.responses.input_items.list(response.id, order="asc", limit=2, after=first.last_id)
+    assert texts(rest) == ["c"] and not rest.has_more
+    # `before` (in OpenAI's API reference; this SDK version has no parameter for it)
+    back = client.responses.input_items.list(
+        response.id, order="asc", limit=1, extra_query={"before": rest.first_id}
+    )
+    assert texts(back) == ["b"]

@@ -280,22 +280,27 @@ async def list_input_items(
     order: str = "desc",
     limit: int = DEFAULT_PAGE,
     after: str | None = None,
+    before: str | None = None,
 ) -> dict[str, Any]:
+    """One page of the input items, newest first unless `order=asc`; `after` / `before` are
+    item ids (cursors)."""
     if order not in ("asc", "desc") or not 1 <= limit <= 100:
         raise APIError(400, "order must be asc or desc, limit between 1 and 100")
     items = list((await _stored(request, response_id))["input_items"])
     if order == "desc":
         items.reverse()
-    if after is not None:
-        ids = [item.get("id") for item in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
-    page = items[:limit]
+    ids = [item.get("id") for item in items]
+    start = ids.index(after) + 1 if after in ids else 0 if after is None else len(ids)
+    end = ids.index(before) if before in ids else len(ids) if before is None else 0
+    window = items[start:end]
+    # Paging back (`before` alone) takes the items just before the cursor.
+    page = window[-limit:] if before is not None and after is None else window[:limit]
     return {
         "object": "list",
         "data": page,
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
-        "has_more": len(items) > limit,
+        "has_more": len(window) > limit,
     }
 
 
