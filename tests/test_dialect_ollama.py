@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -253,3 +254,27 @@ def test_tool_calls(server: ServerHandle, client: ollama.Client) -> None:
     ]
     reply = client.chat(model=MODEL, messages=history, tools=[WEATHER], options=OPTIONS)
     assert reply.done and reply.prompt_eval_count >= 1
+
+
+def test_stream_outliving_the_shutdown_grace_ends_with_an_error_line(
+    start_server: Callable[..., ServerHandle],
+) -> None:
+    handle = start_server(
+        "--model", MODEL, "--slots", "1", "--ctx-size", "2048", "--shutdown-grace", "1s"
+    )
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "options": {"num_predict": 2000, "ignore_eos": True},  # far past the 1 s grace
+    }
+    parts: list[dict[str, object]] = []
+    with httpx.stream("POST", handle.url + "/api/chat", json=body, timeout=120) as response:
+        for text in response.iter_lines():
+            parts.append(json.loads(text))
+            if len(parts) == 2:  # mid-stream now
+                stopper = threading.Thread(target=handle.stop, kwargs={"timeout": 90})
+                stopper.start()
+    stopper.join()
+    assert "shutting down" in str(parts[-1]["error"])
+    assert all("error" not in part for part in parts[:-1])
+    assert handle.proc is not None and handle.proc.returncode == 0

@@ -44,6 +44,7 @@ from .ollama_schemas import (
 from .ollama_stream import NdjsonStream, counters, done, lines, piece, whole
 from .schemas import GenerationFields, json_body
 from .state import loader_of, settings_of
+from .streaming import ShutdownCutoff
 
 router = APIRouter(prefix="/api")
 
@@ -61,6 +62,7 @@ _OPTIONS = {
     "repeat_last_n": "repeat_last_n",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
+    "ignore_eos": "ignore_eos",  # llama-server's extra, as on the OpenAI routes
 }
 _RENAMES = {ours: f"options.{theirs}" for theirs, ours in _OPTIONS.items()}
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -210,7 +212,8 @@ async def _run(
 
     if body.get("stream", True) is not False:
         parser = plan.parser() if plan is not None else None
-        return NdjsonStream(gen, lines(gen, key, parser, envelope, tail))
+        cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
+        return NdjsonStream(gen, lines(gen, key, parser, envelope, tail, cutoff), cutoff)
     text, final = await collect(request, gen)
     check_final(final)
     answer = whole(key, plan.message(text)[0]) if plan is not None else piece(key, text)

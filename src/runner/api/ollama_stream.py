@@ -14,7 +14,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from fastapi.responses import StreamingResponse
+from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
 from runner.chat.output import ChatOutputParser, OutputDelta
@@ -25,6 +27,9 @@ from runner.engine import FinishEvent, TokenEvent
 from .dialect_common import parse_arguments
 from .dialect_errors import ollama_body, stream_failure
 from .inference import Generation
+from .streaming import ShutdownCutoff
+
+SHUTDOWN_POLL_SECONDS = 0.5
 
 # The dialect object for one piece of output: ("message" for chat, "response" for
 # generate), the envelope (model, created_at) added by the caller.
@@ -91,15 +96,31 @@ def whole(key: str, message: dict[str, Any]) -> dict[str, Any]:
 
 class NdjsonStream(StreamingResponse):
     """An NDJSON response that owns a `Generation` and always releases it; a client that
-    hangs up cancels the iteration, which cancels the engine request."""
+    hangs up cancels the iteration, which cancels the engine request. Like the SSE streams
+    (`streaming.EngineStream`), one still running when the shutdown grace ends is cut off
+    with an error line."""
 
-    def __init__(self, gen: Generation, lines: AsyncIterator[bytes]) -> None:
+    def __init__(
+        self, gen: Generation, lines: AsyncIterator[bytes], cutoff: ShutdownCutoff
+    ) -> None:
         super().__init__(lines, media_type="application/x-ndjson")
         self.gen = gen
+        self.cutoff = cutoff
+
+    async def _shutdown_started(self) -> None:
+        # sse-starlette raises this flag when uvicorn gets its exit signal (it is what ends
+        # the SSE streams); plain streaming responses have no such hook of their own.
+        while not AppStatus.should_exit:
+            await anyio.sleep(SHUTDOWN_POLL_SECONDS)
+        self.cutoff.started.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._shutdown_started)
+                tasks.start_soon(self.cutoff.watch, self.gen)
+                await super().__call__(scope, receive, send)
+                tasks.cancel_scope.cancel()
         finally:
             await self.gen.close()
 
@@ -131,6 +152,7 @@ async def lines(
     parser: ChatOutputParser | None,
     envelope: Envelope,
     tail: Callable[[FinishEvent], dict[str, Any]],
+    cutoff: ShutdownCutoff,
 ) -> AsyncIterator[bytes]:
     """The NDJSON stream: pieces as they come, tool calls whole, then the final object."""
     calls: list[dict[str, Any]] = []
@@ -143,7 +165,7 @@ async def lines(
         elif event.text:
             for part in _text_pieces(key, parser.feed(event.text), calls):
                 yield line(envelope({**part, **done(None)}))
-    early, error = stream_failure(final)
+    early, error = stream_failure(final, cutoff)
     if error is not None:
         yield line(ollama_body(error))
     if early:
