@@ -19,6 +19,8 @@ from conftest import ServerHandle, write_tiny_gguf
 from oci_registry import RegistryProcess
 from server_proc import MODEL, private_store, wait_for
 
+from runner.api.errors import APIError
+from runner.api.ollama import parse_keep_alive
 from runner.store import ModelStore
 from runner.store.push import package, push
 
@@ -106,11 +108,30 @@ def test_generate_and_embed(client: ollama.Client) -> None:
     # The chat template wraps the prompt in turn markers; raw sends the text alone.
     assert templated.prompt_eval_count > plain.prompt_eval_count
 
+    older = client.embeddings(model="gemma3", prompt="a red apple")
+    assert len(older.embedding) > 0
+
     result = client.embed(model="gemma3", input=["a red apple", "a green pear"])
     assert len(result.embeddings) == 2
     assert len(result.embeddings[0]) == len(result.embeddings[1]) > 0
     assert math.isclose(math.hypot(*result.embeddings[0]), 1.0, rel_tol=1e-3)
     assert result.prompt_eval_count >= 2
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("5m", 300), (30, 30), ("1h30m", 5400), ("5m0s", 300), ("250ms", 0.25), (0, 0),
+     ("0", 0), (-1, -1), ("-1", -1), ("-5m", -1), (None, None), ("", None)],
+)  # fmt: skip
+def test_keep_alive_values(value: object, seconds: float | None) -> None:
+    assert parse_keep_alive(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5x", "1h-30m", True, [5], "m5"])
+def test_keep_alive_rejects(value: object) -> None:
+    with pytest.raises(APIError) as err:
+        parse_keep_alive(value)
+    assert err.value.status == 400
 
 
 def _expiry(client: ollama.Client) -> datetime | None:
