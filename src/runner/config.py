@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     max_tokens_default: int = Field(
         -1, ge=-1, description="tokens to generate when a request sets no limit (-1: no limit)"
     )
+    prefill_block: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="prompt tokens per decode call, and the unit of prefix reuse "
+        "(0: 16 on CPU, 128 with GPU offload)",
+    )
+    max_embed_tokens: int = Field(65536, ge=1, description="tokens per embeddings request")
     chat_template_file: Path | None = None
 
     # lifecycle

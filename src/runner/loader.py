@@ -63,6 +63,10 @@ class Loader:
         self._changed = asyncio.Condition(self._lock)
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps weak ones
+        # One prompt cache per model file and KV layout, kept across unloads and reloads.
+        self._caches: dict[CacheKey, PromptCache] = {}
+        # The last engine failure per model, shown by /engines/status.
+        self.failures: dict[str, dict[str, Any]] = {}
         self.on_unload: list[Callable[[ResidentModel, str], None]] = []
 
     # -- the way in ----------------------------------------------------------------------
@@ -88,9 +92,16 @@ class Loader:
                 raise LoadFailed("the server is shutting down")
             for stale in [m for m in self._models.values() if m.name == tag]:
                 if stale.entry.id != entry.id:  # the tag was moved to another file
-                    await self._retire_locked(stale)
+                    await self._retire_locked(stale, "its name now refers to another file")
             config, keep_alive = self._load_settings(entry)
             model = self._models.get((entry.id, config))
+            if model is not None and model.engine is not None and model.engine.dead:
+                # A failed engine refuses work; replace it, as DMR evicts a defunct runner.
+                reason = model.engine.dead
+                self.failures[model.name] = {"error": reason, "at": time.time()}
+                log.error("%s: engine failed (%s); loading it again", model.name, reason)
+                await self._retire_locked(model, "its engine failed")
+                model = None
             if model is None:
                 model = self._new_resident(tag, entry, config, keep_alive)
                 self._models[model.key] = model
@@ -115,7 +126,7 @@ class Loader:
             model.last_used = time.time()
             if model.in_use == 0:
                 if model.retired:
-                    await self._unload_locked(model, "its name now refers to another file")
+                    await self._unload_locked(model, model.retire_reason)
                 else:
                     self._arm_idle_timer(model)
                 self._changed.notify_all()
@@ -149,6 +160,8 @@ class Loader:
             gpu_layers=cfg.get("gpu-layers", self.settings.gpu_layers),
             similarity=cfg.get("similarity", self.settings.similarity),
             queue_size=self.settings.queue_size,
+            prefill_block=self._prefill_block(cfg.get("gpu-layers", self.settings.gpu_layers)),
+            max_embed_tokens=self.settings.max_embed_tokens,
         )
         keep_alive = self.settings.idle_timeout
         if cfg.get("keep_alive") is not None:
@@ -166,6 +179,14 @@ class Loader:
             estimate=estimate(entry.metadata, entry.size, config),
         )
 
+    def _prefill_block(self, gpu_layers: int) -> int:
+        if self.settings.prefill_block:
+            return self.settings.prefill_block
+        # Small blocks cost little on a CPU and reuse more; a GPU wants wide decode calls.
+        from .engine import gpu_offload_supported
+
+        return 128 if gpu_layers != 0 and gpu_offload_supported() else 16
+
     def _prompt_cache(self, model: ResidentModel) -> PromptCache | None:
         """The model's RAM/disk prompt cache; its disk tier outlives the engine, so prefixes
         survive idle unloads and restarts. Keyed to the exact file and KV layout."""
@@ -173,26 +194,23 @@ class Loader:
         if settings.cache_ram <= 0 and (settings.cache_disk <= 0 or not settings.persist):
             return None
         key = CacheKey(model_sha256=model.entry.id, kv_layout=model.config.kv_key())
-        return PromptCache(
+        if key in self._caches:
+            return self._caches[key]
+        self._caches[key] = cache = PromptCache(
             key,
             ram_bytes=settings.cache_ram,
             disk_bytes=settings.cache_disk if settings.persist else 0,
             disk_dir=settings.resolved_cache_dir if settings.persist else None,
             persist=settings.persist,
         )
+        return cache
 
     async def _load(self, model: ResidentModel) -> None:
         try:
             await self._make_room(model)
             model.template = self._template(model)
             started = time.perf_counter()
-            model.engine = await asyncio.to_thread(
-                self._engine_factory,
-                model.entry.path,
-                model.config,
-                model.name,
-                prompt_cache=self._prompt_cache(model),
-            )
+            model.engine = await asyncio.to_thread(self._start_engine, model)
             model.load_seconds = time.perf_counter() - started
             model.loaded_at = time.time()
             log.info(
@@ -201,14 +219,14 @@ class Loader:
                 model.load_seconds,
                 model.config.slots,
                 model.config.ctx_per_slot,
-                model.engine.model.gpu_layers,
+                model.engine.info.gpu_layers,
                 model.estimate.total / (1 << 20),
             )
             async with self._lock:
                 model.ready.set_result(None)
                 if model.in_use == 0:  # every waiter gave up (client gone) meanwhile
                     if model.retired:
-                        await self._unload_locked(model, "its name now refers to another file")
+                        await self._unload_locked(model, model.retire_reason)
                     else:
                         self._arm_idle_timer(model)
         except BaseException as exc:
@@ -224,6 +242,11 @@ class Loader:
                 model.ready.exception()  # mark retrieved: waiters re-raise it themselves
             if not isinstance(exc, Exception):
                 raise
+
+    def _start_engine(self, model: ResidentModel) -> Engine:
+        # On a worker thread: opening the prompt cache scans its directory.
+        cache = self._prompt_cache(model)
+        return self._engine_factory(model.entry.path, model.config, model.name, prompt_cache=cache)
 
     def _template(self, model: ResidentModel) -> ChatTemplate:
         meta = model.entry.metadata
@@ -320,13 +343,14 @@ class Loader:
         if self._models.get(model.key) is model:
             del self._models[model.key]
 
-    async def _retire_locked(self, model: ResidentModel) -> None:
+    async def _retire_locked(self, model: ResidentModel, reason: str) -> None:
         self._forget_locked(model)
         if model.busy or model.loading:
             model.retired = True
+            model.retire_reason = reason
             self._retired.add(model)
         else:
-            await self._unload_locked(model, "its name now refers to another file")
+            await self._unload_locked(model, reason)
 
     async def _unload_locked(self, model: ResidentModel, reason: str) -> None:
         self._forget_locked(model)
@@ -387,6 +411,9 @@ class Loader:
                     except Exception:
                         log.exception("on_unload hook failed for %s", model.name)
                 log.info("unloaded %s (shutdown)", model.name)
+        # Prompt-cache writes run on their own threads; give them the rest of the grace.
+        for cache in self._caches.values():
+            await asyncio.to_thread(cache.close, grace)
 
     # -- queries and configuration -------------------------------------------------------
 

@@ -74,6 +74,7 @@ class ResidentModel:
             self.aliases.remove(tag)
         if self.name == tag and remaining:
             self.name = self.aliases.pop(0) if self.aliases else remaining[0]
+    retire_reason: str = "its name now refers to another file"
 
     @property
     def loading(self) -> bool:
@@ -85,7 +86,7 @@ class ResidentModel:
 
     def describe(self) -> dict[str, Any]:
         """DMR's `/engines/ps` row (plus runner's own fields)."""
-        gpu_layers = self.engine.model.gpu_layers if self.engine is not None else None
+        gpu_layers = self.engine.info.gpu_layers if self.engine is not None else None
         return {
             "backend_name": "llama.cpp",
             "model_name": self.name,
@@ -102,6 +103,7 @@ class ResidentModel:
             "memory_estimate": self.estimate.total,
             "loaded_at": _rfc3339(self.loaded_at) if self.loaded_at else None,
             "load_seconds": round(self.load_seconds, 3),
+            "error": self.engine.dead if self.engine is not None else None,
         }
 
 

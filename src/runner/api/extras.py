@@ -97,7 +97,7 @@ async def tokenize_route(request: Request, body: TokenizeBody) -> dict[str, Any]
 async def detokenize_route(request: Request, body: DetokenizeBody) -> dict[str, Any]:
     async with hold_model(request, model_name(request, body.model)) as model:
         engine = engine_of(model)
-        n_vocab = engine.model.n_vocab
+        n_vocab = engine.info.n_vocab
         bad = next((t for t in body.tokens if not 0 <= t < n_vocab), None)
         if bad is not None:
             raise APIError(

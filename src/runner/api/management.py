@@ -113,6 +113,7 @@ async def engines_status(request: Request) -> JSONResponse:
             "max_models": settings.max_models,
             "idle_timeout": settings.idle_timeout,
             "models": models,
+            "engine_failures": loader.failures,
         }
     )
 

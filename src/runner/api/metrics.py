@@ -72,13 +72,13 @@ class EngineCollector(Collector):
             ),
             "llamacpp:requests_processing": (
                 "Requests in a slot.",
-                lambda e: e.scheduler.processing,
+                lambda e: e.processing,
             ),
             "llamacpp:requests_deferred": (
                 "Requests waiting for a slot.",
-                lambda e: e.scheduler.queued,
+                lambda e: e.queued,
             ),
-            "runner:slots_busy": ("Slots serving a request.", lambda e: e.scheduler.processing),
+            "runner:slots_busy": ("Slots serving a request.", lambda e: e.processing),
             "runner:slots_total": ("Slots of the model.", lambda e: e.config.slots),
         }
         for name, (doc, read) in gauges.items():

@@ -157,11 +157,11 @@ async def embeddings(request: Request, body: EmbeddingBody) -> Response:
         inputs = [
             await tokenize(engine, item) if isinstance(item, str) else item for item in body.items()
         ]
-        results = await engine.embed(inputs)
-    n_tokens = sum(n for _, n in results)
+        result = await engine.embed(inputs)
+    n_tokens = sum(result.token_counts)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(vector, body.encoding_format)}
-        for i, (vector, _) in enumerate(results)
+        for i, vector in enumerate(result.vectors)
     ]
     return JSONResponse(
         {
@@ -169,6 +169,7 @@ async def embeddings(request: Request, body: EmbeddingBody) -> Response:
             "data": data,
             "model": model.name,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            "timings": result.timings.to_dict(),
         }
     )
 

@@ -16,6 +16,12 @@ KV layout), then the tokens as little-endian int32, then the state. Writes go to
 ``*.tmp`` in the same directory, are fsynced and renamed into place. Startup reads only
 headers and tokens; the checksum is verified on `CacheHit.load`.
 
+No disk I/O happens on the caller's thread (the engine's step): RAM victims wait in a
+`pending` tier, still in memory and still found by lookups, until a writer thread has
+written them; disk hits are read by `CacheHit.load`, which the engine runs on an I/O
+thread while the entry is pinned against eviction. A full disk pauses the writer with
+backoff and it retries; what cannot be written before shutdown is logged.
+
 One cache directory belongs to one process: startup deletes stray ``*.tmp`` files.
 """
 
@@ -23,30 +29,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
-import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
+from runner.cache.diskfile import EntryFiles
 from runner.cache.diskformat import (
     FORMAT_VERSION,
-    HEADER,
-    MAGIC,
     SUFFIX,
     InvalidEntry,
     decode_tokens,
-    encode_tokens,
-    file_name,
-    read_exact,
     safe_component,
     unlink_quietly,
-    write_all,
 )
 from runner.cache.radix import RadixIndex
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 Tier = Literal["ram", "disk"]
 
-_MAX_WRITE_FAILURES = 3  # consecutive; then the disk tier stops writing (full/broken disk)
+_MAX_BACKOFF = 30.0  # seconds between write attempts while the disk keeps failing
 
 
 class CacheEntryCorrupt(Exception):
@@ -73,24 +73,31 @@ class CacheKey:
 
 @dataclass(frozen=True)
 class CacheHit:
-    """A lookup result; `load` fetches the state (for disk: reads and verifies the file)."""
+    """A lookup result; `load` fetches the state (for disk: reads and verifies the file).
+    A disk entry stays pinned against eviction until `release`."""
 
     n_tokens: int  # usable common prefix with the query; may be < len(entry_tokens)
     tier: Tier
     entry_tokens: tuple[int, ...]  # the full token list the state was saved with
     _loader: Callable[[], bytes] = field(repr=False, compare=False)
+    _release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def load(self) -> bytes:
         """The state bytes. Raises `CacheEntryCorrupt` (entry dropped) if unusable."""
         return self._loader()
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
 
 
 @dataclass(eq=False)
 class _Entry:
     tokens: tuple[int, ...]
     nbytes: int
-    state: bytes | None = None  # RAM tier
+    state: bytes | None = None  # RAM and pending tiers
     path: Path | None = None  # disk tier
+    pins: int = 0  # disk reads in progress
 
 
 class _Tier:
@@ -115,8 +122,10 @@ class _Tier:
             self.nbytes -= e.nbytes
         return e
 
-    def pop_lru(self) -> _Entry:
-        return self.discard(next(iter(self.lru)))  # type: ignore[return-value]
+    def pop_lru(self) -> _Entry | None:
+        """The least recently used entry that no reader has pinned."""
+        victim = next((e for e in self.lru.values() if not e.pins), None)
+        return None if victim is None else self.discard(victim.tokens)
 
     def cover(self, key: tuple[int, ...]) -> _Entry | None:
         """An entry whose tokens start with all of `key`, if any."""
@@ -139,9 +148,9 @@ class _Tier:
 class PromptCache:
     """Prompt-prefix states for one `CacheKey`: an LRU in RAM spilling to an LRU on disk.
 
-    Thread-safe: one lock guards the indexes and counters (disk writes happen under it;
-    `CacheHit.load` reads files outside it). Never raises on disk trouble: failures are
-    logged and counted, and repeated write failures turn disk writes off.
+    Thread-safe: one lock guards the indexes and counters; file I/O happens outside it, on
+    the writer thread or in `CacheHit.load`. Never raises on disk trouble: failures are
+    logged and counted, and writes resume when the disk has room again.
     """
 
     def __init__(
@@ -150,15 +159,19 @@ class PromptCache:
     ) -> None:  # fmt: skip
         self.key = key
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._ram = _Tier(ram_bytes)
+        self._pending = _Tier(max(ram_bytes, 0))  # written soon; counted as RAM on hits
         self._disk = _Tier(disk_bytes)
-        self._model_b = key.model_sha256.encode()
-        self._layout_b = key.kv_layout.encode()
+        self._unlinks: list[Path] = []
         self._lookups = self._misses = self._writes = self._write_bytes = 0
-        self._write_errors = self._load_errors = self._dropped_files = 0
+        self._write_errors = self._load_errors = self._dropped_files = self._lost = 0
         self._failures = 0  # consecutive write failures
-        self._dir: Path | None = None
-        self._writable = False
+        self._retry_at = 0.0
+        self._writing = False
+        self._closing = False
+        self._writer_running = False
+        self._files: EntryFiles | None = None
         if persist and disk_dir is not None and disk_bytes > 0:
             d = Path(disk_dir) / safe_component(key.model_sha256[:16])
             d = d / safe_component(key.kv_layout)
@@ -168,7 +181,7 @@ class PromptCache:
                 log.warning("prompt cache: disk tier disabled, cannot create %s: %s", d, exc)
                 self._write_errors += 1
             else:
-                self._dir, self._writable = d, True
+                self._files = EntryFiles(d, key.model_sha256, key.kv_layout)
                 self._scan()
 
     # -- public API ----------------------------------------------------------------------
@@ -179,26 +192,34 @@ class PromptCache:
         if not key or not state:
             return
         with self._lock:
-            for tier in (self._ram, self._disk):
+            for tier in (self._ram, self._pending, self._disk):
                 if (cover := tier.cover(key)) is not None:  # redundant: keep the longer one
                     tier.lru.move_to_end(cover.tokens)
                     return
             # Entries this one extends become useless; by the invariant, at most one per tier.
-            olds = [(t, t.index.longest_prefix(key)) for t in (self._ram, self._disk)]
+            tiers = (self._ram, self._pending, self._disk)
+            olds = [(t, t.index.longest_prefix(key)) for t in tiers]
             state = state if type(state) is bytes else bytes(state)  # no aliasing buffers
             entry = _Entry(key, len(state) + 4 * len(key), state=state)
             to_ram = entry.nbytes <= self._ram.capacity
-            if not to_ram and not self._write_disk(key, state):
+            if not to_ram and not self._can_spill(entry):
                 return  # stored nowhere: keep what it would have replaced
             for tier, m in olds:
-                if m is not None and tier.discard(m[1].tokens) is m[1]:
-                    unlink_quietly(m[1].path)
+                if m is None or m[1].pins or tier.discard(m[1].tokens) is not m[1]:
+                    continue
+                if m[1].path is not None:
+                    self._unlinks.append(m[1].path)
+                    self._ensure_writer()
             if to_ram:
                 self._ram.add(entry)
                 while self._ram.nbytes > self._ram.capacity:
                     self._ram.evictions += 1
                     victim = self._ram.pop_lru()
-                    self._write_disk(victim.tokens, victim.state or b"")
+                    if victim is None:
+                        break
+                    self._spill(victim)
+            else:
+                self._spill(entry)
 
     def lookup(self, tokens: Sequence[int], min_tokens: int = 1) -> CacheHit | None:
         """The entry sharing the longest common prefix with `tokens` (RAM wins ties).
@@ -209,16 +230,16 @@ class PromptCache:
         need = max(1, min_tokens)
         with self._lock:
             self._lookups += 1
-            best: tuple[int, Tier, _Entry] | None = None
-            tiers: list[tuple[Tier, _Tier]] = [("ram", self._ram)]
-            if self._dir is not None:
+            best: tuple[int, Tier, _Tier, _Entry] | None = None
+            tiers: list[tuple[Tier, _Tier]] = [("ram", self._ram), ("ram", self._pending)]
+            if self._files is not None:
                 tiers.append(("disk", self._disk))
             for name, tier in tiers:
                 m = tier.index.best_match(key)
                 if m is not None and m[0] >= need and (best is None or m[0] > best[0]):
-                    best = (m[0], name, m[1])
+                    best = (m[0], name, tier, m[1])
             # Cascade counting, like CPU caches: a tier misses a lookup that reached it.
-            for name, tier in tiers:
+            for name, tier in ((n, t) for n, t in tiers if t is not self._pending):
                 if best is not None and best[1] == name:
                     tier.hits += 1
                     break
@@ -226,15 +247,14 @@ class PromptCache:
             if best is None:
                 self._misses += 1
                 return None
-            n, name, entry = best
-            (self._ram if name == "ram" else self._disk).lru.move_to_end(entry.tokens)
-            if entry.path is not None:
-                with contextlib.suppress(OSError):  # mtime is the LRU order after restart
-                    os.utime(entry.path)
-                loader = functools.partial(self._load_disk, entry)
-            else:
+            n, name, tier, entry = best
+            tier.lru.move_to_end(entry.tokens)
+            if entry.path is None:
                 loader = functools.partial(_identity, entry.state)
-            return CacheHit(n, name, entry.tokens, loader)
+                return CacheHit(n, name, entry.tokens, loader)
+            entry.pins += 1
+            loader = functools.partial(self._load_disk, entry)
+            return CacheHit(n, name, entry.tokens, loader, functools.partial(self._unpin, entry))
 
     def record_restore(self, n_tokens: int, tier: Tier) -> None:
         """Count tokens the engine restored from a hit in `tier` instead of recomputing."""
@@ -242,20 +262,48 @@ class PromptCache:
             (self._ram if tier == "ram" else self._disk).restored_tokens += n_tokens
 
     def flush_to_disk(self) -> None:
-        """Move every RAM entry to disk (on unload/shutdown); failed writes stay in RAM."""
+        """Queue every RAM entry for disk (on unload/shutdown); returns at once."""
         with self._lock:
             for e in list(self._ram.lru.values()):  # LRU first keeps recency order on disk
-                if self._write_disk(e.tokens, e.state or b""):
+                if self._can_spill(e):
                     self._ram.discard(e.tokens)
+                    self._spill(e)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until queued writes are done; False if some are still pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending.lru or self._unlinks or self._writing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left if left is None else min(left, 0.5))
+            return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish queued writes (up to `timeout`), then stop; log what could not be kept."""
+        done = self.drain(timeout)
+        with self._lock:
+            self._closing = True
+            self._changed.notify_all()
+            if not done:
+                lost = list(self._pending.lru.values())
+                self._lost += len(lost)
+                log.warning(
+                    "prompt cache: %d entries (%d tokens) could not be written to disk",
+                    len(lost), sum(len(e.tokens) for e in lost),
+                )  # fmt: skip
 
     def clear(self) -> None:
-        """Drop every entry in both tiers (deleting files); counters are kept."""
+        """Drop every entry in all tiers (deleting files); counters are kept."""
         with self._lock:
             for e in self._disk.lru.values():
                 if e.path is not None:
-                    unlink_quietly(e.path)
+                    self._unlinks.append(e.path)
             self._ram.clear()
+            self._pending.clear()
             self._disk.clear()
+            self._ensure_writer()
 
     def block_hashes(self, block: int) -> set[int]:
         """`RadixIndex.block_hashes` over both tiers: every block-aligned prefix a lookup
@@ -269,86 +317,129 @@ class PromptCache:
     def stats(self) -> dict[str, Any]:
         """Counters and sizes; safe to call from any thread."""
         with self._lock:
+            ram = self._ram.stats()
+            ram["pending_writes"] = len(self._pending.lru)
             return {
-                "ram": self._ram.stats(),
-                "disk": {**self._disk.stats(), "enabled": self._dir is not None,
-                         "writable": self._writable},
+                "ram": ram,
+                "disk": {**self._disk.stats(), "enabled": self._files is not None,
+                         "writable": self._files is not None and not self._failures},
                 "lookups": self._lookups, "misses": self._misses,
                 "writes": self._writes, "write_bytes": self._write_bytes,
                 "write_errors": self._write_errors, "load_errors": self._load_errors,
-                "dropped_files": self._dropped_files,
+                "dropped_files": self._dropped_files, "lost_entries": self._lost,
             }  # fmt: skip
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _can_spill(self, e: _Entry) -> bool:
+        files = self._files
+        return files is not None and files.size_of(len(e.tokens), e.nbytes) <= self._disk.capacity
+
+    def _spill(self, e: _Entry) -> None:
+        """Queue `e` for the writer (lock held). Drops the oldest queued entries past the
+        pending bound (a disk that stays full must not hold RAM forever)."""
+        if not self._can_spill(e):
+            self._lost += 1
+            return
+        self._pending.add(e)
+        while self._pending.nbytes > max(self._pending.capacity, e.nbytes):
+            old = self._pending.pop_lru()
+            if old is None:
+                break
+            self._lost += 1
+            log.warning("prompt cache: dropped %d tokens the disk could not take", len(old.tokens))
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        """Start the writer thread if it is not running (lock held)."""
+        self._changed.notify_all()
+        if not self._writer_running:
+            self._writer_running = True
+            threading.Thread(target=self._write_loop, name="kv-write", daemon=True).start()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._unlinks:
+                        break
+                    if self._closing or not self._pending.lru:
+                        self._writer_running = False
+                        self._changed.notify_all()
+                        return
+                    wait = self._retry_at - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._changed.wait(wait)
+                unlinks, self._unlinks = self._unlinks, []
+                entry = next(iter(self._pending.lru.values()), None) if not unlinks else None
+                victims: list[_Entry] = []
+                if entry is not None:
+                    victims = self._make_room(self._files_size(entry))
+                    self._writing = True
+            for path in unlinks:
+                unlink_quietly(path)
+            for v in victims:
+                unlink_quietly(v.path)
+            if entry is not None:
+                self._write_one(entry)
+
+    def _files_size(self, e: _Entry) -> int:
+        assert self._files is not None
+        return self._files.size_of(len(e.tokens), len(e.state or b""))
+
+    def _make_room(self, need: int) -> list[_Entry]:
+        victims = []
+        while self._disk.lru and self._disk.nbytes + need > self._disk.capacity:
+            victim = self._disk.pop_lru()
+            if victim is None:
+                break
+            self._disk.evictions += 1
+            victims.append(victim)
+        return victims
+
+    def _write_one(self, e: _Entry) -> None:
+        assert self._files is not None and e.state is not None
+        try:
+            path, size = self._files.write(e.tokens, e.state)
+        except OSError as exc:
+            with self._lock:
+                self._writing = False
+                self._write_errors += 1
+                self._failures += 1
+                delay = min(_MAX_BACKOFF, 0.5 * 2 ** min(self._failures, 8))
+                self._retry_at = time.monotonic() + delay
+                self._changed.notify_all()
+            log.warning("prompt cache: cannot write to %s (%s); retrying in %.1fs",
+                        self._files.dir, exc, delay)  # fmt: skip
+            return
+        with self._lock:
+            self._writing = False
+            self._failures = 0
+            self._retry_at = 0.0
+            if self._pending.lru.get(e.tokens) is not e:  # replaced or cleared meanwhile
+                self._unlinks.append(path)
+            else:
+                self._pending.discard(e.tokens)
+                self._writes += 1
+                self._write_bytes += size
+                old = self._disk.discard(e.tokens)
+                if old is not None and old.path != path:
+                    self._unlinks.append(old.path)  # type: ignore[arg-type]
+                self._disk.add(_Entry(e.tokens, size, path=path))
+            self._changed.notify_all()
 
     # -- disk tier -----------------------------------------------------------------------
 
-    def _write_disk(self, tokens: tuple[int, ...], state: bytes) -> bool:
-        """Write one entry (lock held); False if it was not stored."""
-        if self._dir is None or not self._writable or not state:
-            return False
-        tok_bytes = encode_tokens(tokens)
-        digest = hashlib.sha256(tok_bytes)
-        digest.update(state)
-        m, lay = self._model_b, self._layout_b
-        head = HEADER.pack(
-            MAGIC, FORMAT_VERSION, HEADER.size + len(m) + len(lay), len(tokens), len(state),
-            digest.digest(), len(m), len(lay),
-        ) + m + lay  # fmt: skip
-        size = len(head) + len(tok_bytes) + len(state)
-        if size > self._disk.capacity:
-            return False
-        self._evict_disk(size)  # before writing, so the space is free
-        path = self._dir / file_name(tok_bytes)
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                write_all(fd, head + tok_bytes)
-                write_all(fd, state)  # one syscall for the MB-sized part
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            unlink_quietly(tmp)
-            self._write_errors += 1
-            self._failures += 1
-            if self._failures >= _MAX_WRITE_FAILURES:
-                self._writable = False
-                log.warning("prompt cache: disk writes disabled after %d failures", self._failures)
-            log.warning("prompt cache: cannot write %s: %s", path, exc)
-            return False
-        self._failures = 0
-        self._writes += 1
-        self._write_bytes += size
-        self._disk.discard(tokens)  # defensive: keep byte accounting right on a rewrite
-        self._disk.add(_Entry(tokens, size, path=path))
-        return True
-
-    def _read_head(self, f: BinaryIO, file_size: int) -> tuple[bytes, int, bytes]:
-        """Validate a file's header; return (token bytes, state length, digest)."""
-        raw = f.read(HEADER.size)
-        if len(raw) != HEADER.size:
-            raise InvalidEntry("truncated header")
-        magic, version, head_len, n_tok, state_len, digest, lm, ll = HEADER.unpack(raw)
-        if magic != MAGIC:
-            raise InvalidEntry("not a cache file")
-        if version != FORMAT_VERSION:
-            raise InvalidEntry(f"format version {version}")
-        if head_len != HEADER.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
-            raise InvalidEntry("size mismatch (truncated?)")
-        names = read_exact(f, lm + ll)
-        if names[:lm] != self._model_b or names[lm:] != self._layout_b:
-            raise InvalidEntry("other model or KV layout")
-        return read_exact(f, 4 * n_tok), state_len, digest
-
     def _scan(self) -> None:
         """Rebuild the disk index from headers; delete what cannot be used."""
-        assert self._dir is not None
+        files = self._files
+        assert files is not None
         found: list[tuple[int, tuple[int, ...], int, Path]] = []
         try:
-            paths = list(self._dir.iterdir())
+            paths = list(files.dir.iterdir())
         except OSError as exc:
-            log.warning("prompt cache: cannot list %s: %s", self._dir, exc)
+            log.warning("prompt cache: cannot list %s: %s", files.dir, exc)
             return
         for p in paths:
             if p.name.endswith(".tmp"):  # a write interrupted by a crash
@@ -357,12 +448,8 @@ class PromptCache:
             if not p.name.endswith(SUFFIX):
                 continue  # not ours: leave it alone
             try:
-                with open(p, "rb", buffering=0) as f:
-                    st = os.fstat(f.fileno())
-                    tok_bytes, _, _ = self._read_head(f, st.st_size)
-                if file_name(tok_bytes) != p.name:
-                    raise InvalidEntry("tokens do not match file name")
-                found.append((st.st_mtime_ns, decode_tokens(tok_bytes), st.st_size, p))
+                tok_bytes, size = files.read_tokens(p)
+                found.append((p.stat().st_mtime_ns, decode_tokens(tok_bytes), size, p))
             except (OSError, InvalidEntry) as exc:
                 log.info("prompt cache: dropping %s: %s", p, exc)
                 self._dropped_files += 1
@@ -378,25 +465,19 @@ class PromptCache:
                 kept.append((mtime, tokens))
         for _, tokens in sorted(kept):  # file mtimes carry the LRU order across restarts
             self._disk.lru.move_to_end(tokens)
-        self._evict_disk(0)  # the bound may have shrunk since the files were written
+        for victim in self._make_room(0):  # the bound may have shrunk since they were written
+            unlink_quietly(victim.path)
 
-    def _evict_disk(self, need: int) -> None:
-        while self._disk.lru and self._disk.nbytes + need > self._disk.capacity:
-            self._disk.evictions += 1
-            unlink_quietly(self._disk.pop_lru().path)
+    def _unpin(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.pins -= 1
 
     def _load_disk(self, entry: _Entry) -> bytes:
-        assert entry.path is not None
+        assert entry.path is not None and self._files is not None
         try:
-            with open(entry.path, "rb", buffering=0) as f:
-                tok_bytes, state_len, digest = self._read_head(f, os.fstat(f.fileno()).st_size)
-                if tok_bytes != encode_tokens(entry.tokens):
-                    raise InvalidEntry("tokens differ from the index")
-                state = read_exact(f, state_len)
-            check = hashlib.sha256(tok_bytes)
-            check.update(state)
-            if check.digest() != digest:
-                raise InvalidEntry("payload checksum mismatch")
+            state = self._files.read_state(entry.path, entry.tokens)
+            with contextlib.suppress(OSError):  # mtime is the LRU order after restart
+                os.utime(entry.path)
             return state
         except (OSError, InvalidEntry) as exc:
             log.warning("prompt cache: dropping unusable entry %s: %s", entry.path, exc)

@@ -7,9 +7,12 @@ from .engine import Engine
 from .job import Completion, RequestHandle
 from .model import LlamaModel, ModelLoadError, gpu_offload_supported, system_info
 from .types import (
+    EmbeddingsDone,
     EngineClosed,
     EngineConfig,
+    EngineDead,
     EngineError,
+    EngineInfo,
     Event,
     FinishEvent,
     GenerationRequest,
@@ -23,8 +26,11 @@ from .types import (
 
 __all__ = [
     "Completion",
+    "EmbeddingsDone",
     "Engine",
     "EngineClosed",
+    "EngineDead",
+    "EngineInfo",
     "EngineConfig",
     "EngineError",
     "Event",

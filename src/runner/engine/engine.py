@@ -1,5 +1,6 @@
 """`Engine`: one loaded model served by one engine thread. The only door into llama.cpp
-for the rest of runner: submit a request, iterate its events, cancel it."""
+for the rest of runner: submit a request, iterate its events, cancel it. The model, the
+context and the scheduler stay private; callers read `info`, `slots()` and `stats`."""
 
 from __future__ import annotations
 
@@ -13,15 +14,32 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..cache import PromptCache
-from . import slot_files
-from .context import Batch, DecodeError, LlamaContext
-from .job import Completion, Job, RequestHandle, SyncHandle, collect
+from .context import LlamaContext
+from .core import EngineCore
+from .executor import LlamaExecutor
+from .job import (
+    Completion,
+    EmbedJob,
+    Job,
+    LoopSink,
+    RequestHandle,
+    ThreadSink,
+    collect,
+    thread_events,
+)
 from .model import LlamaModel
-from .scheduler import Scheduler
-from .types import EngineConfig, GenerationRequest, InvalidRequest, PromptTooLong
+from . import slot_files
+from .stats import EngineStats
+from .types import (
+    EmbeddingsDone,
+    EngineConfig,
+    EngineInfo,
+    FinishEvent,
+    GenerationRequest,
+    InvalidRequest,
+    PromptTooLong,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +57,10 @@ class Engine:
         self.name = name or os.path.basename(os.fspath(model_path))
         self.config = config
         started = time.perf_counter()
-        self.model = LlamaModel(model_path, config.gpu_layers)
+        self._model = LlamaModel(model_path, config.gpu_layers)
         try:
-            self.ctx = LlamaContext(
-                self.model,
+            ctx = LlamaContext(
+                self._model,
                 n_ctx=config.n_ctx,
                 n_seq_max=config.slots,
                 n_batch=config.n_batch,
@@ -52,15 +70,26 @@ class Engine:
                 swa_full=config.swa_full,
             )
         except Exception:
-            self.model.close()
+            self._model.close()
             raise
+        self._ctx = ctx
         self.load_seconds = time.perf_counter() - started
         self.prompt_cache = prompt_cache
-        self.scheduler = Scheduler(self.model, self.ctx, config, prompt_cache)
-        self._embed_ctx: LlamaContext | None = None
+        self.info = EngineInfo(
+            name=self.name,
+            n_vocab=self._model.n_vocab,
+            n_embd=self._model.n_embd,
+            gpu_layers=self._model.gpu_layers,
+            slots=config.slots,
+            ctx_per_slot=config.ctx_per_slot,
+            load_seconds=self.load_seconds,
+        )
+        self.stats = EngineStats()
+        self._executor = LlamaExecutor(self._model, ctx, config, self.stats)
+        self._core = EngineCore(config, self._executor, prompt_cache, self.stats)
         self._closed = False
         self._thread = threading.Thread(
-            target=self.scheduler.run, name=f"engine:{self.name}", daemon=True
+            target=self._core.run, name=f"engine:{self.name}", daemon=True
         )
         self._thread.start()
 
@@ -69,17 +98,18 @@ class Engine:
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
-        return self.model.tokenize(text, add_special, parse_special)
+        return self._model.tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.model.detokenize(list(tokens))
+        return self._model.detokenize(list(tokens))
 
     def token_piece(self, token: int, special: bool = False) -> str:
-        return self.model.piece(token, special).decode("utf-8", "replace")
+        return self._model.piece(token, special).decode("utf-8", "replace")
 
     # -- generation -----------------------------------------------------------------------
 
     def validate(self, request: GenerationRequest) -> None:
+        """Raise PromptTooLong/InvalidRequest for a request the engine cannot run."""
         prompt = request.prompt_tokens
         if not prompt:
             raise InvalidRequest("the prompt is empty")
@@ -88,45 +118,41 @@ class Engine:
                 f"the prompt has {len(prompt)} tokens but a slot holds {self.config.ctx_per_slot}"
                 " (prompt plus output); shorten it or raise --ctx-size"
             )
-        n_vocab = self.model.n_vocab
+        n_vocab = self.info.n_vocab
         if min(prompt) < 0 or max(prompt) >= n_vocab:
             raise InvalidRequest(f"prompt token ids must be in [0, {n_vocab})")
-        if request.id_slot >= len(self.scheduler.slots):
-            raise InvalidRequest(f"id_slot must be below {len(self.scheduler.slots)}")
+        if request.id_slot >= self.config.slots:
+            raise InvalidRequest(f"id_slot must be below {self.config.slots}")
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < n_vocab]
         if bad:
             raise InvalidRequest(f"logit_bias token {bad[0]} is outside the vocabulary")
-        n_ctx = self.config.ctx_per_slot
-        # The penalty window: -1 means the whole context, and nothing beyond it exists.
-        # llama.cpp allocates the window up front, so an unchecked value is a memory bomb.
-        last_n = request.sampling.repeat_last_n
-        request.sampling.repeat_last_n = n_ctx if last_n < 0 else min(last_n, n_ctx)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request; iterate the returned handle (on this event loop) for its events.
 
-        Raises PromptTooLong/InvalidRequest at once, QueueFull when the wait queue is full.
+        Raises PromptTooLong/InvalidRequest at once, QueueFull when the wait queue is full,
+        EngineDead when the engine thread has failed.
         """
         self.validate(request)
-        handle = RequestHandle()
-        job = Job(request, channel=(asyncio.get_running_loop(), handle.queue))
-        handle.job = job
-        handle.on_cancel = self.scheduler.cancel
-        self.scheduler.enqueue(job)
+        sink = LoopSink(asyncio.get_running_loop())
+        job = Job(request, sink)
+        handle = RequestHandle(job, sink, self._core.cancel)
+        self._core.submit(job)
         return handle
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Completion:
         """Blocking: run a request to the end (for scripts, tests and the CLI)."""
         self.validate(request)
-        handle = SyncHandle()
-        self.scheduler.enqueue(Job(request, handle.sink))
-        return collect(handle.events(timeout))
+        sink = ThreadSink()
+        self._core.submit(Job(request, sink))
+        return collect(thread_events(sink, timeout))
 
     # -- embeddings -----------------------------------------------------------------------
 
-    async def embed(self, inputs: Sequence[str | list[int]]) -> list[tuple[list[float], int]]:
-        """L2-normalized mean-pooled embeddings with each input's token count."""
+    async def embed(self, inputs: Sequence[str | list[int]]) -> EmbeddingsDone:
+        """L2-normalized mean-pooled embeddings, computed between generation steps."""
         tokenized = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+        total = 0
         for tokens in tokenized:
             if not tokens:
                 raise InvalidRequest("an embedding input is empty")
@@ -135,39 +161,26 @@ class Engine:
                     f"an embedding input has {len(tokens)} tokens; the limit is "
                     f"{self.config.ctx_per_slot}"
                 )
-            if min(tokens) < 0 or max(tokens) >= self.model.n_vocab:
+            if min(tokens) < 0 or max(tokens) >= self.info.n_vocab:
                 raise InvalidRequest("embedding token ids are outside the vocabulary")
-        future = self.scheduler.call(lambda: [self._embed_one(t) for t in tokenized])
-        return await asyncio.wrap_future(future)
-
-    def _embed_one(self, tokens: list[int]) -> tuple[list[float], int]:
-        if self._embed_ctx is None:
-            n = self.config.ctx_per_slot
-            self._embed_ctx = LlamaContext(
-                self.model,
-                n,
-                1,
-                n,
-                n,
-                self.config.threads,
-                kv_unified=True,
-                swa_full=False,
-                embeddings=True,
+            total += len(tokens)
+        if total > self.config.max_embed_tokens:
+            raise InvalidRequest(
+                f"the inputs hold {total} tokens; one embeddings request may hold at most "
+                f"{self.config.max_embed_tokens}"
             )
-            self._embed_batch = Batch(n)
-        ctx, batch = self._embed_ctx, self._embed_batch
-        ctx.clear_all()
-        batch.clear()
-        batch.add(tokens, 0, 0, True)
-        batch.logits[: batch.n] = 1
-        batch.struct.n_tokens = batch.n
-        if ctx.decode(batch.struct) != 0:
-            raise DecodeError("embedding decode failed")
-        vector = ctx.seq_embedding(0)
-        norm = float(np.linalg.norm(vector))
-        if norm > 0:
-            vector = vector / norm
-        return vector.astype(float).tolist(), len(tokens)
+        sink = LoopSink(asyncio.get_running_loop())
+        job = EmbedJob(tokenized, sink)
+        self._core.submit(job)
+        try:
+            event = await sink.queue.get()
+        except asyncio.CancelledError:
+            self._core.cancel(job)
+            raise
+        if isinstance(event, FinishEvent):
+            raise event.error or InvalidRequest("the embeddings request was cancelled")
+        assert isinstance(event, EmbeddingsDone)
+        return event
 
     # -- slot files (llama-server's POST /slots/{id}?action=...) ---------------------------
 
@@ -180,8 +193,8 @@ class Engine:
         Saved files carry `model_sha256` and this engine's KV layout, and only a file that
         verifies against both (and its checksum) is restored (see slot_files.py).
         """
-        if not 0 <= slot_id < len(self.scheduler.slots):
-            raise InvalidRequest(f"no slot {slot_id}; this model has {len(self.scheduler.slots)}")
+        if not 0 <= slot_id < self.config.slots:
+            raise InvalidRequest(f"no slot {slot_id}; this model has {self.config.slots}")
         if action not in ("save", "restore", "erase"):
             raise InvalidRequest("action must be save, restore or erase")
         if action != "erase" and not path:
@@ -192,33 +205,47 @@ class Engine:
 
     # -- state ----------------------------------------------------------------------------
 
+    @property
+    def scheduler_for_slot_files(self) -> Any:
+        """The scheduler, for the slot-file commands (they run on the engine thread)."""
+        return self._core.scheduler
+
     def run_on_engine(self, fn: Any) -> Future[Any]:
-        return self.scheduler.call(fn)
+        return self._core.call(fn)
 
     def slots(self) -> list[dict[str, Any]]:
-        return [slot.describe() for slot in self.scheduler.slots]
+        """The slots as the engine thread last saw them (a snapshot, never torn)."""
+        return self._core.snapshot
+
+    @property
+    def processing(self) -> int:
+        return self._core.n_busy
+
+    @property
+    def queued(self) -> int:
+        return self._core.n_waiting
 
     @property
     def busy(self) -> bool:
         """Serving or holding queued requests (an engine in this state is never unloaded)."""
-        return self.scheduler.processing > 0 or self.scheduler.queued > 0
+        return self._core.busy
 
     @property
-    def stats(self):  # noqa: ANN201 - EngineStats
-        return self.scheduler.stats
+    def dead(self) -> str | None:
+        """Why the engine thread stopped on an error, or None while it is healthy."""
+        return self._core.dead
 
     def close(self, drain: bool = False, timeout: float | None = None) -> None:
         """Stop the engine thread and free llama.cpp memory. With `drain`, running and
         queued requests finish first (up to `timeout`); the rest fail with EngineClosed."""
         if self._closed:
             return
-        self.scheduler.stop(drain)
+        self._core.stop(drain)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            self.scheduler.stop(drain=False)
+            self._core.stop(drain=False)
             self._thread.join()
         self._closed = True
-        if self._embed_ctx is not None:
-            self._embed_ctx.close()
-        self.ctx.close()
-        self.model.close()
+        self._executor.close()
+        self._ctx.close()
+        self._model.close()

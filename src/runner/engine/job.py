@@ -1,4 +1,4 @@
-"""A request in flight, and the handles callers use to read its events."""
+"""Requests in flight, where their events go, and the handles callers hold."""
 
 from __future__ import annotations
 
@@ -9,33 +9,50 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
-from .sampling import Sampler
 from .textstream import TextStream
-from .types import Event, FinishEvent, GenerationRequest, Timings, TokenEvent
+from .types import EmbeddingsDone, Event, FinishEvent, GenerationRequest, Timings, TokenEvent
 
 _job_ids = itertools.count(1)
 
-EventSink = Callable[[Event], None]
+
+class LoopSink:
+    """Delivers events into an asyncio queue on the caller's event loop. The engine hands
+    them over in one batch per loop per step (see `Outbox`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def deliver(self, events: list[Event]) -> None:  # runs on `loop`
+        for event in events:
+            self.queue.put_nowait(event)
+
+
+class ThreadSink:
+    """Delivers events into a thread-safe queue, for callers that run no event loop."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def deliver(self, events: list[Event]) -> None:
+        for event in events:
+            self.queue.put(event)
+
+
+Sink = LoopSink | ThreadSink
 
 
 @dataclass(eq=False)
 class Job:
-    """Engine-side state of one request. Only the engine thread mutates it, except
-    `cancelled`, which any thread may set."""
+    """Engine-side state of one generation request. Only the engine thread mutates it,
+    except `cancelled`, which any thread may set."""
 
     request: GenerationRequest
-    # Where events go: a blocking caller's sink, or an async caller's (loop, queue), which
-    # the scheduler serves through its Outbox (one wakeup per loop per step).
-    emit: EventSink | None = None
-    channel: tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event]] | None = None
+    sink: Sink
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
-    # filled in by the scheduler
-    sampler: Sampler | None = None
     prompt_pos: int = 0  # prompt tokens already in the KV cache
-    batch_index: int = -1  # where this job's logits are in the current batch
-    chunk: int = 0  # prompt tokens this job put in the current batch
     next_token: int = -1  # sampled, not yet in the KV cache
     output_tokens: list[int] = field(default_factory=list)
     stream: TextStream = field(init=False)
@@ -48,6 +65,27 @@ class Job:
         self.stream = TextStream(self.request.stop)
 
 
+@dataclass(eq=False)
+class EmbedJob:
+    """An embeddings request: its inputs are decoded a few at a time between steps."""
+
+    inputs: list[list[int]]
+    sink: Sink
+    id: int = field(default_factory=lambda: next(_job_ids))
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.perf_counter)
+    vectors: list[list[float]] = field(default_factory=list)
+    t_start: float = 0.0
+    finished: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(x) for x in self.inputs)
+
+
+AnyJob = Job | EmbedJob
+
+
 class Outbox:
     """Events made during one engine step, handed to each event loop with one wakeup.
 
@@ -56,28 +94,34 @@ class Outbox:
     """
 
     def __init__(self) -> None:
-        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
+        self._pending: dict[LoopSink, list[Event]] = {}
+        self._jobs: dict[LoopSink, AnyJob] = {}
 
-    def add(self, job: Job, event: Event) -> bool:
-        if job.channel is None:
-            return False
-        self._by_loop.setdefault(job.channel[0], []).append((job, event))
-        return True
+    def add(self, job: AnyJob, event: Event | EmbeddingsDone) -> None:
+        sink = job.sink
+        if isinstance(sink, ThreadSink):
+            sink.deliver([event])
+            return
+        self._pending.setdefault(sink, []).append(event)
+        self._jobs[sink] = job
 
     def flush(self) -> None:
-        pending, self._by_loop = self._by_loop, {}
-        for loop, items in pending.items():
+        pending, self._pending = self._pending, {}
+        jobs, self._jobs = self._jobs, {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[LoopSink, list[Event]]]] = {}
+        for sink, events in pending.items():
+            by_loop.setdefault(sink.loop, []).append((sink, events))
+        for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # the caller's loop is closed: nobody is listening
-                for job, _ in items:
-                    job.cancelled = True
+                for sink, _ in items:
+                    jobs[sink].cancelled = True
 
 
-def _deliver(items: list[tuple[Job, Event]]) -> None:
-    for job, event in items:
-        assert job.channel is not None
-        job.channel[1].put_nowait(event)
+def _deliver(items: list[tuple[LoopSink, list[Event]]]) -> None:
+    for sink, events in items:
+        sink.deliver(events)
 
 
 class RequestHandle:
@@ -87,21 +131,15 @@ class RequestHandle:
     the engine's next step and the tokens it computed stay cached.
     """
 
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.job: Job | None = None
+    def __init__(self, job: Job, sink: LoopSink, cancel: Callable[[Job], None]) -> None:
+        self.job = job
+        self._queue = sink.queue
+        self._cancel = cancel
         self.final: FinishEvent | None = None
-        self.on_cancel: Callable[[Job], None] | None = None
-
-    @property
-    def queue(self) -> asyncio.Queue[Event]:
-        return self._queue
 
     def cancel(self) -> None:
-        if self.job is not None and self.final is None:
-            self.job.cancelled = True
-            if self.on_cancel is not None:
-                self.on_cancel(self.job)
+        if self.final is None and not self.job.cancelled:
+            self._cancel(self.job)
 
     async def events(self) -> AsyncIterator[Event]:
         try:
@@ -120,23 +158,13 @@ class RequestHandle:
         return self.events()
 
 
-class SyncHandle:
-    """The blocking twin of RequestHandle, for scripts and tests that run no event loop."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self.final: FinishEvent | None = None
-
-    def sink(self, event: Event) -> None:
-        self._queue.put(event)
-
-    def events(self, timeout: float | None = None) -> Iterator[Event]:
-        while True:
-            event = self._queue.get(timeout=timeout)
-            yield event
-            if isinstance(event, FinishEvent):
-                self.final = event
-                return
+def thread_events(sink: ThreadSink, timeout: float | None = None) -> Iterator[Event]:
+    """A blocking caller's view of a `ThreadSink`: events up to and including the finish."""
+    while True:
+        event = sink.queue.get(timeout=timeout)
+        yield event
+        if isinstance(event, FinishEvent):
+            return
 
 
 @dataclass(frozen=True)

@@ -1,193 +1,269 @@
-"""The engine thread's step loop: continuous batching over the slot pool.
+"""The engine step as plain logic: `schedule()` -> a plan, the executor runs it, then
+`update(plan, sampled)` -> events. Nothing here touches llama.cpp (that is `Executor`),
+so admission, slot choice, prompt pieces, cancellation and failures are unit-tested
+against a fake executor.
 
-Each step packs one token for every generating slot plus prompt chunks of slots still
-reading their prompt into one batch, decodes it once, then samples every slot that has
-logits. Requests join between steps and leave as soon as they finish.
+Each step carries one prompt piece for every slot still reading its prompt (pieces follow
+`partition.pieces`, so cached and uncached runs make the same decode calls) and one token
+for every generating slot, all in one decode. Long prompts therefore advance piece by piece:
+a cancelled request leaves within one piece and other streams keep getting tokens.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Protocol
 
-from ..cache import PromptCache
-from .context import Batch, LlamaContext
-from .job import Job, Outbox
-from .model import LlamaModel
-from .prefix import PrefixPlanner
-from .sampling import Sampler
+from ..cache import CacheEntryCorrupt, PromptCache
+from .job import AnyJob, EmbedJob, Job, Outbox
+from .partition import TAIL, ExactPrefix, computed_prefix, pieces
+from .prefix import Decision, KvOps, PrefixPlanner
 from .slots import Slot, SlotState, choose_slot
 from .stats import EngineStats
 from .types import (
-    EngineClosed,
+    EmbeddingsDone,
     EngineConfig,
     EngineError,
     FinishEvent,
     FinishReason,
-    QueueFull,
+    SamplingParams,
+    Timings,
     TokenEvent,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class BatchEntry:
+    """Tokens of one slot's sequence in this step's decode; `sample` asks for a token
+    drawn from the logits of the last one (with the job's sampler)."""
+
+    seq: int
+    tokens: list[int]
+    start: int
+    job_id: int
+    sample: bool
+
+
+@dataclass
+class StepPlan:
+    entries: list[BatchEntry]
+    slots: list[Slot]
+    embed: EmbedJob | None = None
+    embed_inputs: list[list[int]] | None = None
+
+
+class DecodeFailed(EngineError):
+    code = "decode_failed"
+
+
+class Executor(KvOps, Protocol):
+    """Runs plans on a model. The scheduler calls it only from the engine thread."""
+
+    def execute(self, entries: Sequence[BatchEntry]) -> list[int | None]: ...
+    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]: ...
+    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None: ...
+    def close_sampler(self, job_id: int) -> None: ...
+    def piece(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+
+
+Reader = Callable[[Callable[[], bytes]], "Future[bytes]"]
+
+
+@dataclass
+class _Load:
+    """A disk hit being read on an I/O thread for `job`, which waits in `slot`."""
+
+    future: Future[bytes]
+    decision: Decision
+    job: Job
+    slot: Slot
 
 
 class Scheduler:
-    """Owns the context and the slots. `run` is the engine thread's body; every other
-    method that touches llama.cpp runs on that thread (commands are queued via `call`)."""
+    """Slots, the wait queue and the step logic; lives on the engine thread."""
 
     def __init__(
         self,
-        model: LlamaModel,
-        ctx: LlamaContext,
         config: EngineConfig,
-        prompt_cache: PromptCache | None = None,
+        executor: Executor,
+        stats: EngineStats,
+        outbox: Outbox,
+        prompt_cache: PromptCache | None,
+        read_async: Reader,
     ) -> None:
-        self.model = model
-        self.ctx = ctx
         self.config = config
+        self.executor = executor
+        self.stats = stats
+        self.outbox = outbox
         self.slots = [Slot(id=i, n_ctx=config.ctx_per_slot) for i in range(config.slots)]
-        self.batch = Batch(ctx.n_batch)
-        self.stats = EngineStats()
-        self.outbox = Outbox()
-        self.prefix = PrefixPlanner(self, prompt_cache)
-        self._cond = threading.Condition()
-        self._waiting: deque[Job] = deque()
-        self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
-        self._idle_slots = config.slots
-        self._stopping = False
-        self._drain = False
+        self.prefix = PrefixPlanner(self.slots, config, executor, prompt_cache)
+        self.waiting: deque[Job] = deque()
+        self.embeds: deque[EmbedJob] = deque()
+        self._read_async = read_async
+        self._loads: dict[int, _Load] = {}
 
-    # -- called from any thread --------------------------------------------------------
+    # -- intake ---------------------------------------------------------------------------
 
-    def enqueue(self, job: Job) -> None:
-        with self._cond:
-            if self._stopping:
-                raise EngineClosed("the model is unloading")
-            backlog = len(self._waiting) - self._idle_slots
-            if backlog >= self.config.queue_size:
-                self.stats.rejected_total += 1
-                raise QueueFull(
-                    f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests "
-                    "are already waiting; retry later"
+    def add(self, job: AnyJob) -> None:
+        if isinstance(job, EmbedJob):
+            self.embeds.append(job)
+        else:
+            self.waiting.append(job)
+
+    @property
+    def n_idle(self) -> int:
+        return sum(1 for s in self.slots if not s.busy)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.embeds or any(s.busy for s in self.slots))
+
+    @property
+    def loading(self) -> bool:
+        return bool(self._loads)
+
+    # -- schedule --------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan | None:
+        """What to decode this step; None when nothing can run now."""
+        self._drop_cancelled()
+        self._finish_loads()
+        self._admit()
+        entries: list[BatchEntry] = []
+        used: list[Slot] = []
+        budget = self.config.n_batch
+        reading = sorted(
+            (s for s in self.slots if s.state is SlotState.PROMPT and s.job is not None),
+            key=lambda s: s.job.submitted_at if s.job else 0.0,
+        )
+        for slot in reading:
+            job = slot.job
+            assert job is not None
+            prompt = job.request.prompt_tokens
+            a, b = pieces(len(prompt), job.prompt_pos, self.config.prefill_block)[0]
+            if b - a > budget:
+                break
+            budget -= b - a
+            entries.append(BatchEntry(slot.id, prompt[a:b], a, job.id, b == len(prompt)))
+            used.append(slot)
+        for slot in self.slots:
+            if slot.state is SlotState.GENERATING and slot.job is not None and budget > 0:
+                budget -= 1
+                job = slot.job
+                entries.append(
+                    BatchEntry(slot.id, [job.next_token], len(slot.tokens), job.id, True)
                 )
-            self._waiting.append(job)
-            self.stats.requests_total += 1
-            self._cond.notify()
+                used.append(slot)
+        embed, inputs = self._embed_work()
+        if not entries and embed is None:
+            return None
+        return StepPlan(entries, used, embed, inputs)
 
-    def cancel(self, job: Job) -> None:
-        job.cancelled = True
-        with self._cond:
-            self._cond.notify()
+    def _embed_work(self) -> tuple[EmbedJob | None, list[list[int]] | None]:
+        while self.embeds and self.embeds[0].cancelled:
+            self._finish_embed(self.embeds.popleft(), "cancelled")
+        if not self.embeds:
+            return None, None
+        job = self.embeds[0]
+        if not job.t_start:
+            job.t_start = time.perf_counter()
+        start = len(job.vectors)
+        take, total = [], 0
+        for tokens in job.inputs[start:]:
+            if take and total + len(tokens) > self.config.n_ubatch:
+                break
+            take.append(tokens)
+            total += len(tokens)
+        return job, take
 
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run `fn` on the engine thread between two steps."""
-        future: Future[T] = Future()
-        with self._cond:
-            if self._stopping:
-                future.set_exception(EngineClosed("the model is unloading"))
-                return future
-            self._commands.append((fn, future))
-            self._cond.notify()
-        return future
+    # -- update ----------------------------------------------------------------------------
 
-    def stop(self, drain: bool) -> None:
-        """Stop the loop: with `drain`, after running and queued requests finish."""
-        with self._cond:
-            self._stopping = True
-            self._drain = drain
-            self._cond.notify()
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def processing(self) -> int:
-        return sum(1 for s in self.slots if s.busy)
-
-    # -- the engine thread ---------------------------------------------------------------
-
-    def run(self) -> None:
-        try:
-            while not (self._stopping and not self._drain):
-                self._run_commands()
-                self._admit()
-                self.outbox.flush()
-                if not any(s.busy for s in self.slots):
-                    if self._wait_for_work():
-                        break
-                    continue
-                step_started = time.perf_counter()
-                self._step()
-                self.outbox.flush()
-                self.stats.step_seconds_total += time.perf_counter() - step_started
-        except Exception:  # pragma: no cover - a bug; fail every request rather than hang
-            log.exception("engine loop crashed")
-            self._fail_all(EngineError("internal engine error"))
-        finally:
-            self._fail_all(EngineClosed("the model was unloaded"))
-            self.outbox.flush()
-            self._persist()
-
-    def _persist(self) -> None:
-        """On unload/shutdown: every slot's prefix goes to the prompt cache, then to disk."""
-        cache = self.prefix.cache
-        if cache is None:
-            return
-        try:
-            for slot in self.slots:
-                self.prefix.save(slot)
-            cache.flush_to_disk()
-        except Exception:
-            log.exception("could not persist the prompt cache")
-
-    def _wait_for_work(self) -> bool:
-        """Sleep until something arrives; True when the loop should end."""
-        with self._cond:
-            while not self._waiting and not self._commands:
-                if self._stopping:
-                    return True
-                self._cond.wait()
-            if self._stopping and not self._drain:
-                return True
-        return False
-
-    def _run_commands(self) -> None:
-        while self._commands:
-            with self._cond:
-                fn, future = self._commands.popleft()
-            if not future.set_running_or_notify_cancel():
+    def update(self, plan: StepPlan, sampled: Sequence[int | None]) -> None:
+        now = time.perf_counter()
+        for entry, slot, token in zip(plan.entries, plan.slots, sampled, strict=True):
+            job = slot.job
+            if job is None or job.id != entry.job_id:
                 continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # delivered to the caller
-                future.set_exception(exc)
+            slot.tokens.extend(entry.tokens)
+            if slot.state is SlotState.PROMPT:
+                self._prompt_advanced(slot, job, len(entry.tokens), now)
+            if token is not None:
+                self._sampled(slot, job, token, now)
+
+    def update_embed(self, job: EmbedJob, vectors: list[list[float]]) -> None:
+        job.vectors.extend(vectors)
+        if len(job.vectors) == len(job.inputs):
+            self.embeds.remove(job)
+            self._finish_embed(job, "stop")
+
+    def _prompt_advanced(self, slot: Slot, job: Job, n: int, now: float) -> None:
+        prompt = job.request.prompt_tokens
+        job.prompt_pos += n
+        job.timings.prompt_n += n
+        block, n = self.config.prefill_block, len(prompt)
+        if job.prompt_pos < n:
+            # Pieces so far were whole blocks, but for the one that ends at n - TAIL.
+            slot.exact = ExactPrefix(min(job.prompt_pos, n - TAIL) // block * block)
+            return
+        slot.exact = computed_prefix(len(prompt), block)
+        job.timings.prompt_ms = (now - job.t_prompt_start) * 1e3
+        job.t_gen_start = now
+        slot.state = SlotState.GENERATING
+        self.stats.prompt_tokens_total += job.timings.prompt_n
+        self.stats.prompt_seconds_total += job.timings.prompt_ms / 1e3
+        self.stats.cache_tokens_total += job.timings.cache_n
+
+    def _sampled(self, slot: Slot, job: Job, token: int, now: float) -> None:
+        job.timings.predicted_n += 1
+        req = job.request
+        if self.executor.is_eog(token) and not req.ignore_eos:
+            self._finish(job, "stop")
+            return
+        job.output_tokens.append(token)
+        job.next_token = token
+        text = job.stream.push(self.executor.piece(token))
+        if text or not job.stream.stopped:
+            self.outbox.add(job, TokenEvent(text, (token,)))
+        if job.stream.stopped:
+            self._finish(job, "stop")
+        elif (
+            req.max_tokens is not None
+            and len(job.output_tokens) >= req.max_tokens
+            or len(slot.tokens) + 1 >= slot.n_ctx
+        ):
+            self._finish(job, "length")
+
+    def decode_failed(self, plan: StepPlan, error: EngineError) -> None:
+        """A decode failed: its requests end with the error, their sequences are wiped."""
+        log.error("decode failed for %d slots: %s", len(plan.slots), error)
+        for slot in plan.slots:
+            if slot.job is not None:
+                self.executor.clear(slot.id)
+                slot.forget()
+                self._finish(slot.job, "error", error=error)
+
+    def embed_failed(self, job: EmbedJob, error: EngineError) -> None:
+        if job in self.embeds:
+            self.embeds.remove(job)
+        self._finish_embed(job, "error", error)
+
+    # -- admission ---------------------------------------------------------------------------
 
     def _admit(self) -> None:
-        with self._cond:
-            if self._stopping and not self._drain:
-                return
-            pending = list(self._waiting)
-        for job in pending:
-            if job.cancelled:
-                self._remove_waiting(job)
-                self._finish_unstarted(job, "cancelled")
-                continue
+        for job in list(self.waiting):
             slot = self._slot_for(job)
             if slot is None:
                 continue
-            self._remove_waiting(job)
+            self.waiting.remove(job)
             self._start(job, slot)
-
-    def _remove_waiting(self, job: Job) -> None:
-        with self._cond:
-            self._waiting.remove(job)
 
     def _slot_for(self, job: Job) -> Slot | None:
         req = job.request
@@ -199,135 +275,59 @@ class Scheduler:
         )
 
     def _start(self, job: Job, slot: Slot) -> None:
-        with self._cond:
-            self._idle_slots -= 1
-        slot.state = SlotState.PROMPT
         slot.job = job
+        slot.state = SlotState.PROMPT
         job.t_prompt_start = time.perf_counter()
-        prompt = job.request.prompt_tokens
+        req = job.request
+        sampling = req.sampling
+        history = req.prompt_tokens[-sampling.repeat_last_n :] if sampling.uses_penalties else []
         try:
-            job.sampler = Sampler(self.model, job.request.sampling)
-            cached, source = self.prefix.prepare(slot, prompt, job.request.cache_prompt)
+            self.executor.open_sampler(job.id, sampling, [] if sampling.grammar else history)
+            decision = self.prefix.prepare(slot, req.prompt_tokens, req.cache_prompt)
         except EngineError as exc:
             self._finish(job, "error", error=exc)
             return
-        job.prompt_pos = cached
-        job.timings.cache_n = cached
-        job.timings.cache_source = source if cached else "none"
-        sampling = job.request.sampling
-        uses_penalties = sampling.repeat_penalty != 1.0 or sampling.frequency_penalty != 0.0
-        if uses_penalties and not sampling.grammar:
-            for token in prompt[-sampling.repeat_last_n :]:
-                job.sampler.accept(token)
+        if decision.load is not None:
+            slot.state = SlotState.LOADING
+            future = self._read_async(decision.load.load)
+            self._loads[job.id] = _Load(future, decision, job, slot)
+            return
+        self._prompt_from(job, decision)
 
-    def _step(self) -> None:
-        batch = self.batch
-        batch.clear()
-        self._drop_cancelled()
-        generating = [s for s in self.slots if s.state is SlotState.GENERATING]
-        for slot in generating:
-            job = slot.job
-            assert job is not None
-            job.batch_index = batch.add_one(job.next_token, len(slot.tokens), slot.id)
-        reading: list[Slot] = []
-        for slot in sorted(
-            (s for s in self.slots if s.state is SlotState.PROMPT),
-            key=lambda s: s.job.submitted_at if s.job else 0.0,
-        ):
-            if batch.free == 0:
-                break
-            job = slot.job
-            assert job is not None
-            prompt = job.request.prompt_tokens
-            take = min(len(prompt) - job.prompt_pos, batch.free)
-            last = job.prompt_pos + take == len(prompt)
-            job.chunk = take
-            job.batch_index = batch.add(
-                prompt[job.prompt_pos : job.prompt_pos + take], job.prompt_pos, slot.id, last
-            )
-            reading.append(slot)
-        if batch.n == 0:
-            return
-        self.batch.struct.n_tokens = batch.n
-        started = time.perf_counter()
-        status = self.ctx.decode(batch.struct)
-        elapsed = time.perf_counter() - started
-        self.stats.n_decode_total += 1
-        self.stats.decode_seconds_total += elapsed
-        if status != 0:
-            self._decode_failed(status, generating + reading)
-            return
-        now = time.perf_counter()
-        for slot in generating:
-            job = slot.job
-            assert job is not None
-            slot.tokens.append(job.next_token)
-            self._sample(slot, job, now)
-        for slot in reading:
-            job = slot.job
-            assert job is not None
-            prompt = job.request.prompt_tokens
-            slot.tokens.extend(prompt[job.prompt_pos : job.prompt_pos + job.chunk])
-            job.prompt_pos += job.chunk
-            job.timings.prompt_n += job.chunk
-            if job.prompt_pos == len(prompt):
-                job.timings.prompt_ms = (now - job.t_prompt_start) * 1e3
-                job.t_gen_start = now
-                slot.state = SlotState.GENERATING
-                self.stats.prompt_tokens_total += job.timings.prompt_n
-                self.stats.prompt_seconds_total += job.timings.prompt_ms / 1e3
-                self.stats.cache_tokens_total += job.timings.cache_n
-                self._sample(slot, job, now)
+    def _prompt_from(self, job: Job, decision: Decision) -> None:
+        job.prompt_pos = decision.n_tokens
+        job.timings.cache_n = decision.n_tokens
+        job.timings.cache_source = decision.source if decision.n_tokens else "none"
 
-    def _sample(self, slot: Slot, job: Job, now: float) -> None:
-        assert job.sampler is not None
-        started = time.perf_counter()
-        token = job.sampler.sample(self.ctx.handle, job.batch_index)
-        self.stats.sample_seconds_total += time.perf_counter() - started
-        job.timings.predicted_n += 1
-        req = job.request
-        if self.model.is_eog(token) and not req.ignore_eos:
-            self._finish(job, "stop")
-            return
-        job.output_tokens.append(token)
-        job.next_token = token
-        text = job.stream.push(self.model.piece(token))
-        if text or not job.stream.stopped:
-            self._emit(job, TokenEvent(text, (token,)))
-        if job.stream.stopped:
-            self._finish(job, "stop")
-        elif (
-            req.max_tokens is not None
-            and len(job.output_tokens) >= req.max_tokens
-            or len(slot.tokens) + 1 >= slot.n_ctx
-        ):
-            self._finish(job, "length")
+    def _finish_loads(self) -> None:
+        for job_id, load in list(self._loads.items()):
+            if not load.future.done() and not load.job.finished:
+                continue
+            del self._loads[job_id]
+            hit = load.decision.load
+            assert hit is not None
+            hit.release()
+            job, slot = load.job, load.slot
+            if job.finished or slot.job is not job:  # cancelled while reading
+                continue
+            slot.state = SlotState.PROMPT
+            try:
+                state = load.future.result()
+            except CacheEntryCorrupt as exc:
+                log.warning("prompt cache entry unusable (%s); recomputing", exc)
+                self._prompt_from(job, Decision(0, "none"))
+                continue
+            self._prompt_from(job, self.prefix.install(slot, job.request.prompt_tokens, state, hit))
 
     def _drop_cancelled(self) -> None:
+        for job in [j for j in self.waiting if j.cancelled]:
+            self.waiting.remove(job)
+            self._finish(job, "cancelled")
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot.job, "cancelled")
 
-    def _decode_failed(self, status: int, slots: list[Slot]) -> None:
-        log.error("llama_decode failed with status %d for %d slots", status, len(slots))
-        for slot in slots:
-            if slot.job is not None:
-                self.ctx.clear_seq(slot.id)
-                slot.tokens = []
-                self._finish(
-                    slot.job, "error", error=EngineError(f"llama_decode failed ({status})")
-                )
-
-    # -- finishing -----------------------------------------------------------------------
-
-    def _emit(self, job: Job, event: TokenEvent | FinishEvent) -> None:
-        if self.outbox.add(job, event):
-            return
-        assert job.emit is not None
-        try:
-            job.emit(event)
-        except RuntimeError:  # the caller's event loop is gone: nobody is listening
-            job.cancelled = True
+    # -- finishing ---------------------------------------------------------------------------
 
     def _finish(self, job: Job, reason: FinishReason, error: EngineError | None = None) -> None:
         if job.finished:
@@ -337,23 +337,19 @@ class Scheduler:
         if reason in ("stop", "length"):
             tail = job.stream.flush()
             if tail:
-                self._emit(job, TokenEvent(tail, ()))
+                self.outbox.add(job, TokenEvent(tail, ()))
         if job.t_gen_start:
             job.timings.predicted_ms = (now - job.t_gen_start) * 1e3
             self.stats.tokens_predicted_total += job.timings.predicted_n
             self.stats.predicted_seconds_total += job.timings.predicted_ms / 1e3
-        if job.sampler is not None:
-            job.sampler.close()
-            job.sampler = None
+        self.executor.close_sampler(job.id)
         slot = next((s for s in self.slots if s.job is job), None)
         if slot is not None:
             slot.job = None
             slot.state = SlotState.IDLE
             slot.last_used = time.monotonic()
-            with self._cond:
-                self._idle_slots += 1
         self.stats.count_finish(reason)
-        self._emit(
+        self.outbox.add(
             job,
             FinishEvent(
                 finish_reason=reason,
@@ -366,22 +362,42 @@ class Scheduler:
             ),
         )
 
-    def _finish_unstarted(self, job: Job, reason: FinishReason, error: EngineError | None = None):
+    def _finish_embed(
+        self, job: EmbedJob, reason: FinishReason, error: EngineError | None = None
+    ) -> None:
+        if job.finished:
+            return
         job.finished = True
         self.stats.count_finish(reason)
-        self._emit(
-            job, FinishEvent(reason, job.timings, len(job.request.prompt_tokens), 0, -1, error)
-        )
+        ms = (time.perf_counter() - job.t_start) * 1e3 if job.t_start else 0.0
+        if reason != "stop":
+            self.outbox.add(job, FinishEvent(reason, Timings(), job.n_tokens, 0, -1, error))
+            return
+        timings = Timings(prompt_n=job.n_tokens, prompt_ms=ms)
+        counts = [len(x) for x in job.inputs]
+        self.outbox.add(job, EmbeddingsDone(job.vectors, counts, timings))
 
-    def _fail_all(self, error: EngineError) -> None:
+    def fail_all(self, error: EngineError) -> None:
         for slot in self.slots:
             if slot.job is not None:
                 self._finish(slot.job, "error", error=error)
-        with self._cond:
-            waiting, self._waiting = list(self._waiting), deque()
-            commands, self._commands = list(self._commands), deque()
-        for job in waiting:
-            self._finish_unstarted(job, "error", error)
-        for _, future in commands:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(error)
+        for job in self.waiting:
+            self._finish(job, "error", error=error)
+        self.waiting.clear()
+        for ejob in self.embeds:
+            self._finish_embed(ejob, "error", error)
+        self.embeds.clear()
+        for load in self._loads.values():
+            load.future.cancel()
+            if load.decision.load is not None:
+                load.decision.load.release()
+        self._loads.clear()
+
+    def persist(self) -> None:
+        """On unload/shutdown: every slot's reusable prefix goes to the prompt cache."""
+        cache = self.prefix.cache
+        if cache is None:
+            return
+        for slot in self.slots:
+            self.prefix.save(slot)
+        cache.flush_to_disk()

@@ -35,6 +35,7 @@ from ..cache.diskformat import (
     unlink_quietly,
     write_all,
 )
+from .partition import ExactPrefix, truncated
 from .types import EngineError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -89,15 +90,20 @@ def _idle_slot(scheduler: Scheduler, slot_id: int):  # noqa: ANN202 - Slot
 
 def _snapshot(scheduler: Scheduler, slot_id: int) -> tuple[list[int], bytes]:
     slot = _idle_slot(scheduler, slot_id)
+    kv = scheduler.executor
+    # Only the prefix that cannot change a later answer is worth keeping (partition.py).
+    keep = kv.truncate(slot.id, slot.exact.length)
+    del slot.tokens[keep:]
+    slot.exact = truncated(slot.exact, keep)
     tokens = list(slot.tokens)
-    return tokens, scheduler.ctx.seq_state(slot.id) if tokens else b""
+    return tokens, kv.seq_state(slot.id) if tokens else b""
 
 
 def _install(scheduler: Scheduler, slot_id: int, tokens: list[int], state: bytes) -> None:
     slot = _idle_slot(scheduler, slot_id)
-    ctx = scheduler.ctx
-    ctx.clear_seq(slot.id)
-    slot.tokens = []
+    ctx = scheduler.executor
+    ctx.clear(slot.id)
+    slot.forget()
     if not tokens:
         return
     if len(tokens) >= slot.n_ctx:
@@ -106,18 +112,20 @@ def _install(scheduler: Scheduler, slot_id: int, tokens: list[int], state: bytes
         raise SlotFileInvalid("llama.cpp refused the saved KV state")
     held = ctx.pos_max(slot.id) + 1
     if held != len(tokens):
-        ctx.clear_seq(slot.id)
+        ctx.clear(slot.id)
         raise SlotFileInvalid(
             f"the KV state holds {held} positions but the file lists {len(tokens)} tokens"
         )
     slot.tokens = tokens
+    block = scheduler.config.prefill_block
+    slot.exact = ExactPrefix(len(tokens) // block * block)
 
 
 def _erase(scheduler: Scheduler, slot_id: int) -> int:
     slot = _idle_slot(scheduler, slot_id)
     n = len(slot.tokens)
-    scheduler.ctx.clear_seq(slot.id)
-    slot.tokens = []
+    scheduler.executor.clear(slot.id)
+    slot.forget()
     return n
 
 
@@ -171,7 +179,7 @@ async def slot_action(
 ) -> dict[str, Any]:
     """`save` an idle slot to `path`, `restore` it from there (verified), or `erase` it."""
     started = time.perf_counter()
-    scheduler = engine.scheduler
+    scheduler = engine.scheduler_for_slot_files
 
     def on_engine(fn: Any) -> asyncio.Future[Any]:
         return asyncio.wrap_future(engine.run_on_engine(fn))

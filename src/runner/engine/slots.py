@@ -7,12 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .partition import NOTHING, ExactPrefix
+
 if TYPE_CHECKING:
     from .job import Job
 
 
 class SlotState(enum.Enum):
     IDLE = "idle"
+    LOADING = "loading"  # waiting for a cached prefix to be read from disk
     PROMPT = "prompt"
     GENERATING = "generating"
 
@@ -27,10 +30,16 @@ class Slot:
     state: SlotState = SlotState.IDLE
     last_used: float = 0.0
     job: Job | None = None
+    # How much of `tokens` another prompt may reuse without changing its answer.
+    exact: ExactPrefix = NOTHING
 
     @property
     def busy(self) -> bool:
         return self.state is not SlotState.IDLE
+
+    def forget(self) -> None:
+        self.tokens = []
+        self.exact = NOTHING
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -32,6 +32,13 @@ class EngineClosed(EngineError):
     """The engine is shutting down (its model is being unloaded)."""
 
 
+class EngineDead(EngineError):
+    """The engine thread stopped on an error; the loader replaces the engine."""
+
+    status = 503
+    code = "engine_failed"
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How one model is loaded and served. Fields that change the KV layout are in `kv_key`."""
@@ -53,10 +60,13 @@ class EngineConfig:
     # Gemma 3 and other SWA models forget old positions unless the SWA cache is full size,
     # which silently breaks prefix trimming (engine-facts.md).
     swa_full: bool = True
-    # Reused prefixes are a multiple of this many tokens (see PrefixPlanner.prepare).
-    cache_align: int = 4
+    # Prompts are decoded in blocks of this many tokens, and cached prefixes are reused in
+    # whole blocks, so an answer never depends on what was cached (engine/partition.py).
+    prefill_block: int = 16
     # Prefixes shorter than this are recomputed rather than restored from RAM/disk.
     min_restore_tokens: int = 64
+    # Tokens one embeddings request may hold in all its inputs together.
+    max_embed_tokens: int = 65536
 
     @property
     def n_ctx(self) -> int:
@@ -64,7 +74,10 @@ class EngineConfig:
 
     def kv_key(self) -> str:
         """Everything that makes a saved sequence state incompatible with another context."""
-        return f"ctx{self.n_ctx}-u{int(self.kv_unified)}-swa{int(self.swa_full)}-s{self.slots}"
+        return (
+            f"ctx{self.n_ctx}-u{int(self.kv_unified)}-swa{int(self.swa_full)}-s{self.slots}"
+            f"-b{self.prefill_block}"
+        )
 
 
 @dataclass
@@ -93,6 +106,14 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
 
 
 @dataclass
@@ -146,6 +167,28 @@ class TokenEvent:
 
     text: str
     token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the rest of runner may know about a loaded model (fixed at load)."""
+
+    name: str
+    n_vocab: int
+    n_embd: int
+    gpu_layers: int
+    slots: int
+    ctx_per_slot: int
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class EmbeddingsDone:
+    """The result of an embeddings request: one vector per input, and its token count."""
+
+    vectors: list[list[float]]
+    token_counts: list[int]
+    timings: Timings
 
 
 @dataclass(frozen=True)

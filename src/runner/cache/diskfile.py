@@ -1,0 +1,102 @@
+"""Reading and writing one prompt-cache entry file (format in `diskformat`). Pure I/O: the
+tiers call these outside their lock, on the writer thread or an I/O worker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO
+
+from runner.cache.diskformat import (
+    FORMAT_VERSION,
+    HEADER,
+    MAGIC,
+    InvalidEntry,
+    encode_tokens,
+    file_name,
+    read_exact,
+    unlink_quietly,
+    write_all,
+)
+
+
+class EntryFiles:
+    """Entry files of one model and KV layout in one directory."""
+
+    def __init__(self, directory: Path, model_sha256: str, kv_layout: str) -> None:
+        self.dir = directory
+        self._model_b = model_sha256.encode()
+        self._layout_b = kv_layout.encode()
+
+    def size_of(self, n_tokens: int, state_len: int) -> int:
+        return HEADER.size + len(self._model_b) + len(self._layout_b) + 4 * n_tokens + state_len
+
+    def path_of(self, tokens: tuple[int, ...]) -> Path:
+        return self.dir / file_name(encode_tokens(tokens))
+
+    def write(self, tokens: tuple[int, ...], state: bytes) -> tuple[Path, int]:
+        """Write an entry atomically (tmp file, fsync, rename); raises OSError."""
+        tok_bytes = encode_tokens(tokens)
+        digest = hashlib.sha256(tok_bytes)
+        digest.update(state)
+        m, lay = self._model_b, self._layout_b
+        head = HEADER.pack(
+            MAGIC, FORMAT_VERSION, HEADER.size + len(m) + len(lay), len(tokens), len(state),
+            digest.digest(), len(m), len(lay),
+        ) + m + lay  # fmt: skip
+        path = self.dir / file_name(tok_bytes)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, head + tok_bytes)
+                write_all(fd, state)  # one syscall for the MB-sized part
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            unlink_quietly(tmp)
+            raise
+        return path, len(head) + len(tok_bytes) + len(state)
+
+    def read_head(self, f: BinaryIO, file_size: int) -> tuple[bytes, int, bytes]:
+        """Validate a file's header; return (token bytes, state length, digest)."""
+        raw = f.read(HEADER.size)
+        if len(raw) != HEADER.size:
+            raise InvalidEntry("truncated header")
+        magic, version, head_len, n_tok, state_len, digest, lm, ll = HEADER.unpack(raw)
+        if magic != MAGIC:
+            raise InvalidEntry("not a cache file")
+        if version != FORMAT_VERSION:
+            raise InvalidEntry(f"format version {version}")
+        if head_len != HEADER.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
+            raise InvalidEntry("size mismatch (truncated?)")
+        names = read_exact(f, lm + ll)
+        if names[:lm] != self._model_b or names[lm:] != self._layout_b:
+            raise InvalidEntry("other model or KV layout")
+        return read_exact(f, 4 * n_tok), state_len, digest
+
+    def read_tokens(self, path: Path) -> tuple[bytes, int]:
+        """The token bytes and file size of an entry (header checks only)."""
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            tok_bytes, _, _ = self.read_head(f, size)
+        if file_name(tok_bytes) != path.name:
+            raise InvalidEntry("tokens do not match file name")
+        return tok_bytes, size
+
+    def read_state(self, path: Path, tokens: tuple[int, ...]) -> bytes:
+        """The state of an entry, verified against its checksum; raises InvalidEntry/OSError."""
+        with open(path, "rb", buffering=0) as f:
+            tok_bytes, state_len, digest = self.read_head(f, os.fstat(f.fileno()).st_size)
+            if tok_bytes != encode_tokens(tokens):
+                raise InvalidEntry("tokens differ from the index")
+            state = read_exact(f, state_len)
+        check = hashlib.sha256(tok_bytes)
+        check.update(state)
+        if check.digest() != digest:
+            raise InvalidEntry("payload checksum mismatch")
+        return state

@@ -1,0 +1,139 @@
+"""The executor: runs a step plan on llama.cpp (one decode, then the samplers), and the KV
+operations the prefix planner asks for. Owned by the engine thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .context import Batch, LlamaContext
+from .model import LlamaModel
+from .sampling import Sampler
+from .scheduler import BatchEntry, DecodeFailed
+from .stats import EngineStats
+from .types import EngineConfig, SamplingParams
+
+
+class LlamaExecutor:
+    def __init__(
+        self, model: LlamaModel, ctx: LlamaContext, config: EngineConfig, stats: EngineStats
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.config = config
+        self.stats = stats
+        self.batch = Batch(ctx.n_batch)
+        self._samplers: dict[int, Sampler] = {}
+        self._embed_ctx: LlamaContext | None = None
+        self._embed_batch: Batch | None = None
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def execute(self, entries: Sequence[BatchEntry]) -> list[int | None]:
+        batch = self.batch
+        batch.clear()
+        where: list[int] = []
+        for e in entries:
+            if len(e.tokens) == 1 and e.sample:
+                where.append(batch.add_one(e.tokens[0], e.start, e.seq))
+            else:
+                where.append(batch.add(e.tokens, e.start, e.seq, e.sample))
+        batch.struct.n_tokens = batch.n
+        started = time.perf_counter()
+        status = self.ctx.decode(batch.struct)
+        self.stats.n_decode_total += 1
+        self.stats.decode_seconds_total += time.perf_counter() - started
+        if status != 0:
+            raise DecodeFailed(f"llama_decode failed ({status})")
+        started = time.perf_counter()
+        handle = self.ctx.handle
+        out: list[int | None] = [
+            self._samplers[e.job_id].sample(handle, i) if e.sample else None
+            for e, i in zip(entries, where, strict=True)
+        ]
+        self.stats.sample_seconds_total += time.perf_counter() - started
+        return out
+
+    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None:
+        # The penalty window: -1 means the whole context, and nothing beyond it exists.
+        # llama.cpp allocates the window up front, so an unchecked value is a memory bomb.
+        n_ctx = self.config.ctx_per_slot
+        last_n = params.repeat_last_n
+        window = n_ctx if last_n < 0 else min(last_n, n_ctx)
+        sampler = Sampler(self.model, dataclasses.replace(params, repeat_last_n=window))
+        for token in history:
+            sampler.accept(token)
+        self._samplers[job_id] = sampler
+
+    def close_sampler(self, job_id: int) -> None:
+        sampler = self._samplers.pop(job_id, None)
+        if sampler is not None:
+            sampler.close()
+
+    def piece(self, token: int) -> bytes:
+        return self.model.piece(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.model.is_eog(token)
+
+    # -- KV operations -------------------------------------------------------------------------
+
+    def truncate(self, seq: int, keep: int) -> int:
+        return self.ctx.truncate(seq, keep)
+
+    def pos_max(self, seq: int) -> int:
+        return self.ctx.pos_max(seq)
+
+    def clear(self, seq: int) -> None:
+        self.ctx.clear_seq(seq)
+
+    def seq_state(self, seq: int) -> bytes:
+        return self.ctx.seq_state(seq)
+
+    def set_seq_state(self, seq: int, data: bytes) -> bool:
+        return self.ctx.set_seq_state(seq, data)
+
+    def save_seq_file(self, seq: int, path: str, tokens: list[int]) -> int:
+        return self.ctx.save_seq_file(seq, path, tokens)
+
+    def load_seq_file(self, seq: int, path: str, capacity: int) -> list[int] | None:
+        return self.ctx.load_seq_file(seq, path, capacity)
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
+        """L2-normalized mean-pooled embeddings, one decode per input."""
+        if self._embed_ctx is None:
+            n = self.config.ctx_per_slot
+            threads = self.config.threads
+            self._embed_ctx = LlamaContext(
+                self.model, n, 1, n, n, threads, kv_unified=True, swa_full=False, embeddings=True
+            )
+            self._embed_batch = Batch(n)
+        ctx, batch = self._embed_ctx, self._embed_batch
+        assert batch is not None
+        out = []
+        for tokens in inputs:
+            ctx.clear_all()
+            batch.clear()
+            batch.add(tokens, 0, 0, True)
+            batch.logits[: batch.n] = 1
+            batch.struct.n_tokens = batch.n
+            if ctx.decode(batch.struct) != 0:
+                raise DecodeFailed("embedding decode failed")
+            vector = ctx.seq_embedding(0)
+            norm = float(np.linalg.norm(vector))
+            if norm > 0:
+                vector = vector / norm
+            out.append(vector.astype(float).tolist())
+        return out
+
+    def close(self) -> None:
+        for job_id in list(self._samplers):
+            self.close_sampler(job_id)
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+            self._embed_ctx = None

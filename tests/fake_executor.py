@@ -1,0 +1,78 @@
+"""A model-free executor for engine-logic tests: sequences are token lists and the next
+token is a fixed function of the sequence so far, so every run is checkable by hand."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+
+from runner.engine.scheduler import BatchEntry, DecodeFailed
+from runner.engine.types import SamplingParams
+
+EOS = 2
+
+
+def next_token(seq: Sequence[int]) -> int:
+    """Never EOS; depends on the last three tokens, so cross-talk between sequences shows."""
+    return 10 + (sum(seq[-3:]) * 7 + len(seq)) % 500
+
+
+class FakeExecutor:
+    def __init__(self) -> None:
+        self.seqs: dict[int, list[int]] = {}
+        self.calls: list[list[tuple[int, int, int]]] = []  # per decode: (seq, start, n)
+        self.samplers: set[int] = set()
+        self.fail_with: Exception | None = None
+        self.decode_status = 0
+        self.gate: threading.Event | None = None  # when set, each decode waits for it
+        self.before: Callable[[int], None] | None = None  # called with the decode count
+
+    def execute(self, entries: Sequence[BatchEntry]) -> list[int | None]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.before is not None:
+            self.before(len(self.calls))
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.decode_status:
+            raise DecodeFailed(f"llama_decode failed ({self.decode_status})")
+        self.calls.append([(e.seq, e.start, len(e.tokens)) for e in entries])
+        out: list[int | None] = []
+        for e in entries:
+            seq = self.seqs.setdefault(e.seq, [])
+            assert e.start == len(seq), f"seq {e.seq}: position {e.start} after {len(seq)}"
+            seq.extend(e.tokens)
+            assert e.job_id in self.samplers or not e.sample
+            out.append(next_token(seq) if e.sample else None)
+        return out
+
+    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
+        return [[float(len(x)), float(sum(x))] for x in inputs]
+
+    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None:
+        self.samplers.add(job_id)
+
+    def close_sampler(self, job_id: int) -> None:
+        self.samplers.discard(job_id)
+
+    def piece(self, token: int) -> bytes:
+        return f"<{token}>".encode()
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    def truncate(self, seq: int, keep: int) -> int:
+        tokens = self.seqs.setdefault(seq, [])
+        del tokens[keep:]
+        return len(tokens)
+
+    def clear(self, seq: int) -> None:
+        self.seqs[seq] = []
+
+    def seq_state(self, seq: int) -> bytes:
+        return json.dumps(self.seqs.get(seq, [])).encode()
+
+    def set_seq_state(self, seq: int, data: bytes) -> bool:
+        self.seqs[seq] = json.loads(data)
+        return True
