@@ -27,8 +27,22 @@ def toks(*ranges: tuple[int, int]) -> list[int]:
 
 
 def cache_files(cache: PromptCache) -> list[Path]:
-    d = cache._dir
+    cache.drain(5)
+    d = cache._files.dir if cache._files is not None else None
     return sorted(d.glob("*" + tiers_mod.SUFFIX)) if d is not None else []
+
+
+class SettledCache(PromptCache):
+    """Waits for the writer after each change, so a test sees where entries settle.
+    (The writer's own behaviour is tested with a plain PromptCache below.)"""
+
+    def put(self, tokens, state) -> None:  # noqa: ANN001
+        super().put(tokens, state)
+        assert self.drain(5)
+
+    def flush_to_disk(self) -> None:
+        super().flush_to_disk()
+        self.drain(5)
 
 
 def put_one(cache: PromptCache, tokens: list[int], data: bytes) -> Path:
@@ -41,7 +55,7 @@ def put_one(cache: PromptCache, tokens: list[int], data: bytes) -> Path:
 
 def make(tmp_path: Path, ram: int = 1 << 20, disk: int = 1 << 20, **kw) -> PromptCache:
     kw.setdefault("key", KEY)
-    return PromptCache(ram_bytes=ram, disk_bytes=disk, disk_dir=tmp_path, **kw)
+    return SettledCache(ram_bytes=ram, disk_bytes=disk, disk_dir=tmp_path, **kw)
 
 
 # -- RAM tier: prefixes and redundancy --------------------------------------------------
@@ -195,8 +209,11 @@ def test_restart_keeps_lru_order_and_applies_smaller_bound(tmp_path: Path) -> No
     c = make(tmp_path, ram=0)
     paths = [put_one(c, toks((i * 100, i * 100 + 10)), state(i)) for i in range(3)]
     os.utime(paths[1], ns=(0, 0))
-    assert c.lookup(toks((100, 110))) is not None
-    assert paths[1].stat().st_mtime_ns > 0  # a disk hit refreshes the file's mtime
+    hit = c.lookup(toks((100, 110)))
+    assert hit is not None
+    hit.load()
+    hit.release()
+    assert paths[1].stat().st_mtime_ns > 0  # reading a disk hit refreshes the file's mtime
     for rank, i in enumerate((2, 0, 1)):  # recency order after restart: 2 oldest
         os.utime(paths[i], ns=(10**18, 10**18 + rank * 10**9))
     c2 = make(tmp_path, disk=2 * (STATE + 300))
@@ -212,7 +229,7 @@ def test_other_key_entries_deleted(tmp_path: Path) -> None:
     # Same 16-char directory prefix, different full sha: same directory, wrong header.
     other = CacheKey(model_sha256="ab" * 8 + "cd" * 24, kv_layout=KEY.kv_layout)
     c2 = make(tmp_path, key=other)
-    assert c2._dir == c._dir
+    assert c2._files.dir == c._files.dir
     assert c2.lookup(toks((0, 10))) is None and not src.exists()
     assert c2.stats()["dropped_files"] == 1
     # A file copied into another KV layout's directory is rejected too.
@@ -221,8 +238,8 @@ def test_other_key_entries_deleted(tmp_path: Path) -> None:
     (src,) = cache_files(c)
     lay = CacheKey(model_sha256=KEY.model_sha256, kv_layout="ctx8192-u1-swa1-s4")
     probe = make(tmp_path, key=lay)
-    assert probe._dir is not None
-    dst = probe._dir / src.name
+    assert probe._files.dir is not None
+    dst = probe._files.dir / src.name
     dst.write_bytes(src.read_bytes())
     c3 = make(tmp_path, key=lay)
     assert c3.lookup(toks((0, 10))) is None and not dst.exists()
@@ -283,12 +300,12 @@ def test_file_vanished_before_load(tmp_path: Path) -> None:
 def test_truncated_and_tmp_files_cleaned_at_startup(tmp_path: Path) -> None:
     c = make(tmp_path, ram=0)
     f1, f2, f3 = (put_one(c, toks((i * 100, i * 100 + 10)), state(i + 1)) for i in range(3))
-    assert c._dir is not None
+    assert c._files.dir is not None
     f1.write_bytes(f1.read_bytes()[:-10])  # payload cut short
     f2.write_bytes(f2.read_bytes()[:20])  # header cut short
-    stray = c._dir / (f3.name + ".deadbeef.tmp")
+    stray = c._files.dir / (f3.name + ".deadbeef.tmp")
     stray.write_bytes(b"partial")
-    alien = c._dir / "notes.txt"
+    alien = c._files.dir / "notes.txt"
     alien.write_text("not ours")
     c2 = make(tmp_path)
     assert not f1.exists() and not f2.exists() and not stray.exists()
@@ -313,17 +330,17 @@ def test_path_components_sanitized(tmp_path: Path) -> None:
     key = CacheKey(model_sha256="../../evil", kv_layout="a/b\\..\\c")
     c = make(tmp_path, key=key, ram=0)
     c.put([1, 2, 3], state(1))
-    assert c._dir is not None and c._dir.resolve().is_relative_to(tmp_path.resolve())
-    assert len(c._dir.relative_to(tmp_path).parts) == 2
+    assert c._files.dir is not None and c._files.dir.resolve().is_relative_to(tmp_path.resolve())
+    assert len(c._files.dir.relative_to(tmp_path).parts) == 2
     hit = make(tmp_path, key=key).lookup([1, 2, 3])
     assert hit is not None and hit.load() == state(1)
     empty = make(tmp_path, key=CacheKey(model_sha256="..", kv_layout=""))
-    assert empty._dir is not None and len(empty._dir.relative_to(tmp_path).parts) == 2
+    assert empty._files.dir is not None and len(empty._files.dir.relative_to(tmp_path).parts) == 2
 
 
 def test_persist_false_never_touches_disk(tmp_path: Path) -> None:
     d = tmp_path / "cache"
-    c = PromptCache(KEY, ram_bytes=STATE + 40, disk_bytes=1 << 20, disk_dir=d, persist=False)
+    c = SettledCache(KEY, ram_bytes=STATE + 40, disk_bytes=1 << 20, disk_dir=d, persist=False)
     for i in range(3):
         c.put(toks((i * 100, i * 100 + 10)), state(i))
     c.flush_to_disk()
@@ -349,7 +366,7 @@ def test_clear_removes_files(tmp_path: Path) -> None:
 def test_disk_dir_is_a_file(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_bytes(b"x")
-    c = PromptCache(KEY, ram_bytes=STATE + 40, disk_bytes=1 << 20, disk_dir=blocker)
+    c = SettledCache(KEY, ram_bytes=STATE + 40, disk_bytes=1 << 20, disk_dir=blocker)
     for i in range(3):
         c.put(toks((i * 100, i * 100 + 10)), state(i))
     c.flush_to_disk()
@@ -358,37 +375,60 @@ def test_disk_dir_is_a_file(tmp_path: Path) -> None:
     assert s["ram"]["entries"] == 1
 
 
-def test_write_errors_degrade_then_disable(tmp_path: Path, monkeypatch) -> None:
-    def no_space(*a, **k):
+def test_a_full_disk_pauses_writes_and_they_resume(tmp_path: Path, monkeypatch) -> None:
+    from runner.cache import diskfile
+
+    real_replace = os.replace
+    full = threading.Event()
+    full.set()
+
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(diskfile.os, "replace", replace)
+    monkeypatch.setattr(tiers_mod, "_FIRST_BACKOFF", 0.01)
+    c = PromptCache(KEY, ram_bytes=0, disk_bytes=1 << 20, disk_dir=tmp_path)
+    for i in range(3):
+        c.put(toks((i * 100, i * 100 + 10)), state(i))  # returns at once, never raises
+    assert not c.drain(0.3)
+    s = c.stats()
+    assert s["write_errors"] >= 1 and s["writes"] == 0 and s["disk"]["writable"] is False
+    hit = c.lookup(toks((100, 110)))  # still served from memory meanwhile
+    assert hit is not None and hit.tier == "ram" and hit.load() == state(1)
+    assert not list(c._files.dir.glob("*.tmp"))  # no partial file left behind
+    full.clear()  # space returns
+    assert c.drain(10)
+    s = c.stats()
+    assert s["writes"] == 3 and s["disk"]["entries"] == 3 and s["disk"]["writable"] is True
+
+
+def test_what_cannot_be_written_by_shutdown_is_counted(tmp_path: Path, monkeypatch) -> None:
+    from runner.cache import diskfile
+
+    def no_space(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    c = make(tmp_path, ram=0)
-    monkeypatch.setattr(tiers_mod.os, "replace", no_space)
-    for i in range(5):
-        c.put(toks((i * 100, i * 100 + 10)), state(i))  # must not raise
-    s = c.stats()
-    assert s["write_errors"] == 3 and s["disk"]["writable"] is False and s["writes"] == 0
-    assert c._dir is not None and list(c._dir.iterdir()) == []  # no .tmp left behind
-    monkeypatch.undo()
-    c.put(toks((900, 910)), state(9))  # stays disabled
-    assert c.stats()["writes"] == 0
+    monkeypatch.setattr(diskfile.os, "replace", no_space)
+    c = PromptCache(KEY, ram_bytes=1 << 20, disk_bytes=1 << 20, disk_dir=tmp_path)
+    c.put(toks((0, 10)), state(1))
+    c.flush_to_disk()
+    c.close(timeout=0.2)
+    assert c.stats()["lost_entries"] == 1
 
 
-def test_write_failure_resets_on_success(tmp_path: Path, monkeypatch) -> None:
-    real_replace = os.replace
-    fail = [True, True, False, True, True, False]
-
-    def flaky(src, dst):
-        if fail.pop(0):
-            raise OSError(errno.EIO, "I/O error")
-        real_replace(src, dst)
-
-    c = make(tmp_path, ram=0)
-    monkeypatch.setattr(tiers_mod.os, "replace", flaky)
-    for i in range(6):
+def test_a_disk_hit_being_read_is_not_evicted(tmp_path: Path) -> None:
+    c = make(tmp_path, ram=0, disk=2 * (STATE + 300))
+    c.put(toks((0, 10)), state(0))
+    hit = c.lookup(toks((0, 10)))
+    assert hit is not None and hit.tier == "disk"
+    for i in range(1, 4):  # enough to evict entry 0, were it not pinned
         c.put(toks((i * 100, i * 100 + 10)), state(i))
-    s = c.stats()
-    assert s["write_errors"] == 4 and s["writes"] == 2 and s["disk"]["writable"] is True
+    assert hit.load() == state(0)
+    hit.release()
+    c.put(toks((900, 910)), state(9))
+    assert c.lookup(toks((0, 10))) is None  # unpinned: evicted now
 
 
 def test_flush_failure_keeps_entries_in_ram(tmp_path: Path, monkeypatch) -> None:
@@ -397,8 +437,10 @@ def test_flush_failure_keeps_entries_in_ram(tmp_path: Path, monkeypatch) -> None
 
     c = make(tmp_path)
     c.put(toks((0, 10)), state(1))
-    monkeypatch.setattr(tiers_mod.os, "replace", broken)
-    c.flush_to_disk()
+    from runner.cache import diskfile
+
+    monkeypatch.setattr(diskfile.os, "replace", broken)
+    PromptCache.flush_to_disk(c)
     hit = c.lookup(toks((0, 10)))
     assert hit is not None and hit.tier == "ram" and hit.load() == state(1)
 

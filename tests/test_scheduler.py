@@ -14,8 +14,7 @@ from fake_executor import FakeExecutor, next_token
 from runner.cache import CacheKey, PromptCache
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, EmbedJob, Job, ThreadSink, collect, thread_events
-from runner.engine.partition import cuts, pieces, reusable
-from runner.engine.partition import ExactPrefix
+from runner.engine.partition import ExactPrefix, cuts, pieces, reusable
 from runner.engine.types import (
     EmbeddingsDone,
     EngineConfig,

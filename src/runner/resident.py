@@ -74,6 +74,7 @@ class ResidentModel:
             self.aliases.remove(tag)
         if self.name == tag and remaining:
             self.name = self.aliases.pop(0) if self.aliases else remaining[0]
+
     retire_reason: str = "its name now refers to another file"
 
     @property

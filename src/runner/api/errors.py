@@ -30,7 +30,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runner.chat import ChatTemplateError, GrammarError
-from runner.engine import EngineClosed, EngineError, InvalidRequest, PromptTooLong, QueueFull
+from runner.engine import (
+    EngineClosed,
+    EngineDead,
+    EngineError,
+    InvalidRequest,
+    PromptTooLong,
+    QueueFull,
+)
 from runner.engine.slot_files import (
     SlotFileInvalid,
     SlotFileMismatch,
@@ -149,6 +156,7 @@ ERRORS: dict[type[BaseException], Describer] = {
     InvalidRequest: row(400, "invalid_request"),
     QueueFull: row(503, "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}),
     EngineClosed: row(503, "model_unloaded"),
+    EngineDead: row(503, "engine_failed", headers={"Retry-After": "1"}),
     SlotFileInvalid: row(400, "slot_file_invalid"),
     SlotFileMismatch: row(409, "slot_file_mismatch"),
     SlotFileWriteFailed: row(500, "slot_file_write_failed"),

@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 Tier = Literal["ram", "disk"]
 
-_MAX_BACKOFF = 30.0  # seconds between write attempts while the disk keeps failing
+_FIRST_BACKOFF = 0.5  # seconds before retrying a failed write; doubles per failure
+_MAX_BACKOFF = 30.0
 
 
 class CacheEntryCorrupt(Exception):
@@ -161,7 +162,9 @@ class PromptCache:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._ram = _Tier(ram_bytes)
-        self._pending = _Tier(max(ram_bytes, 0))  # written soon; counted as RAM on hits
+        # Waiting for the writer (a full disk can hold entries here for a while): bounded
+        # by the RAM tier, or 64 MiB when there is none. Counted as RAM on hits.
+        self._pending = _Tier(max(ram_bytes, 64 << 20))
         self._disk = _Tier(disk_bytes)
         self._unlinks: list[Path] = []
         self._lookups = self._misses = self._writes = self._write_bytes = 0
@@ -407,7 +410,7 @@ class PromptCache:
                 self._writing = False
                 self._write_errors += 1
                 self._failures += 1
-                delay = min(_MAX_BACKOFF, 0.5 * 2 ** min(self._failures, 8))
+                delay = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** min(self._failures - 1, 8))
                 self._retry_at = time.monotonic() + delay
                 self._changed.notify_all()
             log.warning("prompt cache: cannot write to %s (%s); retrying in %.1fs",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import PromptCache
+from . import slot_files
 from .context import LlamaContext
 from .core import EngineCore
 from .executor import LlamaExecutor
@@ -29,7 +30,6 @@ from .job import (
     thread_events,
 )
 from .model import LlamaModel
-from . import slot_files
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,

@@ -60,7 +60,7 @@ class StepPlan:
 
 
 class DecodeFailed(EngineError):
-    code = "decode_failed"
+    """A decode call failed; the requests in it end with this error."""
 
 
 class Executor(KvOps, Protocol):

@@ -35,9 +35,6 @@ class EngineClosed(EngineError):
 class EngineDead(EngineError):
     """The engine thread stopped on an error; the loader replaces the engine."""
 
-    status = 503
-    code = "engine_failed"
-
 
 @dataclass(frozen=True)
 class EngineConfig:
