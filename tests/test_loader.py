@@ -25,7 +25,8 @@ MIB = 1 << 20
 class FakeEngine:
     def __init__(self, path: Path, config: EngineConfig, name: str, log: list[str]) -> None:
         self.name, self.config = name, config
-        self.model = SimpleNamespace(gpu_layers=0)
+        self.info = SimpleNamespace(gpu_layers=0)
+        self.dead: str | None = None
         self.busy = False
         self.closed = False
         log.append(f"load {name}")
