@@ -150,7 +150,7 @@ async def check_grammar(grammar: str | None, engine: Engine) -> None:
     if not grammar:
         return
     if len(grammar) <= INLINE_LIMIT:
-        validate_gbnf(grammar, engine.model.vocab)
+        validate_gbnf(grammar, engine.vocab)
     else:
         await asyncio.to_thread(validate_gbnf, grammar, engine.model.vocab)
 

@@ -298,14 +298,14 @@ async def _embed(request: Request, body: dict[str, Any], texts: list[str]) -> di
                     raise APIError(400, f"input of {len(tokens)} tokens exceeds the context")
                 tokens = tokens[:limit]
             inputs.append(tokens)
-        results = await engine.embed(inputs)
+        result = await engine.embed(inputs)
         name = model.name
     return {
         "model": name,
-        "embeddings": [vector for vector, _ in results],
+        "embeddings": result.vectors,
         "total_duration": time.perf_counter_ns() - started,
         "load_duration": load_ns,
-        "prompt_eval_count": sum(n for _, n in results),
+        "prompt_eval_count": sum(result.token_counts),
     }
 
 

@@ -81,7 +81,7 @@ def _ps_row(model: ResidentModel) -> dict[str, Any]:
         expires = _FOREVER
     else:  # a model in use expires keep_alive after its last holder lets go
         expires = (time.time() if model.busy else model.last_used) + model.keep_alive
-    on_gpu = model.engine is not None and model.engine.model.gpu_layers > 0
+    on_gpu = model.engine is not None and model.engine.info.gpu_layers > 0
     return {
         **_tag_row(model.name, model.entry),
         "size": model.estimate.total,

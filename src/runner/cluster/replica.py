@@ -132,9 +132,9 @@ class RunnerReplica:
             if engine is None:
                 continue
             slots += engine.config.slots
-            load += engine.scheduler.processing + engine.scheduler.queued
-            for slot in engine.scheduler.slots:
-                blocks.update(RadixIndex.prefix_hashes(list(slot.tokens), self.block))
+            load += engine.processing + engine.queued
+            for tokens in engine.reusable_prefixes():
+                blocks.update(RadixIndex.prefix_hashes(tokens, self.block))
             if engine.prompt_cache is not None:
                 blocks |= engine.prompt_cache.block_hashes(self.block)
         return {

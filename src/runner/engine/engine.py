@@ -210,6 +210,24 @@ class Engine:
         """The scheduler, for the slot-file commands (they run on the engine thread)."""
         return self._core.scheduler
 
+    @property
+    def vocab(self) -> Any:
+        """llama.cpp's vocabulary handle, for checking grammars (reads are thread-safe)."""
+        return self._model.vocab
+
+    def reusable_prefixes(self, timeout: float = 1.0) -> list[list[int]]:
+        """The token prefixes the slots hold that a new prompt could reuse (for routers);
+        empty if the engine does not answer within `timeout`."""
+
+        def collect_prefixes() -> list[list[int]]:
+            slots = self._core.scheduler.slots
+            return [list(s.tokens[: s.exact.length]) for s in slots if s.exact.length]
+
+        try:
+            return self._core.call(collect_prefixes).result(timeout)
+        except Exception:
+            return []
+
     def run_on_engine(self, fn: Any) -> Future[Any]:
         return self._core.call(fn)
 
