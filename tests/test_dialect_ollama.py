@@ -1,7 +1,8 @@
 """Ollama's API (`/api/...`) driven by the official `ollama` Python client against `runner
-serve` with the bundled model, in a private store (copy, delete and pull change it), behind
-an API key: list, show, chat (streamed and not), generate, embed, ps with keep_alive, copy,
-delete, pull from a local OCI registry, and bad input in Ollama's error shape."""
+serve` with the bundled model, in a private store (copy, delete, pull and a template override
+change it), behind an API key: list, show, chat (streamed and not), generate, embed, ps with
+keep_alive, copy, delete, pull from a local OCI registry, tool calls, thinking (also through
+the Anthropic and Responses dialects), shutdown, and bad input in Ollama's error shape."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import anthropic
 import httpx
 import ollama
+import openai
 import pytest
 from conftest import ServerHandle, write_tiny_gguf
 from oci_registry import RegistryProcess
@@ -299,3 +302,42 @@ def test_stream_outliving_the_shutdown_grace_ends_with_an_error_line(
     assert "shutting down" in str(parts[-1]["error"])
     assert all("error" not in part for part in parts[:-1])
     assert handle.proc is not None and handle.proc.returncode == 0
+
+
+# A template whose generation prompt opens a thought: everything the model then writes is
+# reasoning (the bundled model does not think on its own).
+THINKING_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+    "{{ 'model' if m.role == 'assistant' else 'user' }}\n{{ m.content }}<end_of_turn>\n"
+    "{% endfor %}<start_of_turn>model\n<think>\n"
+)
+
+
+def test_thinking_in_every_dialect(server: ServerHandle, client: ollama.Client) -> None:
+    http = raw(server)
+    configure = {"model": MODEL, "chat-template": THINKING_TEMPLATE}
+    assert http.post("/engines/_configure", json=configure).status_code == 202
+    try:
+        ask = [{"role": "user", "content": "Why is the sky blue?"}]
+        reply = client.chat(model=MODEL, messages=ask, options={"num_predict": 8})
+        assert reply.message.thinking and "<think>" not in reply.message.content
+        parts = list(client.chat(model=MODEL, messages=ask, options=OPTIONS, stream=True))
+        assert "".join(p.message.thinking or "" for p in parts)
+
+        claude = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0)
+        message = claude.messages.create(model=MODEL, max_tokens=8, messages=ask)
+        assert message.content[0].type == "thinking" and message.content[0].thinking
+        with claude.messages.stream(model=MODEL, max_tokens=8, messages=ask) as stream:
+            kinds = [e.delta.type for e in stream if e.type == "content_block_delta"]
+        assert "thinking_delta" in kinds
+
+        responses = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+        answer = responses.responses.create(model=MODEL, input=ask, max_output_tokens=8)
+        assert answer.output[0].type == "reasoning" and answer.output[0].content[0].text
+        events = responses.responses.create(
+            model=MODEL, input=ask, max_output_tokens=8, stream=True
+        )
+        assert "response.reasoning_text.delta" in [e.type for e in events]
+    finally:
+        reset = {"model": MODEL, "chat-template": None}
+        assert http.post("/engines/_configure", json=reset).status_code == 202
