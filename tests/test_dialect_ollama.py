@@ -67,6 +67,7 @@ def test_list_show_and_version(server: ServerHandle, client: ollama.Client) -> N
     assert shown.details.format == "gguf"
     assert shown.modelinfo["general.architecture"] == "gemma3"
     assert "start_of_turn" in shown.template
+    assert {"completion", "tools"} <= set(shown.capabilities)
     assert raw(server).get("/api/version").json()["version"]
 
 

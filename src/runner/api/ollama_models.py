@@ -116,14 +116,20 @@ async def show(request: Request) -> dict[str, Any]:
         info[f"{arch}.attention.head_count_kv"] = meta.head_count_kv
     config = store_of(request).get_config(entry.id)
     parameters = "\n".join(f"{k} {v}" for k, v in sorted(config.items()))
+    template = _template_source(entry, config)
+    # Every chat template gets tool calls (runner's per-family formats, generic otherwise);
+    # a template that writes <think> makes a model that reasons.
+    capabilities = ["completion", "embedding", "tools"]
+    if "<think>" in template:
+        capabilities.append("thinking")
     return {
         "license": "",
         "modelfile": f"# runner model {entry.name}\nFROM {entry.path}\n",
         "parameters": parameters,
-        "template": _template_source(entry, config),
+        "template": template,
         "details": details(entry),
         "model_info": info,
-        "capabilities": ["completion", "embedding"],
+        "capabilities": capabilities,
         "modified_at": rfc3339(entry.created),
     }
 
