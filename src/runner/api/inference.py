@@ -152,7 +152,7 @@ async def check_grammar(grammar: str | None, engine: Engine) -> None:
     if len(grammar) <= INLINE_LIMIT:
         validate_gbnf(grammar, engine.vocab)
     else:
-        await asyncio.to_thread(validate_gbnf, grammar, engine.model.vocab)
+        await asyncio.to_thread(validate_gbnf, grammar, engine.vocab)
 
 
 def usage(final: FinishEvent) -> dict[str, Any]:

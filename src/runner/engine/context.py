@@ -144,11 +144,6 @@ class LlamaContext:
     def clear_seq(self, seq: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
 
-    def copy_seq(self, src: int, dst: int, n_tokens: int) -> None:
-        """Make dst hold src's first n_tokens positions (dst is emptied first)."""
-        llama_cpp.llama_memory_seq_rm(self.mem, dst, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self.mem, src, dst, 0, n_tokens)
-
     def clear_all(self) -> None:
         llama_cpp.llama_memory_clear(self.mem, True)
 

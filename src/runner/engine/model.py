@@ -73,20 +73,6 @@ class LlamaModel:
             raise RuntimeError("model is closed")
         return self._model
 
-    def describe(self) -> dict[str, object]:
-        buf = ctypes.create_string_buffer(256)
-        llama_cpp.llama_model_desc(self._model, buf, len(buf))
-        return {
-            "description": buf.value.decode("utf-8", "replace"),
-            "size": llama_cpp.llama_model_size(self._model),
-            "n_params": llama_cpp.llama_model_n_params(self._model),
-            "n_layer": self.n_layer,
-            "n_gpu_layers": self.gpu_layers,
-            "n_ctx_train": self.n_ctx_train,
-            "n_embd": self.n_embd,
-            "n_vocab": self.n_vocab,
-        }
-
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
