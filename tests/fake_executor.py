@@ -38,6 +38,7 @@ class FakeExecutor:
         if self.decode_status:
             raise DecodeFailed(f"llama_decode failed ({self.decode_status})")
         self.calls.append([(e.seq, e.start, len(e.tokens)) for e in entries])
+        self.last_entries = list(entries)
         out: list[int | None] = []
         for e in entries:
             seq = self.seqs.setdefault(e.seq, [])
@@ -55,6 +56,13 @@ class FakeExecutor:
 
     def close_sampler(self, job_id: int) -> None:
         self.samplers.discard(job_id)
+
+    def sample_at(self, job_id: int, entry: int) -> int:
+        assert job_id in self.samplers
+        return next_token(self.seqs[self.last_entries[entry].seq])
+
+    def take_logprobs(self, job_id: int) -> None:
+        return None
 
     def piece(self, token: int) -> bytes:
         return f"<{token}>".encode()

@@ -248,3 +248,33 @@ def test_a_crashed_step_kills_the_core_and_refuses_work(make_core) -> None:
         core.submit(Job(GenerationRequest(prompt_of(4)), ThreadSink()))
     with pytest.raises(EngineDead):
         core.call(lambda: 1).result(1)
+
+
+def test_n_choices_compute_the_prompt_once(make_core) -> None:
+    core, ex = make_core(slots=3)
+    prompt = prompt_of(40)
+    sinks = [ThreadSink() for _ in range(3)]
+    jobs = [Job(GenerationRequest(prompt, max_tokens=5), sink) for sink in sinks]
+    jobs[0].followers = jobs[1:]
+    core.submit(jobs[0])
+    results = [collect(thread_events(sink, timeout=5)) for sink in sinks]
+    assert [r.tokens for r in results] == [expected_output(prompt, 5)] * 3
+    prompt_rows = sum(n for call in ex.calls for _, start, n in call if start < len(prompt))
+    assert prompt_rows == len(prompt)  # computed once, copied to the other two slots
+    assert results[0].timings.prompt_n == len(prompt)
+    assert [r.timings.cache_n for r in results[1:]] == [len(prompt)] * 2
+    assert len({r.finish.slot_id for r in results}) == 3
+    assert not ex.samplers
+
+
+def test_n_choices_wait_for_enough_free_slots(make_core) -> None:
+    core, ex = make_core(slots=2)
+    busy = Job(GenerationRequest(prompt_of(8), max_tokens=30), ThreadSink())
+    core.submit(busy)
+    sinks = [ThreadSink(), ThreadSink()]
+    pair = [Job(GenerationRequest(prompt_of(20, 700), max_tokens=3), s) for s in sinks]
+    pair[0].followers = [pair[1]]
+    core.submit(pair[0])
+    results = [collect(thread_events(sink, timeout=5)) for sink in sinks]
+    assert [r.finish.finish_reason for r in results] == ["length", "length"]
+    assert collect(thread_events(busy.sink, timeout=5)).finish.finish_reason == "length"  # type: ignore[arg-type]

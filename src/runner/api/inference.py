@@ -24,6 +24,7 @@ from runner.engine import (
     RequestHandle,
     SamplingParams,
     TokenEvent,
+    TokenLogprob,
 )
 from runner.loader import ResidentModel
 from runner.store import BUNDLED_TAGS
@@ -104,9 +105,11 @@ def generation_request(
 ) -> GenerationRequest:
     stops = body.stop_list
     stops += [s for s in extra_stops if s not in stops]
+    sampling = sampling_from(body)
+    sampling.n_probs = body.logprob_alternatives()
     return GenerationRequest(
         prompt_tokens=prompt,
-        sampling=sampling_from(body),
+        sampling=sampling,
         max_tokens=body.token_limit(),
         stop=stops,
         ignore_eos=bool(body.ignore_eos),
@@ -173,7 +176,8 @@ def finish_error(final: FinishEvent) -> Exception | None:
 
 @dataclass(eq=False)
 class Generation:
-    """A submitted request plus the model hold that keeps its engine alive until `close`."""
+    """A submitted request plus the model hold that keeps its engine alive until `close`.
+    `handle` is the first (usually only) choice; `handles` all of them (OpenAI's `n`)."""
 
     model: ResidentModel
     handle: RequestHandle
@@ -181,6 +185,11 @@ class Generation:
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
     closed: bool = False
+    handles: list[RequestHandle] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)  # filled by `collect`
+
+    def __post_init__(self) -> None:
+        self.handles = self.handles or [self.handle]
 
     async def close(self) -> None:
         """Cancel (if still running) and release the model. Idempotent; shielded because it
@@ -188,7 +197,8 @@ class Generation:
         if self.closed:
             return
         self.closed = True
-        self.handle.cancel()
+        for handle in self.handles:
+            handle.cancel()
         with anyio.CancelScope(shield=True):
             await self.hold.aclose()
 
@@ -215,34 +225,60 @@ async def start(
         if customize is not None:
             customize(engine_request)
         await check_grammar(engine_request.sampling.grammar, engine)
-        handle = engine.submit(engine_request)
+        n = getattr(body, "n", None) or 1
+        if n > 1:
+            handles = engine.submit_choices(engine_request, n)
+        else:
+            handles = [engine.submit(engine_request)]
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stack.aclose()
         raise
-    return Generation(model, handle, stack, id_prefix + secrets.token_urlsafe(24))
+    gen_id = id_prefix + secrets.token_urlsafe(24)
+    return Generation(model, handles[0], stack, gen_id, handles=handles)
+
+
+@dataclass
+class Choice:
+    """One collected choice: its text, log-probabilities (if asked for) and finish."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    final: FinishEvent | None = None
 
 
 async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
-    """Run a non-streamed request to the end; a client that hangs up cancels it."""
+    """Run a non-streamed request to the end (every choice, into `gen.choices`); a client
+    that hangs up cancels it. Returns the first choice's text and finish."""
 
     async def watch_disconnect() -> None:
         # The body is already read, so the next message can only be the disconnect.
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                gen.handle.cancel()
+                for handle in gen.handles:
+                    handle.cancel()
                 return
 
-    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
-    parts: list[str] = []
-    try:
-        async for event in gen.handle:
+    async def drain(handle: RequestHandle, choice: Choice) -> None:
+        parts: list[str] = []
+        async for event in handle:
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
+                choice.logprobs.extend(event.logprobs)
             else:
-                return "".join(parts), event
-        raise APIError(500, "the engine ended the request without a result", "engine_error")
+                choice.final = event
+        choice.text = "".join(parts)
+
+    gen.choices = [Choice() for _ in gen.handles]
+    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    try:
+        pairs = zip(gen.handles, gen.choices, strict=True)
+        await asyncio.gather(*(drain(h, c) for h, c in pairs))
+        first = gen.choices[0]
+        if first.final is None:
+            raise APIError(500, "the engine ended the request without a result", "engine_error")
+        return first.text, first.final
     finally:
         watcher.cancel()
         await gen.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -25,6 +25,7 @@ from .errors import APIError
 from .inference import (
     INLINE_LIMIT,
     SYSTEM_FINGERPRINT,
+    Choice,
     Generation,
     collect,
     engine_of,
@@ -36,6 +37,7 @@ from .inference import (
     tokenize,
     usage,
 )
+from .logprobs import chat_entries, completion_object
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, json_body
 from .state import settings_of, store_of
 from .streaming import chat_stream, completion_stream
@@ -54,22 +56,37 @@ async def _preload(request: Request, name: str) -> JSONResponse:
         return JSONResponse({})
 
 
-def _result(gen: Generation, final: Any, obj: str, choice: dict[str, Any]) -> dict[str, Any]:
-    err = finish_error(final)
-    if err is not None:
-        raise err
-    if final.finish_reason == "cancelled":  # the client is gone; this answer goes nowhere
-        raise APIError(499, "the request was cancelled", "cancelled")
-    choice = {"index": 0, **choice, "finish_reason": final.finish_reason}
+def _result(
+    gen: Generation, obj: str, make_choice: Callable[[Choice], dict[str, Any]]
+) -> dict[str, Any]:
+    """The whole response: one entry per choice (`n`); the prompt was computed once, by the
+    first choice, whose timings the response carries."""
+    finals = []
+    for choice in gen.choices:
+        assert choice.final is not None
+        err = finish_error(choice.final)
+        if err is not None:
+            raise err
+        if choice.final.finish_reason == "cancelled":  # the client is gone
+            raise APIError(499, "the request was cancelled", "cancelled")
+        finals.append(choice.final)
+    choices = [
+        {"index": i, **make_choice(c), "finish_reason": f.finish_reason}
+        for i, (c, f) in enumerate(zip(gen.choices, finals, strict=True))
+    ]
+    totals = usage(finals[0])
+    completion = sum(f.completion_tokens for f in finals)
+    totals["completion_tokens"] = completion
+    totals["total_tokens"] = totals["prompt_tokens"] + completion
     return {
         "id": gen.id,
         "object": obj,
         "created": gen.created,
         "model": gen.model.name,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [choice],
-        "usage": usage(final),
-        "timings": final.timings.to_dict(),
+        "choices": choices,
+        "usage": totals,
+        "timings": finals[0].timings.to_dict(),
     }
 
 
@@ -107,12 +124,24 @@ async def chat_completions(request: Request, body: ChatCompletionBody) -> Respon
     gen = await start(request, name, prompt_of, body, "chatcmpl-", plan.customize)
     if body.stream:
         grace = settings_of(request).shutdown_grace
-        return chat_stream(gen, body.include_usage, grace, plan.parser())
-    text, final = await collect(request, gen)
-    message, has_calls = plan.message(text)
-    result = _result(gen, final, "chat.completion", {"message": message, "logprobs": None})
-    if has_calls and final.finish_reason == "stop":
-        result["choices"][0]["finish_reason"] = "tool_calls"
+        return chat_stream(gen, body.include_usage, grace, plan.parser, bool(body.logprobs))
+    await collect(request, gen)
+    piece = engine_of(gen.model).piece_bytes
+    with_calls: set[int] = set()
+
+    def chat_choice(choice: Choice) -> dict[str, Any]:
+        message, has_calls = plan.message(choice.text)
+        if has_calls:
+            with_calls.add(id(choice))
+        logprobs = None
+        if body.logprobs:
+            logprobs = {"content": chat_entries(choice.logprobs, piece)}
+        return {"message": message, "logprobs": logprobs}
+
+    result = _result(gen, "chat.completion", chat_choice)
+    for entry, choice in zip(result["choices"], gen.choices, strict=True):
+        if id(choice) in with_calls and entry["finish_reason"] == "stop":
+            entry["finish_reason"] = "tool_calls"
     return JSONResponse(result)
 
 
@@ -132,10 +161,18 @@ async def completions(request: Request, body: CompletionBody) -> Response:
 
     gen = await start(request, name, prompt_of, body, "cmpl-")
     if body.stream:
-        return completion_stream(gen, body.include_usage, settings_of(request).shutdown_grace)
-    text, final = await collect(request, gen)
-    choice = {"text": text, "logprobs": None}
-    return JSONResponse(_result(gen, final, "text_completion", choice))
+        grace = settings_of(request).shutdown_grace
+        return completion_stream(gen, body.include_usage, grace, body.logprobs is not None)
+    await collect(request, gen)
+    piece = engine_of(gen.model).piece_bytes
+
+    def text_choice(choice: Choice) -> dict[str, Any]:
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_object(choice.logprobs, piece)
+        return {"text": choice.text, "logprobs": logprobs}
+
+    return JSONResponse(_result(gen, "text_completion", text_choice))
 
 
 # ----- embeddings --------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class GenerationFields(_Body):
     # Also checked against the slot's context by the engine (400 when larger).
     max_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
     n_predict: int | None = Field(None, ge=-1, le=INT32_MAX)  # llama-server's max_tokens
-    n: int | None = 1  # only 1 (see _only_one)
+    # Choices share one prompt computation; the engine caps n at its slot count.
+    n: int | None = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -90,13 +91,6 @@ class GenerationFields(_Body):
     @classmethod
     def _limit(cls, value: int | None) -> int | None:
         return _check_limit(value)
-
-    @field_validator("n")
-    @classmethod
-    def _only_one(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return value
 
     @field_validator("n_probs")
     @classmethod
@@ -138,6 +132,10 @@ class GenerationFields(_Body):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def logprob_alternatives(self) -> int | None:
+        """How many alternatives to report per token; None: no log-probabilities."""
+        return None
+
     def token_limit(self) -> int | None:
         """max_tokens as the engine wants it: None runs to the end of the slot's context."""
         value = self.max_tokens if self.max_tokens is not None else self.n_predict
@@ -159,19 +157,21 @@ class ChatCompletionRequest(GenerationFields):
     reasoning_format: str | None = None
     reasoning_budget: int | None = Field(None, ge=-1, le=INT32_MAX)  # thinking tokens
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @field_validator("max_completion_tokens")
     @classmethod
     def _limit2(cls, value: int | None) -> int | None:
         return _check_limit(value)
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def logprob_alternatives(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         if self.max_completion_tokens is not None:
@@ -189,7 +189,7 @@ class CompletionRequest(GenerationFields):
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
 
     @field_validator("prompt")
     @classmethod
@@ -212,9 +212,10 @@ class CompletionRequest(GenerationFields):
             raise ValueError("suffix is not supported")
         if self.best_of not in (None, 1):
             raise ValueError("only best_of=1 is supported")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
         return self
+
+    def logprob_alternatives(self) -> int | None:
+        return self.logprobs
 
 
 EmbeddingInput = str | list[str] | list[int] | list[list[int]]

@@ -5,6 +5,8 @@ a last chunk with an empty delta carrying `finish_reason` and `timings`; with
 `stream_options.include_usage` one more chunk with empty `choices`, `usage` and `timings`;
 then `data: [DONE]`. Text completions follow the same plan with `text_completion` chunks.
 A request the engine ends with an error gets an OpenAI error object as its last event.
+With `n` > 1, chunks of the choices interleave, each with its `index`; with `logprobs`, a
+token's chunk carries its log-probability.
 
 Disconnects: sse-starlette listens for `http.disconnect` and cancels the task that iterates
 our generator; the CancelledError lands in `RequestHandle.events`, whose `finally` cancels
@@ -19,8 +21,9 @@ own deadline (and uvicorn's) come `STREAM_END_MARGIN` seconds later, as a backst
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -28,11 +31,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from runner.chat.output import ChatOutputParser
-from runner.engine import FinishEvent, TokenEvent
+from runner.engine import FinishEvent, RequestHandle, TokenEvent
 
 from .chat_output import chat_deltas, chat_finish_reason
 from .errors import ErrorInfo, describe, openai_body
 from .inference import SYSTEM_FINGERPRINT, Generation, finish_error, usage
+from .logprobs import chat_entries, completion_object
 
 # Seconds between the end of the shutdown grace, when running streams are ended with an
 # error event, and the deadline at which sse-starlette would drop them without one.
@@ -58,7 +62,8 @@ class ShutdownCutoff:
         await self.started.wait()
         await anyio.sleep(self.grace)
         self.passed = True
-        gen.handle.cancel()
+        for handle in gen.handles:
+            handle.cancel()
 
     def error_events(self) -> list[ServerSentEvent]:
         message = (
@@ -122,87 +127,168 @@ def _unfinished(final: FinishEvent | None, cutoff: ShutdownCutoff) -> list[Serve
 
 
 def _summary(
-    gen: Generation, obj: str, include_usage: bool, final: FinishEvent, last: dict[str, Any]
+    gen: Generation,
+    obj: str,
+    include_usage: bool,
+    finals: list[FinishEvent | None],
+    last: dict[str, Any],
 ) -> list[ServerSentEvent]:
-    """After the finish chunk `last`: the usage chunk if asked for, then `[DONE]`."""
-    last["timings"] = final.timings.to_dict()
+    """After the finish chunk `last`: the usage chunk if asked for, then `[DONE]`. The
+    prompt was computed once, by the first choice, whose timings are reported."""
+    first = finals[0]
+    assert first is not None
+    last["timings"] = first.timings.to_dict()
     events = [_event(last)]
     if include_usage:
         tail = _chunk(gen, obj, include_usage, [])
-        tail["usage"] = usage(final)
-        tail["timings"] = final.timings.to_dict()
+        totals = usage(first)
+        totals["completion_tokens"] = sum(f.completion_tokens for f in finals if f)
+        totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+        tail["usage"] = totals
+        tail["timings"] = first.timings.to_dict()
         events.append(_event(tail))
     events.append(DONE)
     return events
+
+
+async def merged(gen: Generation) -> AsyncIterator[tuple[int, TokenEvent | FinishEvent]]:
+    """Every choice's events, tagged with the choice's index, in arrival order."""
+    if len(gen.handles) == 1:
+        async for event in gen.handle:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, TokenEvent | FinishEvent] | None] = asyncio.Queue()
+
+    async def pump(index: int, handle: RequestHandle) -> None:
+        async for event in handle:
+            await queue.put((index, event))
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(gen.handles)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _first_problem(finals: list[FinishEvent | None], cutoff: ShutdownCutoff):  # noqa: ANN202
+    for final in finals:
+        ending = _unfinished(final, cutoff)
+        if ending is not None:
+            return ending
+    return None
 
 
 async def chat_events(
     gen: Generation,
     include_usage: bool,
     cutoff: ShutdownCutoff,
-    output: ChatOutputParser | None = None,
+    output: Callable[[], ChatOutputParser] | None = None,
+    logprobs: bool = False,
 ) -> AsyncIterator[ServerSentEvent]:
-    """`output` splits reasoning and tool calls out of the text (`chat_deltas`)."""
+    """`output` makes the parser that splits reasoning and tool calls out of each choice's
+    text (`chat_deltas`); `logprobs` adds each token's log-probability to its chunk."""
     obj = "chat.completion.chunk"
+    n = len(gen.handles)
+    parsers = [output() if output is not None else None for _ in range(n)]
+    piece = gen.model.engine.piece_bytes if logprobs and gen.model.engine else None
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    def chunk(
+        index: int, delta: dict[str, Any], finish: str | None = None, lps: Any = None
+    ) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "finish_reason": finish}
+        if lps:
+            choice["logprobs"] = {"content": chat_entries(lps, piece)} if piece else None
         return _chunk(gen, obj, include_usage, [choice])
 
-    yield _event(chunk({"role": "assistant", "content": None}))
-    final: FinishEvent | None = None
-    async for event in gen.handle:
-        if isinstance(event, TokenEvent):
-            if event.text and output is None:
-                yield _event(chunk({"content": event.text}))
-            elif event.text:
-                for delta in chat_deltas(output.feed(event.text)):
-                    yield _event(chunk(delta))
-        else:
-            final = event
-    ending = _unfinished(final, cutoff)
+    for index in range(n):
+        yield _event(chunk(index, {"role": "assistant", "content": None}))
+    finals: list[FinishEvent | None] = [None] * n
+    async for index, event in merged(gen):
+        if isinstance(event, FinishEvent):
+            finals[index] = event
+            continue
+        parser = parsers[index]
+        lps = event.logprobs if piece else ()
+        deltas = [{"content": event.text}] if parser is None and event.text else []
+        if parser is not None and event.text:
+            deltas = chat_deltas(parser.feed(event.text))
+        if lps and not deltas:
+            deltas = [{}]
+        for k, delta in enumerate(deltas):
+            yield _event(chunk(index, delta, lps=lps if k == 0 else None))
+    ending = _first_problem(finals, cutoff)
     if ending is None:
-        assert final is not None
-        if output is not None:
-            for delta in chat_deltas(output.finish()):
-                yield _event(chunk(delta))
-        reason = chat_finish_reason(final.finish_reason, output)
-        ending = _summary(gen, obj, include_usage, final, chunk({}, reason))
+        for index, (final, parser) in enumerate(zip(finals, parsers, strict=True)):
+            assert final is not None
+            if parser is not None:
+                for delta in chat_deltas(parser.finish()):
+                    yield _event(chunk(index, delta))
+            if index < n - 1:
+                reason = chat_finish_reason(final.finish_reason, parser)
+                yield _event(chunk(index, {}, reason))
+        last = finals[-1]
+        assert last is not None
+        reason = chat_finish_reason(last.finish_reason, parsers[-1])
+        ending = _summary(gen, obj, include_usage, finals, chunk(n - 1, {}, reason))
     for sse in ending:
         yield sse
 
 
 async def completion_events(
-    gen: Generation, include_usage: bool, cutoff: ShutdownCutoff
+    gen: Generation, include_usage: bool, cutoff: ShutdownCutoff, logprobs: bool = False
 ) -> AsyncIterator[ServerSentEvent]:
     obj = "text_completion"
+    n = len(gen.handles)
+    piece = gen.model.engine.piece_bytes if logprobs and gen.model.engine else None
+    offsets = [0] * n
 
-    def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def chunk(index: int, text: str, finish: str | None = None, lps: Any = ()) -> dict[str, Any]:
+        lp_obj = completion_object(lps, piece, offsets[index]) if piece and lps else None
+        choice = {"index": index, "text": text, "logprobs": lp_obj, "finish_reason": finish}
         return _chunk(gen, obj, include_usage, [choice])
 
-    final: FinishEvent | None = None
-    async for event in gen.handle:
-        if isinstance(event, TokenEvent):
-            if event.text:
-                yield _event(chunk(event.text))
-        else:
-            final = event
-    ending = _unfinished(final, cutoff)
+    finals: list[FinishEvent | None] = [None] * n
+    async for index, event in merged(gen):
+        if isinstance(event, FinishEvent):
+            finals[index] = event
+        elif event.text or (piece and event.logprobs):
+            yield _event(chunk(index, event.text, lps=event.logprobs))
+            offsets[index] += len(event.text)
+    ending = _first_problem(finals, cutoff)
     if ending is None:
-        assert final is not None
-        ending = _summary(gen, obj, include_usage, final, chunk("", final.finish_reason))
+        for index in range(n - 1):
+            final = finals[index]
+            assert final is not None
+            yield _event(chunk(index, "", final.finish_reason))
+        last = finals[-1]
+        assert last is not None
+        ending = _summary(gen, obj, include_usage, finals, chunk(n - 1, "", last.finish_reason))
     for sse in ending:
         yield sse
 
 
 def chat_stream(
-    gen: Generation, include_usage: bool, grace: float, output: ChatOutputParser | None = None
+    gen: Generation,
+    include_usage: bool,
+    grace: float,
+    output: Callable[[], ChatOutputParser] | None = None,
+    logprobs: bool = False,
 ) -> EngineStream:
     cutoff = ShutdownCutoff(grace)
-    return EngineStream(gen, chat_events(gen, include_usage, cutoff, output), cutoff)
+    events = chat_events(gen, include_usage, cutoff, output, logprobs)
+    return EngineStream(gen, events, cutoff)
 
 
-def completion_stream(gen: Generation, include_usage: bool, grace: float) -> EngineStream:
+def completion_stream(
+    gen: Generation, include_usage: bool, grace: float, logprobs: bool = False
+) -> EngineStream:
     cutoff = ShutdownCutoff(grace)
-    return EngineStream(gen, completion_events(gen, include_usage, cutoff), cutoff)
+    return EngineStream(gen, completion_events(gen, include_usage, cutoff, logprobs), cutoff)

@@ -22,6 +22,7 @@ from .types import (
     SamplingParams,
     Timings,
     TokenEvent,
+    TokenLogprob,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "SamplingParams",
     "Timings",
     "TokenEvent",
+    "TokenLogprob",
     "gpu_offload_supported",
     "system_info",
 ]

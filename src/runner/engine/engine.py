@@ -5,6 +5,7 @@ context and the scheduler stay private; callers read `info`, `slots()` and `stat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -103,6 +104,10 @@ class Engine:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._model.detokenize(list(tokens))
 
+    def piece_bytes(self, token: int) -> bytes:
+        """A token's text as raw bytes (part of a UTF-8 character, for some tokens)."""
+        return self._model.piece(token)
+
     def token_piece(self, token: int, special: bool = False) -> str:
         return self._model.piece(token, special).decode("utf-8", "replace")
 
@@ -139,6 +144,27 @@ class Engine:
         handle = RequestHandle(job, sink, self._core.cancel)
         self._core.submit(job)
         return handle
+
+    def submit_choices(self, request: GenerationRequest, n: int) -> list[RequestHandle]:
+        """Queue `n` choices of one request: the prompt is computed once and its state copied
+        to the others' slots; each draws with its own sampler (`seeds`: seed + i when given)."""
+        if n < 1 or n > self.config.slots:
+            raise InvalidRequest(f"n must be between 1 and {self.config.slots} (the slots)")
+        self.validate(request)
+        loop = asyncio.get_running_loop()
+        handles: list[RequestHandle] = []
+        jobs: list[Job] = []
+        for i in range(n):
+            sampling = dataclasses.replace(request.sampling)
+            if sampling.seed is not None and sampling.seed >= 0:
+                sampling.seed = (sampling.seed + i) & 0xFFFFFFFF
+            sink = LoopSink(loop)
+            job = Job(dataclasses.replace(request, sampling=sampling), sink)
+            jobs.append(job)
+            handles.append(RequestHandle(job, sink, self._core.cancel))
+        jobs[0].followers = jobs[1:]
+        self._core.submit(jobs[0])
+        return handles
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> Completion:
         """Blocking: run a request to the end (for scripts, tests and the CLI)."""

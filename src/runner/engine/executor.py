@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import llama_cpp
 import numpy as np
 
 from .context import Batch, LlamaContext
@@ -14,7 +15,7 @@ from .model import LlamaModel
 from .sampling import Sampler
 from .scheduler import BatchEntry, DecodeFailed
 from .stats import EngineStats
-from .types import EngineConfig, SamplingParams
+from .types import EngineConfig, SamplingParams, TokenLogprob
 
 
 class LlamaExecutor:
@@ -27,6 +28,9 @@ class LlamaExecutor:
         self.stats = stats
         self.batch = Batch(ctx.n_batch)
         self._samplers: dict[int, Sampler] = {}
+        self._n_probs: dict[int, int] = {}
+        self._logprobs: dict[int, TokenLogprob] = {}
+        self._where: list[int] = []  # batch index of each entry of the last step
         self._embed_ctx: LlamaContext | None = None
         self._embed_batch: Batch | None = None
 
@@ -42,6 +46,7 @@ class LlamaExecutor:
             else:
                 where.append(batch.add(e.tokens, e.start, e.seq, e.sample))
         batch.struct.n_tokens = batch.n
+        self._where = where
         started = time.perf_counter()
         status = self.ctx.decode(batch.struct)
         self.stats.n_decode_total += 1
@@ -54,8 +59,38 @@ class LlamaExecutor:
             self._samplers[e.job_id].sample(handle, i) if e.sample else None
             for e, i in zip(entries, where, strict=True)
         ]
+        for e, i, token in zip(entries, where, out, strict=True):
+            n_top = self._n_probs.get(e.job_id)
+            if token is not None and n_top is not None:
+                self._logprobs[e.job_id] = self._logprob(i, token, n_top)
         self.stats.sample_seconds_total += time.perf_counter() - started
         return out
+
+    def _logprob(self, index: int, token: int, n_top: int) -> TokenLogprob:
+        """log-softmax of the raw logits at batch `index` (before any sampler)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx.handle, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+        peak = float(logits.max())
+        log_z = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        top: tuple[tuple[int, float], ...] = ()
+        if n_top > 0:
+            best = np.argpartition(-logits, n_top)[:n_top]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            top = tuple((int(t), float(logits[t]) - log_z) for t in best)
+        return TokenLogprob(token, float(logits[token]) - log_z, top)
+
+    def sample_at(self, job_id: int, entry: int) -> int:
+        """Draw for `job_id` from the logits of the last step's `entry` (n > 1 choices)."""
+        index = self._where[entry]
+        token = self._samplers[job_id].sample(self.ctx.handle, index)
+        n_top = self._n_probs.get(job_id)
+        if n_top is not None:
+            self._logprobs[job_id] = self._logprob(index, token, n_top)
+        return token
+
+    def take_logprobs(self, job_id: int) -> TokenLogprob | None:
+        """The log-probability of the token last drawn for `job_id`, if it asked for them."""
+        return self._logprobs.pop(job_id, None)
 
     def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None:
         # The penalty window: -1 means the whole context, and nothing beyond it exists.
@@ -67,8 +102,12 @@ class LlamaExecutor:
         for token in history:
             sampler.accept(token)
         self._samplers[job_id] = sampler
+        if params.n_probs is not None:
+            self._n_probs[job_id] = params.n_probs
 
     def close_sampler(self, job_id: int) -> None:
+        self._n_probs.pop(job_id, None)
+        self._logprobs.pop(job_id, None)
         sampler = self._samplers.pop(job_id, None)
         if sampler is not None:
             sampler.close()

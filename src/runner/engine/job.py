@@ -60,6 +60,8 @@ class Job:
     t_prompt_start: float = 0.0
     t_gen_start: float = 0.0
     finished: bool = False
+    # n > 1: the other choices, which copy this job's prompt state instead of computing it.
+    followers: list[Job] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stream = TextStream(self.request.stop)

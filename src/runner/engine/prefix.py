@@ -124,6 +124,10 @@ class PrefixPlanner:
             self.cache.record_restore(kept, hit.tier)
         return Decision(kept, source if kept else "none")
 
+    def release(self, slot: Slot) -> None:
+        """Empty `slot` for a state copied in from elsewhere, keeping its prefix cached."""
+        self._drop(slot, 0)
+
     def _drop(self, slot: Slot, keep: int) -> int:
         """Drop the slot's tokens past `keep` (saving its reusable prefix to the prompt cache
         first when enough would be lost); returns how many really remain."""

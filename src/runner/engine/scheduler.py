@@ -31,9 +31,11 @@ from .types import (
     EngineError,
     FinishEvent,
     FinishReason,
+    GenerationRequest,
     SamplingParams,
     Timings,
     TokenEvent,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class Executor(KvOps, Protocol):
     def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]: ...
     def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None: ...
     def close_sampler(self, job_id: int) -> None: ...
+    def take_logprobs(self, job_id: int) -> TokenLogprob | None: ...
+    def sample_at(self, job_id: int, entry: int) -> int: ...
     def piece(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
 
@@ -188,13 +192,17 @@ class Scheduler:
 
     def update(self, plan: StepPlan, sampled: Sequence[int | None]) -> None:
         now = time.perf_counter()
-        for entry, slot, token in zip(plan.entries, plan.slots, sampled, strict=True):
+        for pos, (entry, slot, token) in enumerate(
+            zip(plan.entries, plan.slots, sampled, strict=True)
+        ):
             job = slot.job
             if job is None or job.id != entry.job_id:
                 continue
             slot.tokens.extend(entry.tokens)
             if slot.state is SlotState.PROMPT:
                 self._prompt_advanced(slot, job, len(entry.tokens), now)
+                if slot.state is SlotState.GENERATING and job.followers:
+                    self._fork(slot, job, pos, now)
             if token is not None:
                 self._sampled(slot, job, token, now)
 
@@ -221,6 +229,27 @@ class Scheduler:
         self.stats.prompt_seconds_total += job.timings.prompt_ms / 1e3
         self.stats.cache_tokens_total += job.timings.cache_n
 
+    def _fork(self, slot: Slot, job: Job, entry: int, now: float) -> None:
+        """The shared prompt is computed: each waiting choice gets a copy of its state and
+        draws its first token from the same logits with its own sampler."""
+        state = self.executor.seq_state(slot.id)
+        for follower in job.followers:
+            target = next((s for s in self.slots if s.job is follower), None)
+            if target is None or follower.finished:
+                continue
+            if not self.executor.set_seq_state(target.id, state):
+                self._finish(follower, "error", error=EngineError("could not copy the prompt"))
+                continue
+            target.tokens = list(slot.tokens)
+            target.exact = slot.exact
+            target.state = SlotState.GENERATING
+            follower.prompt_pos = len(follower.request.prompt_tokens)
+            follower.timings.cache_n = follower.prompt_pos
+            follower.timings.cache_source = "slot"
+            follower.timings.prompt_ms = job.timings.prompt_ms
+            follower.t_gen_start = now
+            self._sampled(target, follower, self.executor.sample_at(follower.id, entry), now)
+
     def _sampled(self, slot: Slot, job: Job, token: int, now: float) -> None:
         job.timings.predicted_n += 1
         req = job.request
@@ -230,8 +259,9 @@ class Scheduler:
         job.output_tokens.append(token)
         job.next_token = token
         text = job.stream.push(self.executor.piece(token))
+        logprob = self.executor.take_logprobs(job.id)
         if text or not job.stream.stopped:
-            self.outbox.add(job, TokenEvent(text, (token,)))
+            self.outbox.add(job, TokenEvent(text, (token,), (logprob,) if logprob else ()))
         if job.stream.stopped:
             self._finish(job, "stop")
         elif (
@@ -259,11 +289,27 @@ class Scheduler:
 
     def _admit(self) -> None:
         for job in list(self.waiting):
+            if job.followers and self.n_idle < 1 + len(job.followers):
+                continue  # n choices start together, when n slots are free
             slot = self._slot_for(job)
             if slot is None:
                 continue
             self.waiting.remove(job)
+            for follower in job.followers:
+                self._start_follower(follower, slot)
             self._start(job, slot)
+
+    def _start_follower(self, job: Job, leader_slot: Slot) -> None:
+        idle = [s for s in self.slots if not s.busy and s is not leader_slot]
+        slot = min(idle, key=lambda s: s.last_used)
+        self.prefix.release(slot)
+        slot.job = job
+        slot.state = SlotState.FORKING
+        job.t_prompt_start = time.perf_counter()
+        try:
+            self.executor.open_sampler(job.id, job.request.sampling, _history(job.request))
+        except EngineError as exc:
+            self._finish(job, "error", error=exc)
 
     def _slot_for(self, job: Job) -> Slot | None:
         req = job.request
@@ -279,10 +325,8 @@ class Scheduler:
         slot.state = SlotState.PROMPT
         job.t_prompt_start = time.perf_counter()
         req = job.request
-        sampling = req.sampling
-        history = req.prompt_tokens[-sampling.repeat_last_n :] if sampling.uses_penalties else []
         try:
-            self.executor.open_sampler(job.id, sampling, [] if sampling.grammar else history)
+            self.executor.open_sampler(job.id, req.sampling, _history(req))
             decision = self.prefix.prepare(slot, req.prompt_tokens, req.cache_prompt)
         except EngineError as exc:
             self._finish(job, "error", error=exc)
@@ -333,6 +377,9 @@ class Scheduler:
         if job.finished:
             return
         job.finished = True
+        for follower in job.followers:  # still waiting for this job's prompt
+            if any(s.job is follower and s.state is SlotState.FORKING for s in self.slots):
+                self._finish(follower, reason, error)
         now = time.perf_counter()
         if reason in ("stop", "length"):
             tail = job.stream.flush()
@@ -401,3 +448,11 @@ class Scheduler:
         for slot in self.slots:
             self.prefix.save(slot)
         cache.flush_to_disk()
+
+
+def _history(request: GenerationRequest) -> list[int]:
+    """Prompt tokens the penalty samplers must have seen (none with a grammar)."""
+    sampling = request.sampling
+    if not sampling.uses_penalties or sampling.grammar:
+        return []
+    return request.prompt_tokens[-sampling.repeat_last_n :]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class SlotState(enum.Enum):
     IDLE = "idle"
     LOADING = "loading"  # waiting for a cached prefix to be read from disk
+    FORKING = "forking"  # waiting for another slot to compute the prompt it shares
     PROMPT = "prompt"
     GENERATING = "generating"
 

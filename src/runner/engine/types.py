@@ -99,6 +99,8 @@ class SamplingParams:
     # reasoning_open: the prompt already opened the thought.
     reasoning_budget: int = -1
     reasoning_open: bool = False
+    # Report each drawn token's log-probability (and this many alternatives): None is off.
+    n_probs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -159,11 +161,23 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A drawn token's log-probability under the model (log-softmax of its logits), and the
+    most likely alternatives, best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
-    """New output: the text that became final this step (may be empty) and its token ids."""
+    """New output: the text that became final this step (may be empty), its token ids and,
+    when asked for, their log-probabilities."""
 
     text: str
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
