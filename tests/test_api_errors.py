@@ -58,7 +58,7 @@ def test_malformed_json(server) -> None:
         {"model": MODEL, "messages": MESSAGES, "logit_bias": {"abc": 1}},
         {"model": MODEL, "messages": MESSAGES, "stop": [str(i) for i in range(17)]},
         {"model": MODEL, "messages": MESSAGES, "response_format": {"type": "xml"}},
-        {"model": MODEL, "messages": MESSAGES, "logprobs": True},
+        {"model": MODEL, "messages": MESSAGES, "top_logprobs": 2},
         [1, 2, 3],
     ],
 )
@@ -66,9 +66,21 @@ def test_wrong_types(server, body) -> None:
     _assert_error(_chat(server, body), 400, "invalid_request_error")
 
 
-def test_n_above_one(server) -> None:
-    err = _assert_error(_chat(server, {"model": MODEL, "messages": MESSAGES, "n": 2}), 400)
-    assert "n=1" in err["message"]
+def test_n_above_the_slot_count(server) -> None:
+    err = _assert_error(_chat(server, {"model": MODEL, "messages": MESSAGES, "n": 5}), 400)
+    assert "n must be" in err["message"]
+
+
+def test_a_grammar_that_ends_early_ends_the_answer(server) -> None:
+    """Once the grammar is complete only an end of generation fits; the server must stop
+    the answer, not hand llama.cpp a token the grammar refuses (which aborts the process)."""
+    body = {
+        "model": MODEL, "messages": MESSAGES, "max_tokens": 6,
+        "grammar": 'root ::= "yes" <end_of_turn>',
+    }  # fmt: skip
+    r = _chat(server, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "yes"
 
 
 def test_unknown_model_lists_available(server) -> None:

@@ -136,6 +136,8 @@ class Sampler:
         chain_params.no_perf = True
         self._chain = llama_cpp.llama_sampler_chain_init(chain_params)
         self._grammar: llama_cpp.llama_sampler_p | None = None
+        self._eos = model.eos
+        self._exhausted = False  # the grammar could not continue; see _sample_constrained
         self._candidates: _Candidates | None = None
         self._budget: _ThinkingBudget | None = None
         self.grammar_resamples = 0  # steps where the grammar rejected the chain's first pick
@@ -217,7 +219,15 @@ class Sampler:
         cur = candidates.fill(ctx, index)
         llama_cpp.llama_sampler_apply(self._grammar, cur)
         llama_cpp.llama_sampler_apply(self._chain, cur)
-        return candidates.selected()
+        token = candidates.selected()
+        if candidates.allows(self._grammar, token):
+            return token
+        # The grammar allows nothing the chain can draw (it is complete and only an end of
+        # generation fits, or every allowed token was cut by the chain). Accepting a token
+        # the grammar refuses makes llama.cpp throw, which ends the process: end the answer
+        # instead, without telling the grammar.
+        self._exhausted = True
+        return self._eos
 
     def _allowed(self, token: int) -> bool:
         if self._grammar is None or self._candidates is None:
@@ -225,7 +235,7 @@ class Sampler:
         return self._candidates.allows(self._grammar, token)
 
     def _accept_generated(self, token: int) -> None:
-        if self._grammar is not None:
+        if self._grammar is not None and not self._exhausted:
             llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
 
