@@ -207,6 +207,10 @@ def test_bad_input_in_ollama_shape(server: ServerHandle, client: ollama.Client) 
     http = raw(server)
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": False}
     _error(http.post("/api/chat", json={**chat, "options": {"temperature": 5}}), 400)
+    _error(http.post("/api/chat", json={**chat, "options": {"num_predict": "many"}}), 400)
+    _error(http.post("/api/chat", json={**chat, "options": [1]}), 400)
+    _error(http.post("/api/pull", json={"model": "/tmp/a\u0000b.gguf"}), 400)
+    _error(http.post("/api/pull", json={"model": "/nonexistent/model.gguf"}), 404)
     _error(http.post("/api/chat", json={**chat, "keep_alive": "soon"}), 400)
     _error(http.post("/api/chat", json={**chat, "format": 3}), 400)
     bad_role = {**chat, "messages": [{"role": "wizard", "content": "x"}]}

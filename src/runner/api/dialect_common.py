@@ -1,5 +1,5 @@
 """What the Ollama, Anthropic and Responses dialects share: validated generation fields, the
-chat prompt builder, and a run that collects text or yields engine events.
+tools plan and chat prompt builder, body reading and small conversions.
 
 Every dialect translates its body into chat messages plus `GenerationFields` and goes through
 `inference.start`, the same path as `/v1/chat/completions`: one loader, one engine, one

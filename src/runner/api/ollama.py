@@ -119,7 +119,8 @@ def fields_from(body: dict[str, Any]) -> GenerationFields:
     if not isinstance(options, dict):
         raise APIError(400, "options must be an object")
     values = {ours: options.get(theirs) for theirs, ours in _OPTIONS.items()}
-    if values["max_tokens"] is not None and values["max_tokens"] < 0:
+    limit = values["max_tokens"]
+    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit < 0:
         values["max_tokens"] = -1  # -1 (no limit) and -2 (fill the context) both run to the end
     fmt = body.get("format")
     if fmt == "json":

@@ -200,6 +200,8 @@ async def pull(request: Request) -> Response:
     absolute path to a local GGUF is imported instead (named after the file)."""
     body = await read_json(request)
     name = _model_name(body)
+    if "\x00" in name:  # no file or registry name holds one; the OS would refuse it later
+        raise APIError(400, "model must not contain NUL characters")
     store = store_of(request)
     if Path(name).is_absolute():
         source = Path(name)
