@@ -33,11 +33,9 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from runner.cache.diskfile import EntryFiles
 from runner.cache.diskformat import (
@@ -48,102 +46,14 @@ from runner.cache.diskformat import (
     safe_component,
     unlink_quietly,
 )
-from runner.cache.radix import RadixIndex
+from runner.cache.entries import CacheEntryCorrupt, CacheHit, CacheKey, Entry, Tier, TierIndex
 
 __all__ = ["CacheEntryCorrupt", "CacheHit", "CacheKey", "PromptCache", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
-Tier = Literal["ram", "disk"]
-
 _FIRST_BACKOFF = 0.5  # seconds before retrying a failed write; doubles per failure
 _MAX_BACKOFF = 30.0
-
-
-class CacheEntryCorrupt(Exception):
-    """A disk entry was damaged, truncated or gone when loaded; it has been dropped."""
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """What a saved state is only valid for."""
-
-    model_sha256: str
-    kv_layout: str  # e.g. "ctx16384-u1-swa1-s4", provided by the engine
-
-
-@dataclass(frozen=True)
-class CacheHit:
-    """A lookup result; `load` fetches the state (for disk: reads and verifies the file).
-    A disk entry stays pinned against eviction until `release`."""
-
-    n_tokens: int  # usable common prefix with the query; may be < len(entry_tokens)
-    tier: Tier
-    entry_tokens: tuple[int, ...]  # the full token list the state was saved with
-    _loader: Callable[[], bytes] = field(repr=False, compare=False)
-    _release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-
-    def load(self) -> bytes:
-        """The state bytes. Raises `CacheEntryCorrupt` (entry dropped) if unusable."""
-        return self._loader()
-
-    def release(self) -> None:
-        if self._release is not None:
-            self._release()
-
-
-@dataclass(eq=False)
-class _Entry:
-    tokens: tuple[int, ...]
-    nbytes: int
-    state: bytes | None = None  # RAM and pending tiers
-    path: Path | None = None  # disk tier
-    pins: int = 0  # disk reads in progress
-
-
-class _Tier:
-    """Radix index + byte-bounded LRU of one tier, with its counters."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(0, capacity)
-        self.index: RadixIndex[_Entry] = RadixIndex()
-        self.lru: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
-        self.nbytes = 0
-        self.hits = self.misses = self.restored_tokens = self.evictions = 0
-
-    def add(self, e: _Entry) -> None:
-        self.index.insert(e.tokens, e)
-        self.lru[e.tokens] = e
-        self.nbytes += e.nbytes
-
-    def discard(self, tokens: tuple[int, ...]) -> _Entry | None:
-        e = self.lru.pop(tokens, None)
-        if e is not None:
-            self.index.remove(tokens)
-            self.nbytes -= e.nbytes
-        return e
-
-    def pop_lru(self) -> _Entry | None:
-        """The least recently used entry that no reader has pinned."""
-        victim = next((e for e in self.lru.values() if not e.pins), None)
-        return None if victim is None else self.discard(victim.tokens)
-
-    def cover(self, key: tuple[int, ...]) -> _Entry | None:
-        """An entry whose tokens start with all of `key`, if any."""
-        m = self.index.best_match(key)
-        return m[1] if m is not None and m[0] == len(key) else None
-
-    def clear(self) -> None:
-        self.index.clear()
-        self.lru.clear()
-        self.nbytes = 0
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "entries": len(self.lru), "bytes": self.nbytes, "capacity_bytes": self.capacity,
-            "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-            "restored_tokens": self.restored_tokens,
-        }  # fmt: skip
 
 
 class PromptCache:
@@ -161,11 +71,11 @@ class PromptCache:
         self.key = key
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._ram = _Tier(ram_bytes)
+        self._ram = TierIndex(ram_bytes)
         # Waiting for the writer (a full disk can hold entries here for a while): bounded
         # by the RAM tier, or 64 MiB when there is none. Counted as RAM on hits.
-        self._pending = _Tier(max(ram_bytes, 64 << 20))
-        self._disk = _Tier(disk_bytes)
+        self._pending = TierIndex(max(ram_bytes, 64 << 20))
+        self._disk = TierIndex(disk_bytes)
         self._unlinks: list[Path] = []
         self._lookups = self._misses = self._writes = self._write_bytes = 0
         self._write_errors = self._load_errors = self._dropped_files = self._lost = 0
@@ -203,7 +113,7 @@ class PromptCache:
             tiers = (self._ram, self._pending, self._disk)
             olds = [(t, t.index.longest_prefix(key)) for t in tiers]
             state = state if type(state) is bytes else bytes(state)  # no aliasing buffers
-            entry = _Entry(key, len(state) + 4 * len(key), state=state)
+            entry = Entry(key, len(state) + 4 * len(key), state=state)
             to_ram = entry.nbytes <= self._ram.capacity
             if not to_ram and not self._can_spill(entry):
                 return  # stored nowhere: keep what it would have replaced
@@ -233,8 +143,8 @@ class PromptCache:
         need = max(1, min_tokens)
         with self._lock:
             self._lookups += 1
-            best: tuple[int, Tier, _Tier, _Entry] | None = None
-            tiers: list[tuple[Tier, _Tier]] = [("ram", self._ram), ("ram", self._pending)]
+            best: tuple[int, Tier, TierIndex, Entry] | None = None
+            tiers: list[tuple[Tier, TierIndex]] = [("ram", self._ram), ("ram", self._pending)]
             if self._files is not None:
                 tiers.append(("disk", self._disk))
             for name, tier in tiers:
@@ -334,11 +244,11 @@ class PromptCache:
 
     # -- the writer thread -----------------------------------------------------------------
 
-    def _can_spill(self, e: _Entry) -> bool:
+    def _can_spill(self, e: Entry) -> bool:
         files = self._files
         return files is not None and files.size_of(len(e.tokens), e.nbytes) <= self._disk.capacity
 
-    def _spill(self, e: _Entry) -> None:
+    def _spill(self, e: Entry) -> None:
         """Queue `e` for the writer (lock held). Drops the oldest queued entries past the
         pending bound (a disk that stays full must not hold RAM forever)."""
         if not self._can_spill(e):
@@ -376,7 +286,7 @@ class PromptCache:
                     self._changed.wait(wait)
                 unlinks, self._unlinks = self._unlinks, []
                 entry = next(iter(self._pending.lru.values()), None) if not unlinks else None
-                victims: list[_Entry] = []
+                victims: list[Entry] = []
                 if entry is not None:
                     victims = self._make_room(self._files_size(entry))
                     self._writing = True
@@ -387,11 +297,11 @@ class PromptCache:
             if entry is not None:
                 self._write_one(entry)
 
-    def _files_size(self, e: _Entry) -> int:
+    def _files_size(self, e: Entry) -> int:
         assert self._files is not None
         return self._files.size_of(len(e.tokens), len(e.state or b""))
 
-    def _make_room(self, need: int) -> list[_Entry]:
+    def _make_room(self, need: int) -> list[Entry]:
         victims = []
         while self._disk.lru and self._disk.nbytes + need > self._disk.capacity:
             victim = self._disk.pop_lru()
@@ -401,7 +311,7 @@ class PromptCache:
             victims.append(victim)
         return victims
 
-    def _write_one(self, e: _Entry) -> None:
+    def _write_one(self, e: Entry) -> None:
         assert self._files is not None and e.state is not None
         try:
             path, size = self._files.write(e.tokens, e.state)
@@ -429,7 +339,7 @@ class PromptCache:
                 old = self._disk.discard(e.tokens)
                 if old is not None and old.path != path:
                     self._unlinks.append(old.path)  # type: ignore[arg-type]
-                self._disk.add(_Entry(e.tokens, size, path=path))
+                self._disk.add(Entry(e.tokens, size, path=path))
             self._changed.notify_all()
 
     # -- disk tier -----------------------------------------------------------------------
@@ -464,18 +374,18 @@ class PromptCache:
                 self._dropped_files += 1
                 unlink_quietly(p)
             else:
-                self._disk.add(_Entry(tokens, size, path=p))
+                self._disk.add(Entry(tokens, size, path=p))
                 kept.append((mtime, tokens))
         for _, tokens in sorted(kept):  # file mtimes carry the LRU order across restarts
             self._disk.lru.move_to_end(tokens)
         for victim in self._make_room(0):  # the bound may have shrunk since they were written
             unlink_quietly(victim.path)
 
-    def _unpin(self, entry: _Entry) -> None:
+    def _unpin(self, entry: Entry) -> None:
         with self._lock:
             entry.pins -= 1
 
-    def _load_disk(self, entry: _Entry) -> bytes:
+    def _load_disk(self, entry: Entry) -> bytes:
         assert entry.path is not None and self._files is not None
         try:
             state = self._files.read_state(entry.path, entry.tokens)

@@ -166,7 +166,7 @@ class Sampler:
                 biases[i].token = token
                 biases[i].bias = bias
             self._add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases))
-        if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
+        if p.uses_penalties:
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
                     model.n_vocab,
