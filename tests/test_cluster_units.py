@@ -1,11 +1,16 @@
 """Pieces of the Ray cluster support that need no cluster: the radix index's block summary,
-and `runner serve` staying free of Ray."""
+`runner serve` staying free of Ray, and the cache-following router's choices."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from runner.cache.radix import RadixIndex
 
@@ -36,3 +41,79 @@ def test_runner_serve_does_not_import_ray() -> None:
         "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ----- the cache-following router's choices (fake replicas: pure routing logic) -------------
+
+BLOCK = 16
+
+
+class FakeReplica:
+    def __init__(self, name: str, blocks: list[int], load: int = 0, slots: int = 2) -> None:
+        from ray.serve._private.common import DeploymentID, ReplicaID
+
+        self.replica_id = ReplicaID(name, DeploymentID(name="RunnerReplica", app_name="t"))
+        self.routing_stats = {"blocks": blocks, "slots": slots, "load": load, "time": 1.0}
+        self.max_ongoing_requests = 66
+
+
+def _router() -> Any:
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    from runner.cluster.routers import CacheFollowingRouter
+
+    router = CacheFollowingRouter(
+        deployment_id=DeploymentID(name="RunnerReplica", app_name="t"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+    )
+    router.initialize_state()
+    return router
+
+
+def _pending(tokens: list[int]) -> Any:
+    from runner.cluster.forward import ForwardedRequest
+
+    request = ForwardedRequest("POST", "/v1/chat/completions", b"", [], b"")
+    request.hashes = RadixIndex.prefix_hashes(tokens, BLOCK)
+    request.block, request.n_tokens = BLOCK, len(tokens)
+    return SimpleNamespace(args=[request], kwargs={})
+
+
+def _choose(router: Any, replicas: list[FakeReplica], tokens: list[int]) -> list[list[str]]:
+    ranks = asyncio.run(router.choose_replicas(replicas, _pending(tokens)))
+    return [[r.replica_id.unique_id for r in rank] for rank in ranks]
+
+
+def test_router_follows_the_longest_cached_prefix() -> None:
+    pytest.importorskip("ray.serve")
+    prompt = list(range(300))
+    a = FakeReplica("a", RadixIndex.prefix_hashes(prompt[:40], BLOCK))
+    b = FakeReplica("b", RadixIndex.prefix_hashes(prompt[:200], BLOCK))
+    c = FakeReplica("c", [])
+    assert _choose(_router(), [a, b, c], prompt)[0] == ["b"]
+    # Only a short shared opening (one block of a 300-token prompt): not worth following,
+    # so power-of-two-choices between two random replicas.
+    opening = FakeReplica("d", RadixIndex.prefix_hashes(prompt[:16], BLOCK))
+    ranks = _choose(_router(), [opening, c, FakeReplica("e", [])], prompt)
+    assert len(ranks) == 1 and len(ranks[0]) == 2
+
+
+def test_router_leaves_a_busy_holder_only_for_a_much_lighter_replica() -> None:
+    pytest.importorskip("ray.serve")
+    prompt = list(range(300))
+    held = RadixIndex.prefix_hashes(prompt, BLOCK)
+    # The holder has no free slot and the other replica is idle: least loaded wins.
+    assert _choose(_router(), [FakeReplica("a", held, load=2), FakeReplica("b", [])], prompt)[0] == ["b"]  # fmt: skip
+    # Both busy (one request apart): waiting where the prefix is beats recomputing it.
+    assert _choose(_router(), [FakeReplica("a", held, load=3), FakeReplica("b", [], load=2)], prompt)[0] == ["a"]  # fmt: skip
+
+
+def test_router_remembers_what_it_just_routed() -> None:
+    pytest.importorskip("ray.serve")
+    prompt = list(range(300))
+    router = _router()
+    a, b = FakeReplica("a", []), FakeReplica("b", [])
+    assert len(_choose(router, [a, b], prompt)[0]) == 2  # nothing known yet
+    router.on_request_routed(_pending(prompt), b.replica_id, None)
+    # Before b's next report lists the prefix, the router already sends the user back.
+    assert _choose(router, [a, b], prompt[:250] + [-1] * 50)[0] == ["b"]
