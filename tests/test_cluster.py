@@ -255,6 +255,14 @@ def test_engines_routes_show_every_replica(runner_cluster: Cluster) -> None:
     rows = httpx.get(runner_cluster.url + "/engines/ps", timeout=30).json()
     assert {row["replica"] for row in rows} == {r["replica_id"] for r in replicas}
     assert all(row["model_name"].startswith(MODEL) for row in rows)
+    # Unloading reaches every replica (each holds its own copy of the model).
+    r = httpx.post(runner_cluster.url + "/engines/unload", json={"all": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["unloaded_runners"] == 2
+    deadline = time.monotonic() + 30  # replicas report every second
+    while httpx.get(runner_cluster.url + "/engines/ps", timeout=30).json():
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
 
 
 def test_cache_following_router_reuses_system_prompts(

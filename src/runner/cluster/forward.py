@@ -24,6 +24,7 @@ class ForwardedRequest:
     block: int = 0  # tokens per block
     n_tokens: int = 0  # prompt length
     prompt: str = ""
+    target: str = ""  # a replica's unique id: only it may take the request (broadcasts)
 
     def scope(self) -> dict[str, Any]:
         """The ASGI scope runner's app sees, as if the client had called it directly."""

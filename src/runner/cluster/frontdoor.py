@@ -4,7 +4,8 @@ router picks the replica; the replica's own runner app answers, and the answer s
 
 Every route is runner's: the front door has none of its own. `/engines/ps` and
 `/engines/status` are first answered by a replica (so access control applies as usual), then
-widened to every replica from their reports. A replica that dies before answering is
+widened to every replica from their reports; `/engines/unload` and `/engines/_configure` go
+to every replica (each holds its own models). A replica that dies before answering is
 retried once on another; one that dies mid-answer ends that answer with an error (an SSE
 `error` event for streams), and only that answer.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -33,6 +35,11 @@ Scope = dict[str, Any]
 _GONE = (RayActorError, ActorUnavailableError)
 _PS = {"/engines/ps", "/engines/llama.cpp/ps"}
 _STATUS = {"/engines/status", "/engines/llama.cpp/status"}
+# Changes to model lifetimes every replica must apply (each has its own resident models).
+_BROADCAST = {
+    f"/engines/{infix}{verb}" for infix in ("", "llama.cpp/") for verb in ("unload", "_configure")
+}
+BROADCAST_TIMEOUT_S = 120.0
 
 
 class TooLarge(Exception):
@@ -82,6 +89,9 @@ class FrontDoorApp:
             request.prompt = prompt_text(body) or request.prompt
         if scope["method"] == "GET" and path in _PS | _STATUS:
             await self._engines(request, send, path in _PS)
+            return
+        if scope["method"] == "POST" and path in _BROADCAST:
+            await self._broadcast(request, send)
             return
         await self._forward(request, send)
 
@@ -136,12 +146,51 @@ class FrontDoorApp:
         body = b"".join(m.get("body", b"") for m in messages[1:])
         if start["status"] == 200:
             reports = replica_reports(self.deployment) or []
-            local = json.loads(body)
-            body = json.dumps(_widen(local, reports, ps)).encode()
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
-        await send(start)
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+            body = json.dumps(_widen(json.loads(body), reports, ps)).encode()
+        await _send_whole(send, start, body)
+
+    async def _broadcast(self, request: ForwardedRequest, send: Any) -> None:
+        """Send the request to every replica; one answer back (the first error, if any;
+        unload's lists merged)."""
+        reports = replica_reports(self.deployment)
+        if not reports:  # no router yet (no request so far): nothing loaded anywhere else
+            await self._forward(request, send)
+            return
+        targets = [replace(request, target=r["replica_id"]) for r in reports]
+        answers = await asyncio.gather(*map(self._collect, targets), return_exceptions=True)
+        done = [a for a in answers if not isinstance(a, BaseException)]
+        if not done:
+            await _send_error(send, 503, f"no replica answered: {answers[0]}", "replica_unavailable")  # fmt: skip
+            return
+        failed = [a for a in done if a[0]["status"] >= 400]
+        start, body = failed[0] if failed else done[0]
+        if not failed and request.path.endswith("unload"):
+            merged = _merge_unloads([json.loads(b) for _, b in done])
+            body = json.dumps(merged).encode()
+        await _send_whole(send, start, body)
+
+    async def _collect(self, request: ForwardedRequest) -> tuple[dict[str, Any], bytes]:
+        async def run() -> tuple[dict[str, Any], bytes]:
+            gen = self.handle.handle_http.remote(request)
+            messages = [m async for batch in gen for m in batch]
+            return messages[0], b"".join(m.get("body", b"") for m in messages[1:])
+
+        return await asyncio.wait_for(run(), BROADCAST_TIMEOUT_S)
+
+
+def _merge_unloads(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "unloaded_runners": sum(a.get("unloaded_runners", 0) for a in answers),
+        "unloaded": sorted({n for a in answers for n in a.get("unloaded", [])}),
+        "busy": sorted({n for a in answers for n in a.get("busy", [])}),
+    }
+
+
+async def _send_whole(send: Any, start: dict[str, Any], body: bytes) -> None:
+    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _widen(local: Any, reports: list[dict[str, Any]], ps: bool) -> Any:

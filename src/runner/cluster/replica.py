@@ -120,23 +120,15 @@ class RunnerReplica:
 
     # -- what the router and /engines/ps see ----------------------------------------------
 
-    def record_routing_stats(self) -> dict[str, Any]:
-        """Called by Serve's controller every `request_routing_stats_period_s`."""
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Called by Serve's controller every `request_routing_stats_period_s`. The model
+        table is read on the event loop that changes it; hashing every cached prefix takes
+        a while, so that runs on a worker thread."""
         loader = self._app.state.loader if self._app is not None else None
-        blocks: set[int] = set()
-        rows: list[dict[str, Any]] = []
-        slots = load = 0
-        for model in loader.resident() if loader is not None else []:
-            rows.append(model.describe())
-            engine = model.engine
-            if engine is None:
-                continue
-            slots += engine.config.slots
-            load += engine.processing + engine.queued
-            for tokens in engine.reusable_prefixes():
-                blocks.update(RadixIndex.prefix_hashes(tokens, self.block))
-            if engine.prompt_cache is not None:
-                blocks |= engine.prompt_cache.block_hashes(self.block)
+        models = loader.resident() if loader is not None else []
+        rows = [model.describe() for model in models]
+        engines = [model.engine for model in models if model.engine is not None]
+        blocks = await asyncio.to_thread(self._cached_blocks, engines)
         return {
             "replica": self.replica_id,
             "node": socket.gethostname(),
@@ -147,7 +139,17 @@ class RunnerReplica:
             "block": self.block,
             "blocks": list(blocks)[:MAX_BLOCKS],
             "cached_blocks": len(blocks),
-            "slots": slots,
-            "load": load,
+            "slots": sum(e.config.slots for e in engines),
+            "load": sum(e.processing + e.queued for e in engines),
             "models": rows,
         }
+
+    def _cached_blocks(self, engines: list[Any]) -> set[int]:
+        """Hashes of every block-aligned prefix in the engines' slots and prompt caches."""
+        blocks: set[int] = set()
+        for engine in engines:
+            for tokens in engine.reusable_prefixes():  # waits for the engine thread
+                blocks.update(RadixIndex.prefix_hashes(tokens, self.block))
+            if engine.prompt_cache is not None:
+                blocks |= engine.prompt_cache.block_hashes(self.block)
+        return blocks

@@ -41,11 +41,25 @@ from .forward import ForwardedRequest
 
 
 class Published:
-    """Mixin: register the router so the front door can read replica reports."""
+    """Mixin for every router here: register the router so the front door can read replica
+    reports, and send a request addressed to one replica (`ForwardedRequest.target`, the
+    front door's broadcasts) to that replica."""
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)  # type: ignore[misc]
         registry.publish(self._deployment_id.name, self)  # type: ignore[attr-defined]
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        request = _request_of(pending_request)
+        if request is not None and request.target:
+            # Never elsewhere: an empty rank makes Ray wait for the replica (the caller's
+            # timeout ends a wait for one that is gone).
+            return [[r for r in candidate_replicas if r.replica_id.unique_id == request.target]]
+        return await super().choose_replicas(candidate_replicas, pending_request)  # type: ignore[misc]
 
 
 def _request_of(pending: PendingRequest | None) -> ForwardedRequest | None:
@@ -55,7 +69,7 @@ def _request_of(pending: PendingRequest | None) -> ForwardedRequest | None:
     return None
 
 
-class CacheFollowingRouter(Published, RequestRouter):
+class CacheFollowing(RequestRouter):
     def initialize_state(
         self,
         overload_factor: float = 1.0,
@@ -154,6 +168,10 @@ class CacheFollowingRouter(Published, RequestRouter):
         margin = capacity * self._overload_factor
         load = self._load(replica)
         return load >= margin and load - lightest >= margin
+
+
+class CacheFollowingRouter(Published, CacheFollowing):
+    """runner's router (the default of `runner cluster serve`)."""
 
 
 def _two_choices(candidates: list[RunningReplica]) -> list[RunningReplica]:
