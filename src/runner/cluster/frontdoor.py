@@ -156,8 +156,14 @@ class FrontDoorApp:
         if not reports:  # no router yet (no request so far): nothing loaded anywhere else
             await self._forward(request, send)
             return
-        targets = [replace(request, target=r["replica_id"]) for r in reports]
-        answers = await asyncio.gather(*map(self._collect, targets), return_exceptions=True)
+        # One replica after the other: Ray matches routed replicas to pending calls by
+        # request id, which concurrent calls made for one HTTP request share.
+        answers: list[Any] = []
+        for report in reports:
+            try:
+                answers.append(await self._collect(replace(request, target=report["replica_id"])))
+            except (*_GONE, TimeoutError) as exc:
+                answers.append(exc)
         done = [a for a in answers if not isinstance(a, BaseException)]
         if not done:
             await _send_error(send, 503, f"no replica answered: {answers[0]}", "replica_unavailable")  # fmt: skip
