@@ -117,3 +117,14 @@ def test_router_remembers_what_it_just_routed() -> None:
     router.on_request_routed(_pending(prompt), b.replica_id, None)
     # Before b's next report lists the prefix, the router already sends the user back.
     assert _choose(router, [a, b], prompt[:250] + [-1] * 50)[0] == ["b"]
+
+
+def test_prompt_cache_summary_covers_its_entries(tmp_path: Any) -> None:
+    from runner.cache import CacheKey, PromptCache
+
+    cache = PromptCache(CacheKey("m" * 64, "layout"), 1 << 20, 1 << 20, tmp_path)
+    try:
+        cache.put(list(range(100)), b"state" * 10)
+        assert cache.block_hashes(16) == set(RadixIndex.prefix_hashes(range(100), 16))
+    finally:
+        cache.close()

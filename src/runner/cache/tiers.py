@@ -221,9 +221,10 @@ class PromptCache:
     def block_hashes(self, block: int) -> set[int]:
         """`RadixIndex.block_hashes` over both tiers: every block-aligned prefix a lookup
         here could restore. Read-only; safe to call from any thread."""
-        with self._lock:
+        with self._lock:  # the same tiers `lookup` searches
             found = self._ram.index.block_hashes(block)
-            if self._dir is not None:
+            found |= self._pending.index.block_hashes(block)
+            if self._files is not None:
                 found |= self._disk.index.block_hashes(block)
             return found
 
