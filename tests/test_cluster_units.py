@@ -128,3 +128,16 @@ def test_prompt_cache_summary_covers_its_entries(tmp_path: Any) -> None:
         assert cache.block_hashes(16) == set(RadixIndex.prefix_hashes(range(100), 16))
     finally:
         cache.close()
+
+
+def test_every_router_choice_names_a_publishing_request_router() -> None:
+    pytest.importorskip("ray.serve")
+    from ray._common.utils import import_attr
+    from ray.serve.request_router import RequestRouter
+
+    from runner.cluster.deploy import ROUTERS
+    from runner.cluster.routers import Published
+
+    for path in ROUTERS.values():
+        router = import_attr(path.replace(":", "."))
+        assert issubclass(router, RequestRouter) and issubclass(router, Published), path
