@@ -20,7 +20,7 @@ from runner.api.guard import MAX_DEPTH, MAX_ITEMS, check_body, outside_strings
 from runner.api.inference import check_token_limit
 from runner.api.schemas import ChatCompletionRequest
 from runner.config import Settings, parse_duration
-from runner.engine import Engine, GenerationRequest, SamplingParams
+from runner.engine.executor import penalty_window
 from runner.model_config import validate_config
 from runner.store import ModelStore
 
@@ -241,7 +241,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
         {"max_tokens": -2},
         {"max_tokens": 1 << 31},
         {"max_completion_tokens": 1 << 40},
-        {"n": 2},
+        {"n": 129},
         {"n": 0},
         {"seed": 1 << 64},
         {"id_slot": -2},
@@ -280,11 +280,7 @@ def test_in_range_fields_accepted() -> None:
 
 
 def fake_engine(ctx: int = 512) -> Any:
-    return SimpleNamespace(
-        config=SimpleNamespace(ctx_per_slot=ctx),
-        model=SimpleNamespace(n_vocab=1000),
-        scheduler=SimpleNamespace(slots=[object(), object()]),
-    )
+    return SimpleNamespace(config=SimpleNamespace(ctx_per_slot=ctx, slots=2))
 
 
 def test_max_tokens_beyond_the_context_refused() -> None:
@@ -301,9 +297,7 @@ def test_max_tokens_beyond_the_context_refused() -> None:
 @pytest.mark.parametrize(("given", "expected"), [(-1, 512), (0, 0), (64, 64), (1 << 31, 512)])
 def test_engine_caps_the_penalty_window(given: int, expected: int) -> None:
     # llama.cpp allocates the window up front: 2^31 tokens used to mean gigabytes and 20 s.
-    request = GenerationRequest([1, 2, 3], SamplingParams(repeat_last_n=given))
-    Engine.validate(fake_engine(512), request)
-    assert request.sampling.repeat_last_n == expected
+    assert penalty_window(given, 512) == expected
 
 
 # ----- _configure values ---------------------------------------------------------------------

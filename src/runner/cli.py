@@ -95,6 +95,11 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("ubatch_size", {"metavar": "N", "help": "physical batch size"}),
     ("queue_size", {"metavar": "N", "help": "requests waiting for a slot before 503"}),
     ("max_tokens_default", {"metavar": "N", "help": "output limit of requests without one"}),
+    (
+        "prefill_block",
+        {"metavar": "N", "help": "prompt tokens per decode call and unit of prefix reuse"},
+    ),
+    ("max_embed_tokens", {"metavar": "N", "help": "tokens one embeddings request may hold"}),
     ("chat_template_file", {"metavar": "FILE", "help": "Jinja chat template override"}),
     ("idle_timeout", {"metavar": "DUR", "help": "unload idle models after (30s, 5m, -1=never)"}),
     ("max_models", {"metavar": "N", "help": "max models loaded at once"}),

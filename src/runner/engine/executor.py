@@ -95,9 +95,7 @@ class LlamaExecutor:
     def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None:
         # The penalty window: -1 means the whole context, and nothing beyond it exists.
         # llama.cpp allocates the window up front, so an unchecked value is a memory bomb.
-        n_ctx = self.config.ctx_per_slot
-        last_n = params.repeat_last_n
-        window = n_ctx if last_n < 0 else min(last_n, n_ctx)
+        window = penalty_window(params.repeat_last_n, self.config.ctx_per_slot)
         sampler = Sampler(self.model, dataclasses.replace(params, repeat_last_n=window))
         for token in history:
             sampler.accept(token)
@@ -176,3 +174,9 @@ class LlamaExecutor:
         if self._embed_ctx is not None:
             self._embed_ctx.close()
             self._embed_ctx = None
+
+
+def penalty_window(last_n: int, n_ctx: int) -> int:
+    """The repeat-penalty window a sampler gets: -1 means the whole slot, and nothing reaches
+    past the slot (llama.cpp allocates the window up front)."""
+    return n_ctx if last_n < 0 else min(last_n, n_ctx)
