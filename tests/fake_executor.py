@@ -28,7 +28,7 @@ class FakeExecutor:
         self.gate: threading.Event | None = None  # when set, each decode waits for it
         self.before: Callable[[int], None] | None = None  # called with the decode count
 
-    def execute(self, entries: Sequence[BatchEntry]) -> list[int | None]:
+    def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
         if self.gate is not None:
             self.gate.wait(10)
         if self.before is not None:
@@ -39,13 +39,22 @@ class FakeExecutor:
             raise DecodeFailed(f"llama_decode failed ({self.decode_status})")
         self.calls.append([(e.seq, e.start, len(e.tokens)) for e in entries])
         self.last_entries = list(entries)
-        out: list[int | None] = []
+        out: list[list[int]] = []
         for e in entries:
             seq = self.seqs.setdefault(e.seq, [])
             assert e.start == len(seq), f"seq {e.seq}: position {e.start} after {len(seq)}"
             seq.extend(e.tokens)
             assert e.job_id in self.samplers or not e.sample
-            out.append(next_token(seq) if e.sample else None)
+            if not e.sample:
+                out.append([])
+                continue
+            first = len(seq) - e.draft  # the sequence up to the first guess
+            tokens = [next_token(seq[:first])]
+            for j in range(e.draft):  # a guess stays while it is what would come next
+                if tokens[-1] != seq[first + j]:
+                    break
+                tokens.append(next_token(seq[: first + j + 1]))
+            out.append(tokens)
         return out
 
     def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:

@@ -36,15 +36,18 @@ class LlamaExecutor:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def execute(self, entries: Sequence[BatchEntry]) -> list[int | None]:
+    def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
         batch = self.batch
         batch.clear()
-        where: list[int] = []
+        where: list[int] = []  # batch index of each entry's first sampled position
         for e in entries:
             if len(e.tokens) == 1 and e.sample:
                 where.append(batch.add_one(e.tokens[0], e.start, e.seq))
             else:
-                where.append(batch.add(e.tokens, e.start, e.seq, e.sample))
+                last = batch.add(e.tokens, e.start, e.seq, e.sample)
+                if e.draft:
+                    batch.logits[last - e.draft : last + 1] = 1
+                where.append(last - e.draft)
         batch.struct.n_tokens = batch.n
         self._where = where
         started = time.perf_counter()
@@ -55,14 +58,23 @@ class LlamaExecutor:
             raise DecodeFailed(f"llama_decode failed ({status})")
         started = time.perf_counter()
         handle = self.ctx.handle
-        out: list[int | None] = [
-            self._samplers[e.job_id].sample(handle, i) if e.sample else None
-            for e, i in zip(entries, where, strict=True)
-        ]
-        for e, i, token in zip(entries, where, out, strict=True):
+        out: list[list[int]] = []
+        for e, i in zip(entries, where, strict=True):
+            if not e.sample:
+                out.append([])
+                continue
+            sampler = self._samplers[e.job_id]
+            tokens = [sampler.sample(handle, i)]
+            # Verify guesses in order with the request's own sampler: a guess stays only if
+            # the sampler drew it (for a fixed guess that is speculative sampling's rule).
+            for j, guess in enumerate(e.tokens[len(e.tokens) - e.draft :], start=1):
+                if tokens[-1] != guess:
+                    break
+                tokens.append(sampler.sample(handle, i + j))
+            out.append(tokens)
             n_top = self._n_probs.get(e.job_id)
-            if token is not None and n_top is not None:
-                self._logprobs[e.job_id] = self._logprob(i, token, n_top)
+            if n_top is not None:  # such requests are never given guesses (one token)
+                self._logprobs[e.job_id] = self._logprob(i, tokens[-1], n_top)
         self.stats.sample_seconds_total += time.perf_counter() - started
         return out
 

@@ -24,6 +24,7 @@ from .job import AnyJob, EmbedJob, Job, Outbox
 from .partition import TAIL, ExactPrefix, computed_prefix, pieces
 from .prefix import Decision, KvOps, PrefixPlanner
 from .slots import Slot, SlotState, choose_slot
+from .speculation import Speculator, expected_accepted
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -44,13 +45,18 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class BatchEntry:
     """Tokens of one slot's sequence in this step's decode; `sample` asks for a token
-    drawn from the logits of the last one (with the job's sampler)."""
+    drawn from the logits of the last one (with the job's sampler).
+
+    With `draft` > 0 the last `draft` tokens are guesses (speculation): the executor samples
+    at the position before the first guess and, while each sampled token equals the guess
+    that follows it, at that guess's position too. It returns every token it sampled."""
 
     seq: int
     tokens: list[int]
     start: int
     job_id: int
     sample: bool
+    draft: int = 0
 
 
 @dataclass
@@ -59,6 +65,7 @@ class StepPlan:
     slots: list[Slot]
     embed: EmbedJob | None = None
     embed_inputs: list[list[int]] | None = None
+    generating_only: bool = False  # no prompt pieces: the step's time prices draft rows
 
 
 class DecodeFailed(EngineError):
@@ -68,7 +75,11 @@ class DecodeFailed(EngineError):
 class Executor(KvOps, Protocol):
     """Runs plans on a model. The scheduler calls it only from the engine thread."""
 
-    def execute(self, entries: Sequence[BatchEntry]) -> list[int | None]: ...
+    def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
+        """Decode the entries in one call; per entry, the tokens sampled (none when it does
+        not `sample`, one without a draft, one more than the guesses kept with one)."""
+        ...
+
     def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]: ...
     def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None: ...
     def close_sampler(self, job_id: int) -> None: ...
@@ -113,6 +124,8 @@ class Scheduler:
         self.embeds: deque[EmbedJob] = deque()
         self._read_async = read_async
         self._loads: dict[int, _Load] = {}
+        self.spec = Speculator(config.spec_draft_max, config.spec_adaptive)
+        self._clock = 0.0  # decode + sample seconds when the current plan was made
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -158,18 +171,57 @@ class Scheduler:
             budget -= b - a
             entries.append(BatchEntry(slot.id, prompt[a:b], a, job.id, b == len(prompt)))
             used.append(slot)
-        for slot in self.slots:
-            if slot.state is SlotState.GENERATING and slot.job is not None and budget > 0:
-                budget -= 1
-                job = slot.job
-                entries.append(
-                    BatchEntry(slot.id, [job.next_token], len(slot.tokens), job.id, True)
+        n_prompt_rows = sum(len(e.tokens) for e in entries)
+        generating = [
+            s for s in self.slots if s.state is SlotState.GENERATING and s.job is not None
+        ]
+        # Each drafting decision sees the step as planned so far: rows decoded, tokens yielded.
+        rows = n_prompt_rows + min(len(generating), budget)
+        yielded = float(min(len(generating), budget))
+        for slot in generating:
+            if budget <= 0:
+                break
+            budget -= 1
+            job = slot.job
+            assert job is not None
+            draft, gain = self._draft(slot, job, budget, rows, yielded)
+            budget -= len(draft)
+            rows += len(draft)
+            yielded += gain
+            entries.append(
+                BatchEntry(
+                    slot.id, [job.next_token, *draft], len(slot.tokens), job.id, True, len(draft)
                 )
-                used.append(slot)
+            )
+            used.append(slot)
         embed, inputs = self._embed_work()
         if not entries and embed is None:
             return None
-        return StepPlan(entries, used, embed, inputs)
+        self._clock = self.stats.decode_seconds_total + self.stats.sample_seconds_total
+        return StepPlan(entries, used, embed, inputs, generating_only=n_prompt_rows == 0)
+
+    def _draft(
+        self, slot: Slot, job: Job, budget: int, rows: int, yielded: float
+    ) -> tuple[list[int], float]:
+        """The guesses to verify after `job.next_token` this step, and the tokens they are
+        expected to add."""
+        spec = self.spec
+        if not spec.enabled or job.request.sampling.n_probs is not None:
+            return [], 0.0  # logprobs are reported one token per step
+        state = spec.state(slot.id, job.id, job.request.prompt_tokens)
+        state.sync(job.output_tokens)
+        k_max = min(spec.draft_max, budget, slot.n_ctx - len(slot.tokens) - 2)
+        if job.request.max_tokens is not None:
+            # k guesses yield up to k + 1 tokens; never compute past the request's end.
+            k_max = min(k_max, job.request.max_tokens - len(job.output_tokens) - 1)
+        guess = spec.guess(slot.id, state, k_max)
+        if not guess:
+            return [], 0.0
+        k = spec.choose(state.rate, len(guess), yielded, rows)
+        if k == 0:
+            state.shadow, state.shadow_at = guess, len(job.output_tokens)
+            return [], 0.0
+        return guess[:k], expected_accepted(state.rate, k)
 
     def _embed_work(self) -> tuple[EmbedJob | None, list[list[int]] | None]:
         while self.embeds and self.embeds[0].cancelled:
@@ -190,21 +242,52 @@ class Scheduler:
 
     # -- update ----------------------------------------------------------------------------
 
-    def update(self, plan: StepPlan, sampled: Sequence[int | None]) -> None:
+    def update(self, plan: StepPlan, sampled: Sequence[Sequence[int]]) -> None:
         now = time.perf_counter()
-        for pos, (entry, slot, token) in enumerate(
+        if plan.generating_only:
+            spent = self.stats.decode_seconds_total + self.stats.sample_seconds_total
+            rows = sum(len(e.tokens) for e in plan.entries)
+            self.spec.cost.observe(rows, spent - self._clock)
+        for pos, (entry, slot, tokens) in enumerate(
             zip(plan.entries, plan.slots, sampled, strict=True)
         ):
             job = slot.job
             if job is None or job.id != entry.job_id:
                 continue
-            slot.tokens.extend(entry.tokens)
+            if entry.draft:
+                if not self._verified(slot, job, entry, len(tokens) - 1):
+                    continue
+            else:
+                slot.tokens.extend(entry.tokens)
             if slot.state is SlotState.PROMPT:
                 self._prompt_advanced(slot, job, len(entry.tokens), now)
                 if slot.state is SlotState.GENERATING and job.followers:
                     self._fork(slot, job, pos, now)
-            if token is not None:
-                self._sampled(slot, job, token, now)
+            at = entry.start + len(entry.tokens) - entry.draft  # where the first one goes
+            for i, token in enumerate(tokens):
+                if job.finished:
+                    break  # a stop inside the accepted run: the rest is not output
+                self._sampled(slot, job, token, now, at + i)
+
+    def _verified(self, slot: Slot, job: Job, entry: BatchEntry, accepted: int) -> bool:
+        """Keep the KV of the guesses the sampler agreed with, drop the rest; False when the
+        rollback failed (the request then ends with an error)."""
+        slot.tokens.extend(entry.tokens[: 1 + accepted])
+        job.timings.draft_n += entry.draft
+        job.timings.draft_n_accepted += accepted
+        self.stats.draft_tokens_total += entry.draft
+        self.stats.draft_accepted_total += accepted
+        state = self.spec.state(slot.id, job.id, job.request.prompt_tokens)
+        state.record(accepted, int(accepted < entry.draft))
+        if accepted == entry.draft:
+            return True
+        keep = len(slot.tokens)
+        if self.executor.truncate(slot.id, keep) == keep:
+            return True
+        self.executor.clear(slot.id)
+        slot.forget()
+        self._finish(job, "error", error=DecodeFailed("rolling back rejected draft tokens failed"))
+        return False
 
     def update_embed(self, job: EmbedJob, vectors: list[list[float]]) -> None:
         job.vectors.extend(vectors)
@@ -248,9 +331,11 @@ class Scheduler:
             follower.timings.cache_source = "slot"
             follower.timings.prompt_ms = job.timings.prompt_ms
             follower.t_gen_start = now
-            self._sampled(target, follower, self.executor.sample_at(follower.id, entry), now)
+            token = self.executor.sample_at(follower.id, entry)
+            self._sampled(target, follower, token, now, len(target.tokens))
 
-    def _sampled(self, slot: Slot, job: Job, token: int, now: float) -> None:
+    def _sampled(self, slot: Slot, job: Job, token: int, now: float, position: int) -> None:
+        """`token` was sampled; it would be decoded at `position` of the slot's sequence."""
         job.timings.predicted_n += 1
         req = job.request
         if self.executor.is_eog(token) and not req.ignore_eos:
@@ -267,7 +352,7 @@ class Scheduler:
         elif (
             req.max_tokens is not None
             and len(job.output_tokens) >= req.max_tokens
-            or len(slot.tokens) + 1 >= slot.n_ctx
+            or position + 1 >= slot.n_ctx
         ):
             self._finish(job, "length")
 

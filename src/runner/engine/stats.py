@@ -19,6 +19,8 @@ class EngineStats:
     decode_seconds_total: float = 0.0
     sample_seconds_total: float = 0.0  # inside llama_sampler_sample (C, per request)
     step_seconds_total: float = 0.0  # whole steps: batch filling, decode, sampling, events
+    draft_tokens_total: int = 0  # speculative tokens verified
+    draft_accepted_total: int = 0  # of those, kept
     finished: dict[str, int] = field(default_factory=dict)
 
     def count_finish(self, reason: str) -> None:

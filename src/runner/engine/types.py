@@ -64,6 +64,11 @@ class EngineConfig:
     min_restore_tokens: int = 64
     # Tokens one embeddings request may hold in all its inputs together.
     max_embed_tokens: int = 65536
+    # Speculative decoding by prompt lookup (engine/speculation.py): at most this many guessed
+    # tokens per slot and step (0: off). `spec_adaptive` drafts only where the measured cost
+    # and acceptance say it pays; without it every guess found is verified (tests, benches).
+    spec_draft_max: int = 16
+    spec_adaptive: bool = True
 
     @property
     def n_ctx(self) -> int:
@@ -138,6 +143,8 @@ class Timings:
     predicted_n: int = 0
     predicted_ms: float = 0.0
     cache_source: CacheSource = "none"
+    draft_n: int = 0  # speculative tokens verified
+    draft_n_accepted: int = 0  # of those, kept
 
     def to_dict(self) -> dict[str, float | int | str]:
         def per_token(ms: float, n: int) -> float:
@@ -157,6 +164,8 @@ class Timings:
             "predicted_per_token_ms": per_token(self.predicted_ms, self.predicted_n),
             "predicted_per_second": per_second(self.predicted_ms, self.predicted_n),
             "cache_source": self.cache_source,
+            "draft_n": self.draft_n,
+            "draft_n_accepted": self.draft_n_accepted,
         }
 
 

@@ -1,0 +1,231 @@
+"""Speculative decoding by prompt lookup: guess a slot's next tokens from earlier text, let
+the target model check them in the step's one decode, keep the longest agreeing prefix.
+
+Guesses come from an n-gram index over the request's prompt and output (the tokens that
+followed the last earlier occurrence of the sequence's last `NGRAM` tokens), and, failing
+that, over the other slots' requests (a second user pasting the same document). The check
+is the request's own sampler run position by position while it agrees with the guesses
+(`LlamaExecutor.execute`): for greedy requests that keeps the argmax at every position; for
+sampled ones it is the speculative-sampling rule for a deterministic proposal (a guess `d`
+is kept with probability p(d), else the token comes from p without d, renormalized), so the
+output distribution is the target's.
+
+Drafting is a bet that the verify rows pay for themselves, so it is decided per slot and per
+step (`Speculator.plan`): from the slot's recent acceptance rate and a cost model fitted to
+the measured decode times (seconds per batch row, per step), draft the number of tokens that
+maximizes the step's expected tokens per second, and nothing unless that beats not drafting
+by a margin. When every guess misses the rate falls and drafting stops; a slot that stopped
+keeps scoring its guesses against what it really generates (free), so drafting resumes when
+they would land. Under concurrency the batch is already full of rows, a draft row costs the
+same as another stream's, and the same rule backs off by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+NGRAM = 3  # tokens matched to find a continuation
+CANDIDATES = 64  # earlier occurrences compared, newest first
+LOOKBACK = 32  # tokens compared backwards to rank them
+DECAY = 0.9  # per step: how fast acceptance statistics forget
+MARGIN = 1.05  # drafting must promise this much more throughput than not drafting
+FIT_DECAY = 0.9  # per observed step of a size: how fast its cost estimate forgets
+
+
+class NgramIndex:
+    """Where each `NGRAM`-token sequence of `tokens` occurred (the next token's index)."""
+
+    def __init__(self, tokens: Sequence[int] = ()) -> None:
+        self.tokens: list[int] = []
+        self._next: dict[tuple[int, ...], list[int]] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        start = len(self.tokens)
+        self.tokens.extend(tokens)
+        toks, nxt = self.tokens, self._next
+        for j in range(max(start, NGRAM), len(toks)):
+            key = tuple(toks[j - NGRAM : j])
+            where = nxt.get(key)
+            if where is None:
+                nxt[key] = [j]
+            else:
+                where.append(j)
+
+    def match(self, context: Sequence[int]) -> tuple[int, int]:
+        """The occurrence of `context`'s last `NGRAM` tokens whose preceding tokens agree
+        longest with `context` (most recent on ties): (next token's index, agreement), or
+        (-1, 0). Text with repeated shapes (similar functions, table rows) needs the longer
+        agreement to pick the right place to continue from."""
+        where = self._next.get(tuple(context[-NGRAM:]))
+        if not where:
+            return -1, 0
+        toks, n = self.tokens, len(context)
+        best, best_len = -1, 0
+        for j in reversed(where[-CANDIDATES:]):
+            if j >= len(toks):
+                continue
+            length = NGRAM
+            while (
+                length < LOOKBACK
+                and j - length - 1 >= 0
+                and n - length - 1 >= 0
+                and toks[j - length - 1] == context[n - length - 1]
+            ):
+                length += 1
+            if length > best_len:
+                best, best_len = j, length
+        return best, best_len
+
+    def continuation(self, j: int, k: int) -> list[int]:
+        """`k` tokens from index `j` on (a loop that runs into the end of the text repeats,
+        since a loop's guess continues with itself)."""
+        toks, n = self.tokens, len(self.tokens)
+        out: list[int] = []
+        for i in range(k):
+            at = j + i
+            out.append(toks[at] if at < n else out[at - n])
+        return out
+
+
+@dataclass
+class CostModel:
+    """Measured seconds of a step by the rows it decoded (steps that only generated: prompt
+    pieces are priced differently), as a recent average per row count.
+
+    Not a line: on CPU the cost per row falls with the batch (measured here: a second row
+    with logits costs ~3x the first, rows beyond 16 about half of one), so a line through
+    small drafts would forbid the long ones that pay. Row counts not measured yet are
+    priced between their measured neighbours, or past the largest one at half the cost of
+    an average row of the smallest: optimistic, so that they get tried, and then measured."""
+
+    fixed: tuple[float, float] | None = None  # (base, per_row) seconds: tests, benchmarks
+    _by_rows: dict[int, list[float]] = field(default_factory=dict)  # rows -> [weight, s]
+
+    def observe(self, rows: int, seconds: float) -> None:
+        point = self._by_rows.setdefault(rows, [0.0, 0.0])
+        point[0] = point[0] * FIT_DECAY + 1.0
+        point[1] = point[1] * FIT_DECAY + seconds
+
+    def seconds(self, rows: int) -> float | None:
+        """Expected seconds of a step of `rows` rows; None before any step was measured."""
+        if self.fixed is not None:
+            return self.fixed[0] + self.fixed[1] * rows
+        known = self._by_rows
+        if rows in known:
+            w, s = known[rows]
+            return s / w
+        if not known:
+            return None
+        below = max((r for r in known if r < rows), default=None)
+        above = min((r for r in known if r > rows), default=None)
+        if below is not None and above is not None:
+            y0, y1 = known[below][1] / known[below][0], known[above][1] / known[above][0]
+            return y0 + (y1 - y0) * (rows - below) / (above - below)
+        if below is None:
+            assert above is not None
+            return known[above][1] / known[above][0] * rows / above
+        smallest = min(known)
+        per_row = known[smallest][1] / known[smallest][0] / smallest / 2
+        return known[below][1] / known[below][0] + per_row * (rows - below)
+
+
+@dataclass
+class SlotSpec:
+    """One request's drafting state: its text index, acceptance history and the guess it
+    made while not drafting (scored against what it really generates)."""
+
+    job_id: int
+    index: NgramIndex
+    prompt_len: int
+    accepted: float = 0.0
+    rejected: float = 0.0
+    shadow: list[int] = field(default_factory=list)
+    shadow_at: int = 0  # output length when `shadow` was guessed
+
+    @property
+    def rate(self) -> float:
+        """Estimated chance that the next guess lands (a mild prior of one half)."""
+        return (self.accepted + 0.5) / (self.accepted + self.rejected + 1.0)
+
+    def record(self, accepted: int, rejected: int) -> None:
+        self.accepted = self.accepted * DECAY + accepted
+        self.rejected = self.rejected * DECAY + rejected
+
+    def sync(self, output: Sequence[int]) -> None:
+        """Index new output tokens and score the shadow guess against the first of them."""
+        have = len(self.index.tokens) - self.prompt_len
+        if have < len(output):
+            self.index.extend(output[have:])
+        if self.shadow and len(output) > self.shadow_at:
+            hit = output[self.shadow_at] == self.shadow[0]
+            self.record(int(hit), int(not hit))
+            self.shadow = []
+
+
+def expected_accepted(rate: float, k: int) -> float:
+    """Expected accepted tokens of a k-token draft when each lands with `rate` in turn."""
+    total, p = 0.0, 1.0
+    for _ in range(k):
+        p *= rate
+        total += p
+    return total
+
+
+@dataclass
+class Speculator:
+    """Per-slot drafting decisions for the scheduler (engine thread only)."""
+
+    draft_max: int = 16
+    adaptive: bool = True
+    cost: CostModel = field(default_factory=CostModel)
+    _slots: dict[int, SlotSpec] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.draft_max > 0
+
+    def state(self, slot_id: int, job_id: int, prompt: Sequence[int]) -> SlotSpec:
+        spec = self._slots.get(slot_id)
+        if spec is None or spec.job_id != job_id:
+            spec = SlotSpec(job_id, NgramIndex(prompt), len(prompt))
+            self._slots[slot_id] = spec
+        return spec
+
+    def guess(self, slot_id: int, spec: SlotSpec, k: int) -> list[int]:
+        """Up to `k` tokens to follow the sequence: from the best-agreeing earlier place in
+        its own text, or in another slot's when that agrees longer."""
+        context = spec.index.tokens
+        if len(context) < NGRAM or k <= 0:
+            return []
+        best, (j, length) = spec.index, spec.index.match(context)
+        for other_id, other in self._slots.items():
+            if other_id != slot_id:
+                oj, olength = other.index.match(context)
+                if olength > length:
+                    best, j, length = other.index, oj, olength
+        return best.continuation(j, k) if j >= 0 else []
+
+    def choose(self, rate: float, k_max: int, tokens: float, rows: int) -> int:
+        """Draft length that maximizes this step's expected tokens per second, given the
+        `tokens` it yields and the `rows` it decodes without this draft; 0 unless it wins."""
+        if not self.adaptive:
+            return k_max
+        plain = self.cost.seconds(rows)
+        if plain is None:
+            return 0  # measure a step without guesses first
+        if plain <= 0:
+            return k_max  # a clock that does not move (a fake executor): rows are free
+        best_k, best = 0, tokens / plain * MARGIN
+        gain, p = 0.0, 1.0
+        for k in range(1, k_max + 1):
+            p *= rate
+            gain += p
+            step = self.cost.seconds(rows + k)
+            if step is None or step <= 0:
+                continue
+            speed = (tokens + gain) / step
+            if speed > best:
+                best_k, best = k, speed
+        return best_k
