@@ -27,6 +27,7 @@ class FakeExecutor:
         self.decode_status = 0
         self.gate: threading.Event | None = None  # when set, each decode waits for it
         self.before: Callable[[int], None] | None = None  # called with the decode count
+        self.rule: Callable[[Sequence[int]], int] = next_token  # the "model"
 
     def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
         if self.gate is not None:
@@ -49,11 +50,11 @@ class FakeExecutor:
                 out.append([])
                 continue
             first = len(seq) - e.draft  # the sequence up to the first guess
-            tokens = [next_token(seq[:first])]
+            tokens = [self.rule(seq[:first])]
             for j in range(e.draft):  # a guess stays while it is what would come next
                 if tokens[-1] != seq[first + j]:
                     break
-                tokens.append(next_token(seq[: first + j + 1]))
+                tokens.append(self.rule(seq[: first + j + 1]))
             out.append(tokens)
         return out
 
@@ -68,7 +69,7 @@ class FakeExecutor:
 
     def sample_at(self, job_id: int, entry: int) -> int:
         assert job_id in self.samplers
-        return next_token(self.seqs[self.last_entries[entry].seq])
+        return self.rule(self.seqs[self.last_entries[entry].seq])
 
     def take_logprobs(self, job_id: int) -> None:
         return None

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         "(0: 16 on CPU, 128 with GPU offload)",
     )
     max_embed_tokens: int = Field(65536, ge=1, description="tokens per embeddings request")
+    draft_max: int = Field(
+        16,
+        ge=0,
+        le=256,
+        description="speculative decoding: most guessed tokens verified per slot and step "
+        "(prompt lookup, adaptive; 0: off)",
+    )
     chat_template_file: Path | None = None
 
     # lifecycle

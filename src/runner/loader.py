@@ -162,6 +162,7 @@ class Loader:
             queue_size=self.settings.queue_size,
             prefill_block=self._prefill_block(cfg.get("gpu-layers", self.settings.gpu_layers)),
             max_embed_tokens=self.settings.max_embed_tokens,
+            spec_draft_max=cfg.get("draft-max", self.settings.draft_max),
         )
         keep_alive = self.settings.idle_timeout
         if cfg.get("keep_alive") is not None:

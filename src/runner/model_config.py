@@ -14,6 +14,7 @@ CONFIG_KEYS = {
     "similarity": float,
     "keep_alive": str,
     "gpu-layers": int,
+    "draft-max": int,  # speculative tokens per step (0: off)
     "chat-template": str,
     "tool-format": str,  # a chat.toolcalls.FORMATS name; default: detected from the template
     "reasoning-format": str,  # "deepseek" (split <think> out, the default) or "none"
@@ -31,6 +32,7 @@ RUNTIME_FLAGS = {
     "--n-gpu-layers": "gpu-layers",
     "-sps": "similarity",
     "--slot-prompt-similarity": "similarity",
+    "--draft-max": "draft-max",
 }
 
 
@@ -118,4 +120,6 @@ def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("'slots' must be between 1 and 256")
     if clean.get("similarity") is not None and not 0.0 <= clean["similarity"] <= 1.0:
         raise ValueError("'similarity' must be between 0 and 1")
+    if clean.get("draft-max") is not None and not 0 <= clean["draft-max"] <= 256:
+        raise ValueError("'draft-max' must be between 0 and 256")
     return clean

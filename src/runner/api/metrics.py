@@ -37,6 +37,12 @@ _COUNTERS = (
         "Wall time of engine steps (decode plus Python work).",
         "step_seconds_total",
     ),
+    (
+        "runner:draft_tokens",
+        "Speculative tokens verified (prompt lookup).",
+        "draft_tokens_total",
+    ),
+    ("runner:draft_tokens_accepted", "Speculative tokens kept.", "draft_accepted_total"),
     ("runner:requests", "Requests accepted by the engine.", "requests_total"),
     ("runner:requests_rejected", "Requests refused because the queue was full.", "rejected_total"),
 )

@@ -30,6 +30,8 @@ _HELP = {
     "cache": "cold long system prompt vs the same one with a new question (prompt-cache gain)",
     "concurrency": "N concurrent fixed-length streams: throughput, TTFT p50/p95, per-stream tok/s",
     "chat": "multi-turn conversations of N users sharing a system prompt: tokens reused per turn",
+    "spec": "speculative decoding: decode tok/s copying a 25-function module (greedy, 200 "
+    "tokens) and on plain chat; default A/B: runner with and without speculation",
 }
 
 
@@ -85,8 +87,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument(
                 "--system-tokens", type=int, default=1000, metavar="N", help="system prompt size"
             )
-        if name == "cache":
-            p.add_argument("--repeats", type=int, default=3, help="cold/cached pairs")
+        if name in ("cache", "spec"):
+            p.add_argument("--repeats", type=int, default=3, help="requests of each kind")
         if name == "concurrency":
             p.add_argument("--levels", type=_levels, default=(1, 2, 4, 8, 16), metavar="LIST")
             p.add_argument(
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     stem = f"{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(args.out)
-    urls = args.url or ["local"]
+    # `local-nospec`: a local runner with speculation off (the spec workload's B side).
+    urls = args.url or (["local", "local-nospec"] if args.workload == "spec" else ["local"])
     runs = []
     try:
         for i, url in enumerate(urls):
@@ -166,6 +169,9 @@ def _run_one(args: argparse.Namespace, plan: Plan, url: str, log: Path) -> dict[
     from .server import LocalServer
 
     server = None
+    extra_args = list(args.server_arg)
+    if url == "local-nospec":
+        url, extra_args = "local", [*extra_args, "--draft-max", "0"]
     if url == "local":
         print(f"starting runner serve ({args.model}, {args.slots} slots) ...", file=sys.stderr)
         server = LocalServer(
@@ -174,13 +180,15 @@ def _run_one(args: argparse.Namespace, plan: Plan, url: str, log: Path) -> dict[
             ctx_size=args.ctx_size,
             gpu_layers=args.gpu_layers,
             threads=args.threads,
-            extra_args=args.server_arg,
+            extra_args=extra_args,
             models_dir=getattr(args, "models_dir", None),
             log_path=log,
         ).start(args.start_timeout)
         url = server.base_url
     try:
         label = "runner (local)" if server else url
+        if server and "--draft-max" in extra_args:
+            label = f"runner (local, --draft-max {extra_args[extra_args.index('--draft-max') + 1]})"
         with tqdm(
             total=plan.requests(args.workload),
             desc=f"{args.workload} {label}",

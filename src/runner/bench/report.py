@@ -150,6 +150,11 @@ def table(workload: str, run: dict[str, Any]) -> str:
                 ]
             )
         return _grid(rows)
+    if workload == "spec":
+        from .spec import table_rows
+
+        hashes = ", ".join(run.get("copy_outputs", []))
+        return _grid(table_rows(run)) + f"\ncopy output sha256: {hashes}"
     rows = [["turn", "prompt tokens", "computed", "reused", "reused %", "TTFT p50 ms", "errors"]]
     for t in run["turns"]:
         rows.append(
@@ -217,6 +222,22 @@ def plot(workload: str, runs: list[dict[str, Any]], path: Path, title: str) -> P
             axes, ("prompt_ms (server timings)", "TTFT ms (client)"), strict=True
         ):
             ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(2)], ["cold", "cached"])
+            ax.set_ylabel(ylabel)
+    elif workload == "spec":
+        width = 0.8 / len(runs)
+        for i, run in enumerate(runs):
+            s = run["summary"]
+            xs = [j + i * width for j in range(2)]
+            tps = [s["copy_decode_tps"] or 0, s["chat_decode_tps"] or 0]
+            axes[0].bar(xs, tps, width, label=labels[i])
+            drafted = [s["copy_draft_n"] or 0, s["chat_draft_n"] or 0]
+            kept = [s["copy_draft_accepted"] or 0, s["chat_draft_accepted"] or 0]
+            axes[1].bar(xs, drafted, width, alpha=0.4, label=f"{labels[i]} drafted")
+            axes[1].bar(xs, kept, width, label=f"{labels[i]} accepted")
+        for ax, ylabel in zip(
+            axes, ("decode tokens/s (server timings)", "draft tokens per request"), strict=True
+        ):
+            ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(2)], ["copy", "chat"])
             ax.set_ylabel(ylabel)
     else:
         width = 0.8 / len(runs)

@@ -39,7 +39,7 @@ class Plan:
     warmup: bool = True
 
     def tokens(self, workload: str) -> int:
-        return self.max_tokens or {"cache": 8, "concurrency": 64, "chat": 32}[workload]
+        return self.max_tokens or {"cache": 8, "concurrency": 64, "chat": 32, "spec": 200}[workload]
 
     def requests(self, workload: str) -> int:
         """How many timed requests a workload makes (progress bar total)."""
@@ -47,6 +47,8 @@ class Plan:
             return 2 * self.repeats
         if workload == "concurrency":
             return sum(self.levels) * self.rounds
+        if workload == "spec":
+            return 2 * self.repeats
         return self.users * self.turns
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,4 +264,15 @@ async def run_chat(client: BenchClient, plan: Plan, tick: Tick) -> dict[str, Any
     return {"summary": summary, "turns": turns}
 
 
-WORKLOADS = {"cache": run_cache, "concurrency": run_concurrency, "chat": run_chat}
+def _run_spec(client: BenchClient, plan: Plan, tick: Tick) -> Any:
+    from .spec import run_spec
+
+    return run_spec(client, plan, tick)
+
+
+WORKLOADS = {
+    "cache": run_cache,
+    "concurrency": run_concurrency,
+    "chat": run_chat,
+    "spec": _run_spec,
+}

@@ -1,0 +1,176 @@
+"""Speculative decoding's logic against the fake executor: guesses, verification, KV
+rollback, stop conditions inside an accepted run, and the adaptive draft length."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+from fake_executor import FakeExecutor
+
+from runner.engine.core import EngineCore
+from runner.engine.job import Completion, Job, ThreadSink, collect, thread_events
+from runner.engine.speculation import CostModel, NgramIndex, Speculator
+from runner.engine.types import EngineConfig, GenerationRequest
+
+PERIOD = 12
+
+
+def copies(seq: Sequence[int]) -> int:
+    """A model that repeats the text PERIOD tokens back (prompt lookup's best case)."""
+    return seq[-PERIOD]
+
+
+def copies_but_every_fifth(seq: Sequence[int]) -> int:
+    """Copies, except at every fifth position: guesses land partly, then get rejected."""
+    return seq[-PERIOD] + (1000 if len(seq) % 5 == 0 else 0)
+
+
+@pytest.fixture
+def make_core() -> Iterator[Callable[..., tuple[EngineCore, FakeExecutor]]]:
+    cores: list[tuple[EngineCore, threading.Thread]] = []
+
+    def make(**overrides) -> tuple[EngineCore, FakeExecutor]:
+        fields = {"slots": 2, "ctx_per_slot": 512, "prefill_block": 16, "spec_draft_max": 8}
+        core = EngineCore(EngineConfig(**{**fields, **overrides}), executor := FakeExecutor())
+        thread = threading.Thread(target=core.run, daemon=True)
+        thread.start()
+        cores.append((core, thread))
+        return core, executor
+
+    yield make
+    for core, thread in cores:
+        core.stop(drain=False)
+        thread.join(5)
+
+
+def run(core: EngineCore, prompt: list[int], max_tokens: int, **kw) -> Completion:
+    sink = ThreadSink()
+    core.submit(Job(GenerationRequest(prompt, max_tokens=max_tokens, **kw), sink))
+    return collect(thread_events(sink, timeout=10))
+
+
+def expected(rule: Callable[[Sequence[int]], int], prompt: list[int], n: int) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(rule(seq))
+    return seq[len(prompt) :]
+
+
+PROMPT = [100 + i for i in range(PERIOD)] * 2
+
+
+def test_ngram_index_continues_from_the_best_agreeing_place() -> None:
+    # "1 2 3" occurs twice; the place whose earlier tokens also agree (9 before it) wins.
+    index = NgramIndex([9, 1, 2, 3, 40, 41, 8, 1, 2, 3, 50, 51, 7, 9, 1, 2, 3])
+    j, agreement = index.match(index.tokens)
+    assert index.continuation(j, 2) == [40, 41] and agreement == 4
+    # A loop that runs into the end of the text keeps repeating itself.
+    loop = NgramIndex([5, 6, 7, 5, 6, 7])
+    j, _ = loop.match(loop.tokens)
+    assert loop.continuation(j, 7) == [5, 6, 7, 5, 6, 7, 5]
+    assert NgramIndex([1, 2, 3]).match([4, 5, 6]) == (-1, 0)
+
+
+def test_accepted_guesses_give_the_same_output_in_fewer_decodes(make_core) -> None:
+    core, ex = make_core()
+    ex.rule = copies
+    result = run(core, PROMPT, max_tokens=60)
+    assert result.tokens == expected(copies, PROMPT, 60)
+    t = result.timings
+    assert t.draft_n_accepted == t.draft_n > 30 and t.predicted_n == 60
+    generation_decodes = [c for c in ex.calls if c[0][1] >= len(PROMPT)]
+    assert len(generation_decodes) < 60 / 4
+
+
+def test_rejected_guesses_are_rolled_back(make_core) -> None:
+    core, ex = make_core(slots=1)
+    ex.rule = copies_but_every_fifth
+    result = run(core, PROMPT, max_tokens=80)
+    out = expected(copies_but_every_fifth, PROMPT, 80)
+    assert result.tokens == out
+    t = result.timings
+    assert 0 < t.draft_n_accepted < t.draft_n  # some guesses were rejected
+    # The sequence holds exactly what was decoded and kept: no rejected guess survives.
+    assert ex.seqs[0] == (PROMPT + out)[: len(ex.seqs[0])]
+    # ... and the slot stays usable: a follow-up reuses the prompt and matches a fresh run.
+    again = run(core, PROMPT + [7, 8, 9], max_tokens=20)
+    assert again.timings.cache_n > 0
+    assert again.tokens == expected(copies_but_every_fifth, PROMPT + [7, 8, 9], 20)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 9, 33])
+def test_max_tokens_and_stop_strings_inside_an_accepted_run(make_core, max_tokens) -> None:
+    core, ex = make_core(slots=1)
+    ex.rule = copies
+    result = run(core, PROMPT, max_tokens=max_tokens)
+    assert result.tokens == expected(copies, PROMPT, max_tokens)
+    assert result.finish.finish_reason == "length"
+    # Guesses never run past the request's end (k guesses can yield k + 1 tokens).
+    assert len(ex.seqs[0]) <= len(PROMPT) + max_tokens - 1 or max_tokens == 1
+    stopped = run(core, PROMPT, max_tokens=40, stop=["<105>"])
+    assert stopped.finish.finish_reason == "stop"
+    assert stopped.text == "".join(f"<{t}>" for t in range(100, 105))
+
+
+def test_off_means_no_guesses(make_core) -> None:
+    core, ex = make_core(spec_draft_max=0)
+    ex.rule = copies
+    result = run(core, PROMPT, max_tokens=20)
+    assert result.tokens == expected(copies, PROMPT, 20)
+    assert result.timings.draft_n == 0
+    assert all(n == 1 for call in ex.calls for _, start, n in call if start >= len(PROMPT))
+
+
+def test_drafting_stops_when_guesses_miss_and_resumes_when_they_land(make_core) -> None:
+    core, ex = make_core(slots=1, spec_draft_max=16)
+    # Each verified row costs 40% of a one-row step: only guesses that mostly land pay.
+    core.scheduler.spec.cost = CostModel(fixed=(0.006, 0.004))
+
+    def shifted_then_copies(seq: Sequence[int]) -> int:
+        n_out = len(seq) - len(PROMPT)
+        return seq[-PERIOD] + (1 if n_out < 60 else 0)  # 60 tokens of misses, then copies
+
+    ex.rule = shifted_then_copies
+    missing = run(core, PROMPT, max_tokens=60)
+    assert missing.timings.draft_n - missing.timings.draft_n_accepted <= 6
+    landing = run(core, PROMPT + missing.tokens, max_tokens=120)
+    assert landing.tokens == expected(shifted_then_copies, PROMPT + missing.tokens, 120)
+    assert landing.timings.draft_n_accepted >= 60
+
+
+def test_draft_length_follows_acceptance_and_backs_off_under_load() -> None:
+    spec = Speculator(draft_max=16)
+    spec.cost = CostModel(fixed=(0.010, 0.004))
+    assert spec.choose(0.95, 16, tokens=1, rows=1) >= 8
+    assert 0 < spec.choose(0.8, 16, tokens=1, rows=1) < spec.choose(0.95, 16, 1, 1)
+    assert spec.choose(0.2, 16, tokens=1, rows=1) == 0
+    # Eight streams already fill the batch: a guess costs as much as another stream's row.
+    assert spec.choose(0.8, 16, tokens=8, rows=8) == 0
+    # Nothing measured yet: a plain step first; a clock that never moves: rows are free.
+    assert Speculator().choose(0.5, 16, 1, 1) == 0
+    free = Speculator()
+    free.cost.observe(1, 0.0)
+    assert free.choose(0.5, 16, 1, 1) == 16
+
+
+def test_cost_model_prices_unmeasured_sizes_between_and_beyond_measured_ones() -> None:
+    cost = CostModel()
+    cost.observe(1, 0.010)
+    assert cost.seconds(1) == pytest.approx(0.010)
+    assert cost.seconds(11) == pytest.approx(0.010 + 10 * 0.005)  # optimistic beyond
+    cost.observe(17, 0.090)
+    assert cost.seconds(9) == pytest.approx(0.050)  # between
+    assert cost.seconds(21) == pytest.approx(0.090 + 4 * 0.005)
+
+
+def test_guesses_come_from_other_slots_text(make_core) -> None:
+    core, ex = make_core(slots=2)
+    ex.rule = lambda seq: seq[-1] + 1  # a model that counts
+    document = list(range(300, 340))
+    run(core, [1, 2] + document, max_tokens=2, id_slot=0)  # slot 0 has read the document
+    # Slot 1's own text has no earlier occurrence of its last tokens; slot 0's has.
+    result = run(core, [7, 8, 300, 301, 302, 303], max_tokens=20, id_slot=1)
+    assert result.tokens == list(range(304, 324))
+    assert result.timings.draft_n_accepted >= 15
