@@ -26,10 +26,8 @@ FUNCTIONS = "\n\n".join(
     f'def f{i}(x, y):\n    """Combine x and y, variant {i}."""\n    return x * {i} + y'
     for i in range(8)
 )
-COPY = (
-    f"<start_of_turn>user\nHere is a module:\n\n```python\n{FUNCTIONS}\n```\n\n"
-    "Repeat the module exactly.<end_of_turn>\n<start_of_turn>model\n```python\n"
-)
+ASK_COPY = f"Here is a module:\n\n```python\n{FUNCTIONS}\n```\n\nRepeat the module exactly."
+COPY = f"<start_of_turn>user\n{ASK_COPY}<end_of_turn>\n<start_of_turn>model\n```python\n"
 LOOP = ("red green blue yellow " * 6).strip()
 
 
@@ -85,13 +83,25 @@ def test_free_text_keeps_its_structure(engine) -> None:
     assert 0 <= fast.timings.draft_n_accepted <= fast.timings.draft_n
 
 
+ROLLBACK_PROMPTS = (
+    "red green blue red green blue red green blue red green",
+    "<start_of_turn>user\nWrite the word 'hello' twenty times.<end_of_turn>\n"
+    "<start_of_turn>model\n",
+    "the cat sat on the mat. the cat sat on the hat. the cat sat on the",
+)
+
+
 def test_rolled_back_slot_is_reused_exactly(engine) -> None:
-    prompt = COPY.replace("Repeat the module exactly.", "Rename every function to g.")
-    n_prompt = len(engine.tokenize(prompt))
-    reference = generate(engine, prompt, 0, max_tokens=48, cache_prompt=False)
-    guessed = generate(engine, prompt, 16, max_tokens=48, cache_prompt=False)
-    assert guessed.timings.draft_n > guessed.timings.draft_n_accepted  # guesses rejected
+    # The first prompt whose guesses were partly rejected (each is, with this model).
+    for prompt in ROLLBACK_PROMPTS:
+        reference = generate(engine, prompt, 0, max_tokens=48, cache_prompt=False)
+        guessed = generate(engine, prompt, 16, max_tokens=48, cache_prompt=False)
+        if guessed.timings.draft_n > guessed.timings.draft_n_accepted:
+            break
+    else:
+        pytest.fail("no prompt had a rejected guess")
     again = generate(engine, prompt, 0, max_tokens=48)
+    n_prompt = len(engine.tokenize(prompt))
     assert again.timings.cache_n == n_prompt - TAIL and again.timings.cache_source == "slot"
     assert again.tokens == reference.tokens
 
@@ -131,3 +141,24 @@ def test_sampled_tokens_keep_the_target_distribution(engine) -> None:
     df = sum(1 for t in totals if t) - 1
     assert df >= 2, counts  # the distribution is spread enough to test
     assert stat < _chi2_quantile(df), (stat, df, counts)
+
+
+def test_http_reports_draft_counts(server) -> None:
+    import openai
+    from server_proc import http, metric
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=300, max_retries=0)
+    with http(server) as raw:
+        before = metric(raw, "runner:draft_tokens_total")
+        kept_before = metric(raw, "runner:draft_tokens_accepted_total")
+        reply = client.chat.completions.create(
+            model="ai/gemma3",
+            messages=[{"role": "user", "content": ASK_COPY}],
+            max_tokens=48,
+            temperature=0,
+        )
+        timings = (reply.model_extra or {})["timings"]
+        assert 0 <= timings["draft_n_accepted"] <= timings["draft_n"]
+        assert metric(raw, "runner:draft_tokens_total") - before == timings["draft_n"]
+        kept = metric(raw, "runner:draft_tokens_accepted_total") - kept_before
+        assert kept == timings["draft_n_accepted"]
