@@ -327,3 +327,25 @@ def test_builtin_templates_render_tools_calls_and_results(arch: str) -> None:
     assert "18C and sunny" in text
     plain = render(template, CONVERSATION[:1], [], fmt)
     assert "get_weather" not in plain
+
+
+PLAIN_CHATML = """\
+{%- for message in messages %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+def test_template_without_tool_support_still_gets_tools_calls_and_results() -> None:
+    template = template_for("qwen2", PLAIN_CHATML, None)
+    fmt = template.tool_format
+    assert fmt is HERMES  # ChatML style: Hermes calls
+    text = render(template, CONVERSATION, parse_tools([WEATHER]), fmt)
+    system, rest = text.split("<|im_end|>", 1)
+    assert system.startswith("<|im_start|>system\n") and "get_weather" in system
+    assert fmt.write_calls(CONVERSATION[1]["tool_calls"]) in rest
+    assert "<|im_start|>user\nTool result:\n18C and sunny" in rest
+    # A template that handles tools itself is left alone.
+    qwen = template_for("qwen2", QWEN_STYLE, None)
+    assert "Tool result:" not in render(qwen, CONVERSATION, parse_tools([WEATHER]), HERMES)

@@ -225,6 +225,33 @@ def tools_prompt(tools: Sequence[ToolSpec], fmt: ToolCallFormat) -> str:
     )
 
 
+def _without_tool_support(
+    source: str, messages: list[dict[str, Any]], prompt: str
+) -> list[dict[str, Any]]:
+    """For a template that knows nothing of tools: the tool instructions as (part of) the
+    system message, calls written into the assistant's content, results as user turns."""
+    knows_calls = "tool_calls" in source
+    knows_results = "'tool'" in source or '"tool"' in source
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        msg = dict(message)
+        if msg.get("tool_calls_text") and not knows_calls:
+            content = msg.get("content") or ""
+            msg["content"] = (content + "\n" if content else "") + msg["tool_calls_text"]
+            msg.pop("tool_calls", None)
+        if msg.get("role") == "tool" and not knows_results:
+            msg = {"role": "user", "content": f"Tool result:\n{msg.get('content') or ''}"}
+        out.append(msg)
+    if prompt and "tools" not in source:
+        if out and out[0].get("role") in ("system", "developer"):
+            first = dict(out[0])
+            first["content"] = f"{first.get('content') or ''}\n\n{prompt}".strip()
+            out[0] = first
+        else:
+            out.insert(0, {"role": "system", "content": prompt})
+    return out
+
+
 def render(
     template: ChatTemplate,
     messages: Sequence[Mapping[str, Any]],
@@ -234,11 +261,17 @@ def render(
     extra: Mapping[str, Any] | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
-    """The prompt for `messages` with `tools` (may be empty) through `template`."""
+    """The prompt for `messages` with `tools` (may be empty) through `template`.
+
+    A template that never mentions tools (many GGUFs' templates) still gets them: runner's
+    instructions go into the system message, and calls and results become plain text.
+    """
     variables = dict(extra or {})
-    variables["tools_prompt"] = tools_prompt(tools, fmt)
+    prompt = tools_prompt(tools, fmt)
+    variables["tools_prompt"] = prompt
+    prepared = _without_tool_support(template.source, template_messages(messages, fmt), prompt)
     return template.render(
-        template_messages(messages, fmt),
+        prepared,
         tools=[t.to_openai() for t in tools] or None,
         extra=variables,
         add_generation_prompt=add_generation_prompt,
