@@ -65,6 +65,7 @@ class Cluster:
             ctx_size=1024,
             cache_ram=0,  # every saved prefix goes to disk: a restarted replica finds it
             cache_dir=self.root / f"kv-{self.runs}-{router}",
+            responses_dir=self.root / "responses",
         )
         replicas, front = build_apps(settings, ClusterOptions(replicas=2, router=router))
         serve.run(replicas, name=REPLICAS_APP, route_prefix=None)
@@ -245,6 +246,36 @@ def test_other_dialects_are_routed_by_their_prompts(runner_cluster: Cluster) -> 
         tokens = keys.tokens("/api/chat", json.dumps(raw).encode())
         assert tokens is not None and timings["cache_n"] + timings["prompt_n"] == len(tokens)
         assert (timings["cache_n"] > len(tokens) // 2) == reused
+
+
+def test_responses_conversation_follows_its_prefix(runner_cluster: Cluster) -> None:
+    """A Responses conversation continued by `previous_response_id`: the front door reads
+    the stored conversation, so the next turn goes where its prefix is cached."""
+    client = OpenAI(base_url=runner_cluster.url + "/v1", api_key="unused", max_retries=0)
+    instructions = system_prompt("orchids")
+    first = client.responses.create(
+        model=MODEL, instructions=instructions, input="How often to water?", max_output_tokens=8
+    )
+    second = client.responses.with_raw_response.create(
+        model=MODEL,
+        instructions=instructions,
+        input="And how much light?",
+        previous_response_id=first.id,
+        max_output_tokens=8,
+    )
+    answer = second.parse()
+    cached = answer.usage.input_tokens_details.cached_tokens
+    assert cached > first.usage.input_tokens // 2, (first.usage, answer.usage)
+    # What the front door routed on is the replica's prompt, stored conversation included.
+    keys = PromptKeys(Settings(models_dir=runner_cluster.models_dir, responses_dir=runner_cluster.root / "responses"))  # fmt: skip
+    body = {
+        "model": MODEL,
+        "instructions": instructions,
+        "input": "And how much light?",
+        "previous_response_id": first.id,
+    }
+    tokens = keys.tokens("/v1/responses", json.dumps(body).encode())
+    assert tokens is not None and len(tokens) == answer.usage.input_tokens
 
 
 def test_engines_routes_show_every_replica(runner_cluster: Cluster) -> None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from runner.api.errors import ErrorInfo, openai_body
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 _GONE = (RayActorError, ActorUnavailableError)
+START_ATTEMPTS = 3  # a replica that died before answering: try others (Ray drops it soon)
 _PS = {"/engines/ps", "/engines/llama.cpp/ps"}
 _STATUS = {"/engines/status", "/engines/llama.cpp/status"}
 # Changes to model lifetimes every replica must apply (each has its own resident models).
@@ -108,29 +109,31 @@ class FrontDoorApp:
             async for messages in gen:
                 for message in messages:
                     await send(message)
+        except RayTaskError as exc:
+            if not _replica_gone(exc):
+                raise
+            await _end_broken(send, streaming, exc)
         except _GONE as exc:
-            log.warning("replica died mid-answer: %s", exc)
-            if streaming:
-                info = ErrorInfo(502, "replica_failed", "the replica serving this request failed")
-                event = openai_body(info)
-                data = f"data: {json.dumps(event)}\r\n\r\n".encode()
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await _end_broken(send, streaming, exc)
         finally:
             gen.cancel()
 
     async def _start(self, request: ForwardedRequest) -> tuple[Any, Any]:
         """(generator, first messages) from a replica; (None, error) if none answers."""
-        error: Exception | None = None
-        for _ in range(2):  # a replica that died before answering: once more, elsewhere
+        error: BaseException | None = None
+        for attempt in range(START_ATTEMPTS):
+            if attempt:  # let the router hear of the death before choosing again
+                await asyncio.sleep(0.25 * attempt)
             gen = self.handle.handle_http.remote(request)
             try:
                 return gen, await gen.__anext__()
-            except _GONE as exc:
-                log.warning("replica unavailable, retrying elsewhere: %s", exc)
-                error = exc
             except StopAsyncIteration:
-                error = RuntimeError("the replica sent no answer")
+                return None, RuntimeError("the replica sent no answer")
+            except Exception as exc:
+                if not _replica_gone(exc):
+                    raise
+                log.warning("replica unavailable, trying another: %s", exc)
+                error = exc
         return None, error
 
     async def _engines(self, request: ForwardedRequest, send: Any, ps: bool) -> None:
@@ -162,7 +165,9 @@ class FrontDoorApp:
         for report in reports:
             try:
                 answers.append(await self._collect(replace(request, target=report["replica_id"])))
-            except (*_GONE, TimeoutError) as exc:
+            except Exception as exc:
+                if not (_replica_gone(exc) or isinstance(exc, TimeoutError)):
+                    raise
                 answers.append(exc)
         done = [a for a in answers if not isinstance(a, BaseException)]
         if not done:
@@ -209,6 +214,21 @@ def _widen(local: Any, reports: list[dict[str, Any]], ps: bool) -> Any:
         return rows
     replicas = [{k: v for k, v in r.items() if k != "models"} for r in reports]
     return {**local, "models": rows, "replicas": replicas}
+
+
+def _replica_gone(exc: BaseException) -> bool:
+    """The replica process is gone or unreachable (not: the app raised)."""
+    return isinstance(exc, _GONE) or isinstance(getattr(exc, "cause", None), _GONE)
+
+
+async def _end_broken(send: Any, streaming: bool, exc: BaseException) -> None:
+    """End an answer whose replica died: an SSE error event for streams, then the end."""
+    log.warning("replica died mid-answer: %s", exc)
+    if streaming:
+        info = ErrorInfo(502, "replica_failed", "the replica serving this request failed")
+        data = f"data: {json.dumps(openai_body(info))}\r\n\r\n".encode()
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:

@@ -90,6 +90,7 @@ class PromptKeys:
 
     def _routes(self) -> list[tuple[str, Any]]:
         return [
+            ("/responses", self._responses),
             ("/chat/completions", self._chat),
             ("/completions", self._completion),
             ("/v1/messages", self._anthropic),
@@ -117,6 +118,29 @@ class PromptKeys:
 
         body = anthropic.MessagesRequest.model_validate(raw)
         return self._render(body.model, anthropic.chat_messages(body), anthropic._plan(body))
+
+    def _responses(self, raw: Any) -> list[int] | None:
+        from runner.api import responses
+
+        body = responses.ResponsesRequest.model_validate(raw)
+        history: list[dict[str, Any]] = []
+        if body.previous_response_id:  # the stored conversation, where replicas keep it
+            previous = self._responses_store().get(body.previous_response_id)
+            if previous is None:
+                return None
+            history = previous["messages"]
+        history += responses.chat_messages(responses.input_items(body))
+        system = [{"role": "system", "content": body.instructions}] if body.instructions else []
+        tools = responses.chat_tools(body.tools)
+        plan = chat_plan(tools, responses.tool_choice(body.tool_choice))
+        return self._render(body.model, [*system, *history], plan)
+
+    def _responses_store(self) -> Any:
+        from runner.api.responses_store import ResponseStore
+
+        s = self.settings
+        directory = s.resolved_responses_dir if s.persist else None
+        return ResponseStore(directory, max_bytes=s.responses_disk, max_age=s.responses_ttl)
 
     def _ollama_chat(self, raw: Any) -> list[int]:
         from runner.api import ollama

@@ -84,6 +84,7 @@ class CacheFollowing(RequestRouter):
         self._min_fraction = min_match_fraction
         self._recent: dict[ReplicaID, dict[int, float]] = {}  # block hash -> when routed
         self._held: dict[ReplicaID, tuple[float, frozenset[int]]] = {}  # report time, blocks
+        self._unreachable: dict[ReplicaID, float] = {}  # when a request found it unreachable
 
     async def choose_replicas(
         self,
@@ -123,6 +124,10 @@ class CacheFollowing(RequestRouter):
         self._recent.pop(replica_id, None)
         self._held.pop(replica_id, None)
 
+    def on_replica_actor_unavailable(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_unavailable(replica_id)
+        self._unreachable[replica_id] = time.monotonic()
+
     # -- scoring --------------------------------------------------------------------------
 
     def _worth_following(self, request: ForwardedRequest | None, blocks: int) -> bool:
@@ -137,6 +142,9 @@ class CacheFollowing(RequestRouter):
         """How many leading blocks of the prompt the replica holds (or was just sent)."""
         if not hashes:
             return 0
+        lost = self._unreachable.get(replica.replica_id)
+        if lost is not None and time.monotonic() - lost < self._recent_ttl:
+            return 0  # whatever it holds, do not send prompts after it for a while
         held = self._blocks(replica)
         recent = self._recent.get(replica.replica_id, {})
         horizon = time.monotonic() - self._recent_ttl
