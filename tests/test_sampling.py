@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import llama_cpp
 import pytest
 
 import runner.engine.sampling as sampling
@@ -50,6 +51,39 @@ def generate(engine: Engine, params: SamplingParams, max_tokens: int = 40):
     return engine.generate(request, timeout=300)
 
 
+@pytest.fixture
+def reference_draws(monkeypatch):
+    """Checks every constrained draw against a whole-vocabulary redraw made on the same
+    logits with clones of the grammar and chain (same random state): (draws, redraws,
+    mismatches)."""
+    seen = {"draws": 0, "redraws": 0, "mismatches": 0}
+    real = sampling.Sampler._sample_constrained
+
+    def checked(self, ctx, index):
+        candidates = self._candidates
+        grammar = llama_cpp.llama_sampler_clone(self._grammar)
+        chain = llama_cpp.llama_sampler_clone(self._chain)
+        try:
+            llama_cpp.llama_sampler_apply(chain, candidates.fill(ctx, index))
+            expected = candidates.selected()
+            if not candidates.allows(grammar, expected):
+                seen["redraws"] += 1
+                cur = candidates.fill(ctx, index)
+                llama_cpp.llama_sampler_apply(grammar, cur)
+                llama_cpp.llama_sampler_apply(chain, cur)
+                expected = candidates.selected()
+        finally:
+            llama_cpp.llama_sampler_free(grammar)
+            llama_cpp.llama_sampler_free(chain)
+        token = real(self, ctx, index)
+        seen["draws"] += 1
+        seen["mismatches"] += token != expected
+        return token
+
+    monkeypatch.setattr(sampling.Sampler, "_sample_constrained", checked)
+    return seen
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -59,29 +93,28 @@ def generate(engine: Engine, params: SamplingParams, max_tokens: int = 40):
     ids=["greedy", "seeded"],
 )
 def test_shortlist_redraw_equals_full_vocabulary_pass(
-    engine, counters, monkeypatch, params
+    engine, counters, reference_draws, params
 ) -> None:
-    grammar = schema_to_grammar(SCHEMA)
-    fast = generate(engine, SamplingParams(**params, grammar=grammar))
-    value = json.loads(fast.text)
+    result = generate(engine, SamplingParams(**params, grammar=schema_to_grammar(SCHEMA)))
+    value = json.loads(result.text)
     assert isinstance(value["city"], str) and isinstance(value["days"], int)
-    resamples, _ = counters[-1]
+    resamples, full_passes = counters[-1]
     assert resamples > 0  # the grammar did overrule the model's first choice
-    monkeypatch.setattr(sampling, "SHORTLIST", 0)  # always the whole vocabulary
-    full = generate(engine, SamplingParams(**params, grammar=grammar))
-    assert counters[-1][1] == counters[-1][0] > 0
-    assert full.tokens == fast.tokens
+    assert full_passes < resamples  # ...and the shortlist served at least once
+    assert reference_draws["redraws"] == resamples
+    assert reference_draws["draws"] == result.timings.predicted_n
+    assert reference_draws["mismatches"] == 0
 
 
 def test_lazy_grammar_waits_for_its_trigger(engine) -> None:
-    plain = generate(engine, SamplingParams(temperature=0.0), max_tokens=12)
     never = SamplingParams(
         temperature=0.0,
         grammar='root ::= "<tool_call>" [a-z]+',
         grammar_lazy=True,
         grammar_triggers=("<tool_call>",),
     )
-    assert generate(engine, never, max_tokens=12).tokens == plain.tokens
+    result = generate(engine, never, max_tokens=12)
+    assert result.timings.predicted_n == 12 and "<tool_call>" not in result.text
 
 
 def test_thinking_budget_forces_the_end_of_the_thought(engine) -> None:
@@ -91,3 +124,22 @@ def test_thinking_budget_forces_the_end_of_the_thought(engine) -> None:
     assert text.startswith("<think>") and "</think>" in text
     thought = text[len("<think>") : text.index("</think>")]
     assert 1 <= len(engine.tokenize(thought, add_special=False)) <= 5 + 2
+
+
+def test_lazy_grammar_takes_over_after_its_trigger(engine) -> None:
+    plain = generate(engine, SamplingParams(temperature=0.0), max_tokens=16)
+    pieces = [engine.piece_bytes(t).decode("utf-8", "replace") for t in plain.tokens]
+    # The first word the model writes by itself (an early one: the greedy start of an
+    # answer does not change from run to run): the trigger.
+    k = next(i for i, piece in enumerate(pieces) if piece.strip().isalpha())
+    before = "".join(pieces[: k + 1])
+    lazy = SamplingParams(
+        temperature=0.0,
+        grammar=f'root ::= "{pieces[k]}" [0-9] [0-9] [0-9]',
+        grammar_lazy=True,
+        grammar_triggers=(pieces[k],),
+    )
+    result = generate(engine, lazy, max_tokens=16)
+    assert result.text.startswith(before)  # free until the trigger...
+    assert result.text[len(before) :].isdigit()  # ...then the grammar's, to its end
+    assert len(result.text) - len(before) == 3

@@ -359,6 +359,7 @@ def build_tool_grammar(
     starts_with_trigger = (fmt.list_open or fmt.call_prefix).startswith(fmt.trigger)
     if not starts_with_trigger:  # e.g. Llama's optional <|python_tag|>
         root = root.replace("root ::= ", f"root ::= {gbnf_literal(fmt.trigger)}? ", 1)
-    return ToolGrammar(
-        f"{root}\n{renamed}", lazy=True, trigger_patterns=(_regex_literal(fmt.trigger),)
-    )
+    pattern = _regex_literal(fmt.trigger)
+    if fmt.trigger_needs_space:
+        pattern = f"({pattern})\\s"  # the grammar starts at the group, the space included
+    return ToolGrammar(f"{root}\n{renamed}", lazy=True, trigger_patterns=(pattern,))

@@ -48,27 +48,33 @@ class ToolCallFormat:
     call_separator: str = "\n"
     list_open: str = ""
     list_close: str = ""
-    # Literal text whose appearance in free output starts the call grammar ("auto").
+    # Literal text whose appearance in free output starts the call grammar ("auto"), and
+    # whether it must be followed by whitespace to count. llama.cpp replays the text from the
+    # trigger to the end of the token that completed it into the grammar, and a replay the
+    # grammar refuses aborts the process, so a trigger must be unambiguous where it ends.
     trigger: str | None = None
+    trigger_needs_space: bool = False
     description: str = ""
 
     def grammar_root(self, call_rule: str, parallel: bool) -> str:
-        """GBNF ``root`` for one call (or, with `parallel`, one or more) of `call_rule`."""
-        one = " ".join(
-            part
-            for part in (
-                gbnf_literal(self.call_prefix) if self.call_prefix else "",
-                call_rule,
-                gbnf_literal(self.call_suffix) if self.call_suffix else "",
-            )
-            if part
-        )
+        """GBNF ``root`` for one call (or, with `parallel`, one or more) of `call_rule`.
+
+        The newlines the format puts around a call may be any short run of whitespace
+        (``tool-ws``), so a model that writes ``<tool_call>{`` still fits."""
+        prefix = self.call_prefix.rstrip("\n")
+        suffix = self.call_suffix.lstrip("\n")
+        parts = [
+            gbnf_literal(prefix) + " tool-ws" if prefix else "",
+            call_rule,
+            "tool-ws " + gbnf_literal(suffix) if suffix else "",
+        ]
+        one = " ".join(part for part in parts if part)
         body = f"( {one} )"
         if parallel:
             body += f" ( {gbnf_literal(self.call_separator)} {body} )*"
         if self.list_open:
             body = f"{gbnf_literal(self.list_open)} {body} {gbnf_literal(self.list_close)}"
-        return f"root ::= {body}"
+        return f"root ::= {body}\ntool-ws ::= [ \\t\\n]{{0,4}}"
 
     def write_calls(self, calls: list[dict[str, Any]]) -> str:
         """The assistant text for `calls` (OpenAI ``tool_calls`` items), as this family writes

@@ -20,5 +20,6 @@ GEMMA = ToolCallFormat(
     call_suffix="\n```",
     call_separator="\n",
     trigger="```tool_call",
+    trigger_needs_space=True,  # so that "```tool_calls" is no trigger
     description='```tool_call fenced blocks holding {"name": ..., "arguments": {...}}',
 )

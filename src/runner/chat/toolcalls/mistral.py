@@ -21,6 +21,8 @@ MISTRAL = ToolCallFormat(
     call_separator=", ",
     list_open="[TOOL_CALLS][",
     list_close="]",
-    trigger="[TOOL_CALLS]",
+    # No lazy grammar: the trigger may be followed by either spelling, and the grammar
+    # writes only the list one (see `ToolCallFormat.trigger`). "auto" calls are parsed.
+    trigger=None,
     description='[TOOL_CALLS][{"name": ..., "arguments": {...}}] or [TOOL_CALLS]name[ARGS]{...}',
 )
