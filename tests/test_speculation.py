@@ -159,10 +159,10 @@ def test_cost_model_prices_unmeasured_sizes_between_and_beyond_measured_ones() -
     cost = CostModel()
     cost.observe(1, 0.010)
     assert cost.seconds(1) == pytest.approx(0.010)
-    assert cost.seconds(11) == pytest.approx(0.010 + 10 * 0.005)  # optimistic beyond
+    assert cost.seconds(11) == pytest.approx(0.010 + 10 * 0.0025)  # optimistic beyond
     cost.observe(17, 0.090)
     assert cost.seconds(9) == pytest.approx(0.050)  # between
-    assert cost.seconds(21) == pytest.approx(0.090 + 4 * 0.005)
+    assert cost.seconds(21) == pytest.approx(0.090 + 4 * 0.0025)
 
 
 def test_guesses_come_from_other_slots_text(make_core) -> None:

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     )
     max_embed_tokens: int = Field(65536, ge=1, description="tokens per embeddings request")
     draft_max: int = Field(
-        16,
+        48,
         ge=0,
         le=256,
         description="speculative decoding: most guessed tokens verified per slot and step "

@@ -23,21 +23,65 @@ COPY_TOKENS = 200
 CHAT_TOKENS = 64
 
 
+_NAMES = (
+    "load config",
+    "save report",
+    "parse header",
+    "render table",
+    "merge records",
+    "split words",
+    "count lines",
+    "find owner",
+    "check limits",
+    "format price",
+    "read sensor",
+    "write backup",
+    "scan folder",
+    "build index",
+    "clean text",
+    "sort orders",
+    "group events",
+    "rank players",
+    "fetch weather",
+    "send invoice",
+    "track parcel",
+    "resize image",
+    "encode message",
+    "match pattern",
+    "close account",
+)
+_FIELDS = (
+    "name",
+    "size",
+    "owner",
+    "price",
+    "color",
+    "label",
+    "status",
+    "weight",
+    "region",
+    "title",
+)
+
+
 def module_source(n_functions: int = 25) -> str:
-    """A deterministic Python module of small, similar-looking functions."""
-    ops = ("+", "-", "*", "//", "%")
+    """A deterministic Python module of small functions that differ in words, not numbers
+    (a small model copies words faithfully but tends to "continue" number sequences)."""
     parts = []
     for i in range(n_functions):
-        op = ops[i % len(ops)]
+        words = _NAMES[i % len(_NAMES)]
+        name = words.replace(" ", "_")
+        field_ = _FIELDS[i % len(_FIELDS)]
+        other = _FIELDS[(i * 3 + 1) % len(_FIELDS)]
         parts.append(
-            f"def step_{i}(value, scale={i + 2}):\n"
-            f'    """Apply step {i} of the pipeline to value."""\n'
-            f"    result = (value {op} scale) + {i * 3}\n"
-            f"    if result > {100 + i}:\n"
-            f"        result -= {i + 1}\n"
-            f"    return result\n"
+            f"def {name}(items, default=None):\n"
+            f'    """{words.capitalize()} for every item that has a {field_}."""\n'
+            f"    chosen = [item for item in items if item.{field_}]\n"
+            f"    if not chosen:\n"
+            f"        return default\n"
+            f"    return sorted(chosen, key=lambda item: item.{other})\n"
         )
-    return "\n\n".join(parts)
+    return "\n".join(parts)
 
 
 def copy_messages() -> list[dict[str, str]]:

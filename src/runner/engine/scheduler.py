@@ -219,7 +219,7 @@ class Scheduler:
             return [], 0.0
         k = spec.choose(state.rate, len(guess), yielded, rows)
         if k == 0:
-            state.shadow, state.shadow_at = guess, len(job.output_tokens)
+            state.guessed(guess, len(job.output_tokens))
             return [], 0.0
         return guess[:k], expected_accepted(state.rate, k)
 

@@ -67,7 +67,7 @@ class EngineConfig:
     # Speculative decoding by prompt lookup (engine/speculation.py): at most this many guessed
     # tokens per slot and step (0: off). `spec_adaptive` drafts only where the measured cost
     # and acceptance say it pays; without it every guess found is verified (tests, benches).
-    spec_draft_max: int = 16
+    spec_draft_max: int = 48
     spec_adaptive: bool = True
 
     @property
