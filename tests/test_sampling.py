@@ -143,3 +143,21 @@ def test_lazy_grammar_takes_over_after_its_trigger(engine) -> None:
     assert result.text.startswith(before)  # free until the trigger...
     assert result.text[len(before) :].isdigit()  # ...then the grammar's, to its end
     assert len(result.text) - len(before) == 3
+
+
+def test_a_trigger_whose_token_does_not_fit_drops_the_grammar(engine) -> None:
+    plain = generate(engine, SamplingParams(temperature=0.0), max_tokens=8)
+    pieces = [engine.piece_bytes(t).decode("utf-8", "replace") for t in plain.tokens]
+    word = next(p for p in pieces if len(p.strip()) >= 3 and p.strip().isalpha())
+    trigger = word[: len(word) - len(word.lstrip()) + 2]  # the word's first two letters
+    # llama.cpp would replay the whole token ("Okay" for trigger "Ok") into a grammar that
+    # wants digits after the trigger, and abort. The guard drops the grammar instead.
+    lazy = SamplingParams(
+        temperature=0.0,
+        grammar=f'root ::= "{trigger}" [0-9]+',
+        grammar_lazy=True,
+        grammar_triggers=(trigger,),
+    )
+    result = generate(engine, lazy, max_tokens=8)
+    assert result.timings.predicted_n == 8
+    assert word in result.text

@@ -14,7 +14,7 @@ grammar and the chain.
 
 Lazy grammars (``grammar_lazy`` with ``grammar_triggers``, e.g. a tool call in "auto" mode)
 stay inactive until a trigger pattern appears in the output; until then they let every
-token through.
+token through. `grammar_guard.TriggerGuard` makes sure a trigger never aborts the process.
 
 A thinking budget (``reasoning_budget`` >= 0) counts the tokens generated inside
 ``<think>...</think>``; when it is spent, the sampler forces ``</think>`` and the model goes
@@ -29,6 +29,7 @@ import random
 import llama_cpp
 import numpy as np
 
+from .grammar_guard import TriggerGuard
 from .model import LlamaModel
 from .types import InvalidRequest, SamplingParams
 
@@ -156,6 +157,7 @@ class Sampler:
         self._exhausted = False  # the grammar could not continue; see _sample_constrained
         self._candidates: _Candidates | None = None
         self._budget: _ThinkingBudget | None = None
+        self._guard: TriggerGuard | None = None
         self._shortlist: llama_cpp.llama_sampler_p | None = None
         self._needed = 0  # allowed shortlist tokens that make a shortlist draw exact
         self.grammar_resamples = 0  # steps where the grammar rejected the chain's first pick
@@ -165,6 +167,8 @@ class Sampler:
             if params.grammar:
                 self._grammar = _grammar_sampler(model, params)
                 self._candidates = _Candidates(model.n_vocab)
+                if params.grammar_lazy and params.grammar_triggers:
+                    self._guard = TriggerGuard(model, params.grammar, params.grammar_triggers)
                 self._plan_shortlist(params)
             budget = getattr(params, "reasoning_budget", -1)
             if budget is not None and budget >= 0:
@@ -280,7 +284,12 @@ class Sampler:
 
     def _accept_generated(self, token: int) -> None:
         if self._grammar is not None and not self._exhausted:
-            llama_cpp.llama_sampler_accept(self._grammar, token)
+            assert self._candidates is not None
+            if self._guard is None or self._guard.safe_to_accept(token, self._candidates.allows):
+                llama_cpp.llama_sampler_accept(self._grammar, token)
+            else:  # the trigger's text does not fit the grammar: go on without it
+                llama_cpp.llama_sampler_free(self._grammar)
+                self._grammar = None
         llama_cpp.llama_sampler_accept(self._chain, token)
 
     def accept(self, token: int) -> None:
