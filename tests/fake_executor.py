@@ -74,8 +74,8 @@ class FakeExecutor:
     def take_logprobs(self, job_id: int) -> None:
         return None
 
-    def piece(self, token: int) -> bytes:
-        return f"<{token}>".encode()
+    def piece(self, token: int, special: bool = False) -> bytes:
+        return f"[{token}]".encode() if special else f"<{token}>".encode()
 
     def is_eog(self, token: int) -> bool:
         return token == EOS

@@ -278,3 +278,14 @@ def test_n_choices_wait_for_enough_free_slots(make_core) -> None:
     results = [collect(thread_events(sink, timeout=5)) for sink in sinks]
     assert [r.finish.finish_reason for r in results] == ["length", "length"]
     assert collect(thread_events(busy.sink, timeout=5)).finish.finish_reason == "length"  # type: ignore[arg-type]
+
+
+def test_special_tokens_render_as_text_when_asked(make_core) -> None:
+    """Tool-call markers are special tokens in some vocabularies: a request that parses them
+    gets their text, others get the plain rendering."""
+    core, ex = make_core()
+    plain = run(core, prompt_of(8), max_tokens=2)
+    marked = run(core, prompt_of(8), max_tokens=2, render_special=True)
+    assert plain.tokens == marked.tokens
+    assert plain.text == "".join(f"<{t}>" for t in plain.tokens)
+    assert marked.text == "".join(f"[{t}]" for t in marked.tokens)

@@ -120,6 +120,10 @@ class ChatPlan:
             sampling.grammar_triggers = self.grammar.trigger_patterns
         sampling.reasoning_budget = self.reasoning_budget
         sampling.reasoning_open = self.reasoning_open
+        if self.fmt is not None:
+            # Some families mark calls with special tokens ([TOOL_CALLS], <|python_tag|>):
+            # the parser must see them, and it keeps markup out of the content.
+            request.render_special = True
 
     def parser(self) -> ChatOutputParser:
         return ChatOutputParser(self.fmt, self.split_reasoning, self.reasoning_open)

@@ -122,8 +122,8 @@ class LlamaExecutor:
         if sampler is not None:
             sampler.close()
 
-    def piece(self, token: int) -> bytes:
-        return self.model.piece(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        return self.model.piece(token, special)
 
     def is_eog(self, token: int) -> bool:
         return self.model.is_eog(token)

@@ -131,6 +131,9 @@ class GenerationRequest:
     ignore_eos: bool = False
     cache_prompt: bool = True
     id_slot: int = -1
+    # Output special tokens as their text (tool-call markers such as [TOOL_CALLS] are special
+    # tokens in some vocabularies); otherwise they render empty.
+    render_special: bool = False
 
 
 @dataclass
