@@ -159,10 +159,15 @@ def test_cost_model_prices_unmeasured_sizes_between_and_beyond_measured_ones() -
     cost = CostModel()
     cost.observe(1, 0.010)
     assert cost.seconds(1) == pytest.approx(0.010)
-    assert cost.seconds(11) == pytest.approx(0.010 + 10 * 0.0025)  # optimistic beyond
-    cost.observe(17, 0.090)
-    assert cost.seconds(9) == pytest.approx(0.050)  # between
-    assert cost.seconds(21) == pytest.approx(0.090 + 4 * 0.0025)
+    # Beyond the largest size: optimistic for a lone stream, proportional for a batch.
+    assert cost.seconds(11) == pytest.approx(0.010 + 10 * 0.0025)
+    assert cost.seconds(11, explore=False) == pytest.approx(0.110)
+    cost.observe(16, 0.090)
+    assert cost.seconds(6) == pytest.approx(0.010 + 0.080 * 5 / 15)  # between
+    assert cost.seconds(23) == pytest.approx(0.090 + 7 * 0.0025)
+    assert cost.seconds(23, explore=False) == pytest.approx(0.090 * 23 / 16)
+    cost.observe(17, 0.110)  # shares the measurement of 16 (sizes on a grid)
+    assert cost.seconds(16) == pytest.approx((0.090 * 0.9 + 0.110) / 1.9)
 
 
 def test_guesses_come_from_other_slots_text(make_core) -> None:

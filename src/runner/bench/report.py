@@ -229,11 +229,12 @@ def plot(workload: str, runs: list[dict[str, Any]], path: Path, title: str) -> P
             s = run["summary"]
             xs = [j + i * width for j in range(2)]
             tps = [s["copy_decode_tps"] or 0, s["chat_decode_tps"] or 0]
-            axes[0].bar(xs, tps, width, label=labels[i])
+            color = f"C{i}"
+            axes[0].bar(xs, tps, width, color=color, label=labels[i])
             drafted = [s["copy_draft_n"] or 0, s["chat_draft_n"] or 0]
             kept = [s["copy_draft_accepted"] or 0, s["chat_draft_accepted"] or 0]
-            axes[1].bar(xs, drafted, width, alpha=0.4, label=f"{labels[i]} drafted")
-            axes[1].bar(xs, kept, width, label=f"{labels[i]} accepted")
+            axes[1].bar(xs, drafted, width, color=color, alpha=0.35, label=f"{labels[i]} drafted")
+            axes[1].bar(xs, kept, width, color=color, label=f"{labels[i]} accepted")
         for ax, ylabel in zip(
             axes, ("decode tokens/s (server timings)", "draft tokens per request"), strict=True
         ):

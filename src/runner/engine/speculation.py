@@ -22,6 +22,7 @@ same as another stream's, and the same rule backs off by itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,47 +91,62 @@ class NgramIndex:
         return out
 
 
+def _bucket(rows: int) -> int:
+    """Row counts share measurements on a grid (exact to 8, then steps of about 19%)."""
+    if rows <= 8:
+        return rows
+    return round(2 ** (round(math.log2(rows) * 4) / 4))
+
+
 @dataclass
 class CostModel:
     """Measured seconds of a step by the rows it decoded (steps that only generated: prompt
-    pieces are priced differently), as a recent average per row count.
+    pieces are priced differently), as a recent average per size (`_bucket`).
 
     Not a line: on CPU the cost per row falls with the batch (measured here: a second row
-    with logits costs ~3x the first, rows beyond 16 about half of one), so a line through
-    small drafts would forbid the long ones that pay. Row counts not measured yet are
-    priced between their measured neighbours, or past the largest one at a quarter of the
-    cost of an average row of the smallest: optimistic, so that they get tried, and then
-    measured (a 33-row verify cost 19x a one-row step here, 0.6 of a row each)."""
+    with logits costs ~3x the first, a 33-row verify 19x a one-row step), so a line through
+    small drafts would forbid the long ones that pay. Sizes not measured yet are priced
+    between their measured neighbours; past the largest one, a lone stream (`explore`) prices
+    them optimistically (a quarter of an average row of the smallest size, so that they get
+    tried and then measured), and a batch of several streams at the largest size's average
+    per row (a wrong guess there slows every stream: measured, 4 streams ran at half speed
+    while each kept exploring)."""
 
     fixed: tuple[float, float] | None = None  # (base, per_row) seconds: tests, benchmarks
-    _by_rows: dict[int, list[float]] = field(default_factory=dict)  # rows -> [weight, s]
+    _by_rows: dict[int, list[float]] = field(default_factory=dict)  # size -> [weight, s]
 
     def observe(self, rows: int, seconds: float) -> None:
-        point = self._by_rows.setdefault(rows, [0.0, 0.0])
+        point = self._by_rows.setdefault(_bucket(rows), [0.0, 0.0])
         point[0] = point[0] * FIT_DECAY + 1.0
         point[1] = point[1] * FIT_DECAY + seconds
 
-    def seconds(self, rows: int) -> float | None:
+    def _mean(self, size: int) -> float:
+        w, s = self._by_rows[size]
+        return s / w
+
+    def seconds(self, rows: int, explore: bool = True) -> float | None:
         """Expected seconds of a step of `rows` rows; None before any step was measured."""
         if self.fixed is not None:
             return self.fixed[0] + self.fixed[1] * rows
         known = self._by_rows
-        if rows in known:
-            w, s = known[rows]
-            return s / w
+        size = _bucket(rows)
+        if size in known:
+            return self._mean(size)
         if not known:
             return None
-        below = max((r for r in known if r < rows), default=None)
-        above = min((r for r in known if r > rows), default=None)
+        below = max((r for r in known if r < size), default=None)
+        above = min((r for r in known if r > size), default=None)
         if below is not None and above is not None:
-            y0, y1 = known[below][1] / known[below][0], known[above][1] / known[above][0]
-            return y0 + (y1 - y0) * (rows - below) / (above - below)
+            y0, y1 = self._mean(below), self._mean(above)
+            return y0 + (y1 - y0) * (size - below) / (above - below)
         if below is None:
             assert above is not None
-            return known[above][1] / known[above][0] * rows / above
+            return self._mean(above) * size / above
+        if not explore:
+            return self._mean(below) * size / below
         smallest = min(known)
-        per_row = known[smallest][1] / known[smallest][0] / smallest / 4
-        return known[below][1] / known[below][0] + per_row * (rows - below)
+        per_row = self._mean(smallest) / smallest / 4
+        return self._mean(below) + per_row * (size - below)
 
 
 @dataclass
@@ -227,7 +243,8 @@ class Speculator:
         `tokens` it yields and the `rows` it decodes without this draft; 0 unless it wins."""
         if not self.adaptive:
             return k_max
-        plain = self.cost.seconds(rows)
+        explore = tokens <= 1.0  # a lone stream: a wrong guess costs only itself
+        plain = self.cost.seconds(rows, explore)
         if plain is None:
             return 0  # measure a step without guesses first
         if plain <= 0:
@@ -237,7 +254,7 @@ class Speculator:
         for k in range(1, k_max + 1):
             p *= rate
             gain += p
-            step = self.cost.seconds(rows + k)
+            step = self.cost.seconds(rows + k, explore)
             if step is None or step <= 0:
                 continue
             speed = (tokens + gain) / step
