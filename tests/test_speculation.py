@@ -179,3 +179,13 @@ def test_guesses_come_from_other_slots_text(make_core) -> None:
     result = run(core, [7, 8, 300, 301, 302, 303], max_tokens=20, id_slot=1)
     assert result.tokens == list(range(304, 324))
     assert result.timings.draft_n_accepted >= 15
+
+
+def test_calibrated_costs_stay_put() -> None:
+    cost = CostModel()
+    cost.calibrate({1: 0.010, 16: 0.090})
+    cost.observe(1, 5.0)  # timing noise after load no longer moves decisions
+    assert cost.seconds(1) == pytest.approx(0.010)
+    assert cost.seconds(32) == pytest.approx(0.090 * 2)  # beyond: per row of the largest
+    spec = Speculator(draft_max=16, cost=cost)
+    assert spec.choose(0.97, 16, 1, 1) == spec.choose(0.97, 16, 1, 1) > 0

@@ -116,6 +116,7 @@ class EngineCore:
 
     def run(self) -> None:
         try:
+            self.scheduler.calibrate()
             self._loop()
         except Exception as exc:
             self.dead = f"{type(exc).__name__}: {exc}"

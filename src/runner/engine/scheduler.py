@@ -24,7 +24,7 @@ from .job import AnyJob, EmbedJob, Job, Outbox
 from .partition import TAIL, ExactPrefix, computed_prefix, pieces
 from .prefix import Decision, KvOps, PrefixPlanner
 from .slots import Slot, SlotState, choose_slot
-from .speculation import Speculator, expected_accepted
+from .speculation import CALIBRATION_ROWS, Speculator, expected_accepted
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -126,6 +126,17 @@ class Scheduler:
         self._loads: dict[int, _Load] = {}
         self.spec = Speculator(config.spec_draft_max, config.spec_adaptive)
         self._clock = 0.0  # decode + sample seconds when the current plan was made
+
+    def calibrate(self) -> None:
+        """Time decodes of the sizes verification makes, once, before serving (slot 0 is
+        still empty). Executors that cannot (the fake) leave the cost model learning online."""
+        time_rows = getattr(self.executor, "time_rows", None)
+        if not (self.spec.enabled and self.spec.adaptive and time_rows and self.slots):
+            return
+        try:
+            self.spec.cost.calibrate(time_rows(self.slots[0].id, CALIBRATION_ROWS))
+        except EngineError as exc:
+            log.warning("could not time decode sizes (%s); learning them online", exc)
 
     # -- intake ---------------------------------------------------------------------------
 

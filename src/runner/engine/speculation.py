@@ -30,6 +30,7 @@ NGRAM = 3  # tokens matched to find a continuation
 CANDIDATES = 64  # earlier occurrences compared, newest first
 LOOKBACK = 32  # tokens compared backwards to rank them
 SHADOW = 8  # tokens of a guess scored while not drafting (decided within that many steps)
+CALIBRATION_ROWS = (1, 2, 4, 8, 16, 32, 49)  # step sizes timed at load
 DECAY = 0.9  # per step: how fast acceptance statistics forget
 MARGIN = 1.05  # drafting must promise this much more throughput than not drafting
 FIT_DECAY = 0.9  # per observed step of a size: how fast its cost estimate forgets
@@ -114,8 +115,18 @@ class CostModel:
 
     fixed: tuple[float, float] | None = None  # (base, per_row) seconds: tests, benchmarks
     _by_rows: dict[int, list[float]] = field(default_factory=dict)  # size -> [weight, s]
+    frozen: bool = False  # calibrated at load: decisions no longer depend on timing noise
+
+    def calibrate(self, seconds_by_rows: dict[int, float]) -> None:
+        """Use these measured step times from now on, and stop learning: a request running
+        alone then gets the same drafts (so the same batch shapes, so the same answer) every
+        time, cached or not."""
+        self._by_rows = {_bucket(r): [1.0, s] for r, s in seconds_by_rows.items()}
+        self.frozen = True
 
     def observe(self, rows: int, seconds: float) -> None:
+        if self.frozen:
+            return
         point = self._by_rows.setdefault(_bucket(rows), [0.0, 0.0])
         point[0] = point[0] * FIT_DECAY + 1.0
         point[1] = point[1] * FIT_DECAY + seconds
@@ -142,7 +153,7 @@ class CostModel:
         if below is None:
             assert above is not None
             return self._mean(above) * size / above
-        if not explore:
+        if not explore or self.frozen:
             return self._mean(below) * size / below
         smallest = min(known)
         per_row = self._mean(smallest) / smallest / 4
