@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 
-from runner.engine.scheduler import BatchEntry, DecodeFailed
+from runner.engine.plan import BatchEntry, DecodeFailed
 from runner.engine.types import SamplingParams
 
 EOS = 2

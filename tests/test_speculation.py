@@ -170,15 +170,26 @@ def test_cost_model_prices_unmeasured_sizes_between_and_beyond_measured_ones() -
     assert cost.seconds(16) == pytest.approx((0.090 * 0.9 + 0.110) / 1.9)
 
 
-def test_guesses_come_from_other_slots_text(make_core) -> None:
+def test_guesses_come_from_running_requests_not_finished_ones(make_core) -> None:
     core, ex = make_core(slots=2)
     ex.rule = lambda seq: seq[-1] + 1  # a model that counts
     document = list(range(300, 340))
-    run(core, [1, 2] + document, max_tokens=2, id_slot=0)  # slot 0 has read the document
-    # Slot 1's own text has no earlier occurrence of its last tokens; slot 0's has.
-    result = run(core, [7, 8, 300, 301, 302, 303], max_tokens=20, id_slot=1)
-    assert result.tokens == list(range(304, 324))
-    assert result.timings.draft_n_accepted >= 15
+    run(core, [1, 2] + document, max_tokens=2, id_slot=0)  # slot 0 read it, and finished
+    # Slot 1's own text has no earlier occurrence of its last tokens; slot 0's had, but a
+    # finished request must not shape another's drafts (its answer would depend on history).
+    alone = run(core, [7, 8, 300, 301, 302, 303], max_tokens=20, id_slot=1)
+    assert alone.tokens == list(range(304, 324))
+    assert alone.timings.draft_n_accepted == 0
+    # While slot 0 is still reading the same document, slot 1 drafts from it.
+    ex.gate = threading.Event()
+    reader = Job(GenerationRequest([1, 2] + document, max_tokens=200), ThreadSink())
+    core.submit(reader)
+    sink = ThreadSink()
+    core.submit(Job(GenerationRequest([7, 8, 300, 301, 302, 303], max_tokens=20), sink))
+    ex.gate.set()
+    together = collect(thread_events(sink, timeout=10))
+    assert together.tokens == list(range(304, 324))
+    assert together.timings.draft_n_accepted >= 15
 
 
 def test_calibrated_costs_stay_put() -> None:

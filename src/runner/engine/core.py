@@ -17,7 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .job import AnyJob, Outbox
-from .scheduler import DecodeFailed, Executor, Scheduler
+from .plan import DecodeFailed, Executor
+from .scheduler import Scheduler
 from .stats import EngineStats
 from .types import EngineClosed, EngineConfig, EngineDead, EngineError, QueueFull
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from .context import Batch, LlamaContext
 from .model import LlamaModel
+from .plan import BatchEntry, DecodeFailed
 from .sampling import Sampler
-from .scheduler import BatchEntry, DecodeFailed
 from .stats import EngineStats
 from .types import EngineConfig, SamplingParams, TokenLogprob
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
 
-from ..cache import CacheEntryCorrupt, PromptCache
+from ..cache import PromptCache
+from .admission import Admission
 from .job import AnyJob, EmbedJob, Job, Outbox
 from .partition import TAIL, ExactPrefix, computed_prefix, pieces
-from .prefix import Decision, KvOps, PrefixPlanner
-from .slots import Slot, SlotState, choose_slot
+from .plan import BatchEntry, DecodeFailed, Executor, Reader, StepPlan
+from .prefix import PrefixPlanner
+from .slots import Slot, SlotState
 from .speculation import CALIBRATION_ROWS, Speculator, expected_accepted
 from .stats import EngineStats
 from .types import (
@@ -32,74 +31,13 @@ from .types import (
     EngineError,
     FinishEvent,
     FinishReason,
-    GenerationRequest,
-    SamplingParams,
     Timings,
     TokenEvent,
-    TokenLogprob,
 )
 
+__all__ = ["BatchEntry", "DecodeFailed", "Executor", "Scheduler", "StepPlan"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class BatchEntry:
-    """Tokens of one slot's sequence in this step's decode; `sample` asks for a token
-    drawn from the logits of the last one (with the job's sampler).
-
-    With `draft` > 0 the last `draft` tokens are guesses (speculation): the executor samples
-    at the position before the first guess and, while each sampled token equals the guess
-    that follows it, at that guess's position too. It returns every token it sampled."""
-
-    seq: int
-    tokens: list[int]
-    start: int
-    job_id: int
-    sample: bool
-    draft: int = 0
-
-
-@dataclass
-class StepPlan:
-    entries: list[BatchEntry]
-    slots: list[Slot]
-    embed: EmbedJob | None = None
-    embed_inputs: list[list[int]] | None = None
-    generating_only: bool = False  # no prompt pieces: the step's time prices draft rows
-
-
-class DecodeFailed(EngineError):
-    """A decode call failed; the requests in it end with this error."""
-
-
-class Executor(KvOps, Protocol):
-    """Runs plans on a model. The scheduler calls it only from the engine thread."""
-
-    def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
-        """Decode the entries in one call; per entry, the tokens sampled (none when it does
-        not `sample`, one without a draft, one more than the guesses kept with one)."""
-        ...
-
-    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]: ...
-    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None: ...
-    def close_sampler(self, job_id: int) -> None: ...
-    def take_logprobs(self, job_id: int) -> TokenLogprob | None: ...
-    def sample_at(self, job_id: int, entry: int) -> int: ...
-    def piece(self, token: int, special: bool = False) -> bytes: ...
-    def is_eog(self, token: int) -> bool: ...
-
-
-Reader = Callable[[Callable[[], bytes]], "Future[bytes]"]
-
-
-@dataclass
-class _Load:
-    """A disk hit being read on an I/O thread for `job`, which waits in `slot`."""
-
-    future: Future[bytes]
-    decision: Decision
-    job: Job
-    slot: Slot
 
 
 class Scheduler:
@@ -120,10 +58,10 @@ class Scheduler:
         self.outbox = outbox
         self.slots = [Slot(id=i, n_ctx=config.ctx_per_slot) for i in range(config.slots)]
         self.prefix = PrefixPlanner(self.slots, config, executor, prompt_cache)
-        self.waiting: deque[Job] = deque()
+        self.admission = Admission(
+            self.slots, config, executor, self.prefix, read_async, self._finish
+        )
         self.embeds: deque[EmbedJob] = deque()
-        self._read_async = read_async
-        self._loads: dict[int, _Load] = {}
         self.spec = Speculator(config.spec_draft_max, config.spec_adaptive)
         self._clock = 0.0  # decode + sample seconds when the current plan was made
 
@@ -144,11 +82,11 @@ class Scheduler:
         if isinstance(job, EmbedJob):
             self.embeds.append(job)
         else:
-            self.waiting.append(job)
+            self.admission.waiting.append(job)
 
     @property
-    def n_idle(self) -> int:
-        return sum(1 for s in self.slots if not s.busy)
+    def waiting(self) -> deque[Job]:
+        return self.admission.waiting
 
     @property
     def has_work(self) -> bool:
@@ -156,15 +94,15 @@ class Scheduler:
 
     @property
     def loading(self) -> bool:
-        return bool(self._loads)
+        return self.admission.loading
 
     # -- schedule --------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan | None:
         """What to decode this step; None when nothing can run now."""
-        self._drop_cancelled()
-        self._finish_loads()
-        self._admit()
+        self.admission.drop_cancelled()
+        self.admission.finish_loads()
+        self.admission.admit()
         entries: list[BatchEntry] = []
         used: list[Slot] = []
         budget = self.config.n_batch
@@ -381,92 +319,6 @@ class Scheduler:
             self.embeds.remove(job)
         self._finish_embed(job, "error", error)
 
-    # -- admission ---------------------------------------------------------------------------
-
-    def _admit(self) -> None:
-        for job in list(self.waiting):
-            if job.followers and self.n_idle < 1 + len(job.followers):
-                continue  # n choices start together, when n slots are free
-            slot = self._slot_for(job)
-            if slot is None:
-                continue
-            self.waiting.remove(job)
-            for follower in job.followers:
-                self._start_follower(follower, slot)
-            self._start(job, slot)
-
-    def _start_follower(self, job: Job, leader_slot: Slot) -> None:
-        idle = [s for s in self.slots if not s.busy and s is not leader_slot]
-        slot = min(idle, key=lambda s: s.last_used)
-        self.prefix.release(slot)
-        slot.job = job
-        slot.state = SlotState.FORKING
-        job.t_prompt_start = time.perf_counter()
-        try:
-            self.executor.open_sampler(job.id, job.request.sampling, _history(job.request))
-        except EngineError as exc:
-            self._finish(job, "error", error=exc)
-
-    def _slot_for(self, job: Job) -> Slot | None:
-        req = job.request
-        if 0 <= req.id_slot < len(self.slots):
-            slot = self.slots[req.id_slot]
-            return None if slot.busy else slot
-        return choose_slot(
-            self.slots, req.prompt_tokens, self.config.similarity, use_cache=req.cache_prompt
-        )
-
-    def _start(self, job: Job, slot: Slot) -> None:
-        slot.job = job
-        slot.state = SlotState.PROMPT
-        job.t_prompt_start = time.perf_counter()
-        req = job.request
-        try:
-            self.executor.open_sampler(job.id, req.sampling, _history(req))
-            decision = self.prefix.prepare(slot, req.prompt_tokens, req.cache_prompt)
-        except EngineError as exc:
-            self._finish(job, "error", error=exc)
-            return
-        if decision.load is not None:
-            slot.state = SlotState.LOADING
-            future = self._read_async(decision.load.load)
-            self._loads[job.id] = _Load(future, decision, job, slot)
-            return
-        self._prompt_from(job, decision)
-
-    def _prompt_from(self, job: Job, decision: Decision) -> None:
-        job.prompt_pos = decision.n_tokens
-        job.timings.cache_n = decision.n_tokens
-        job.timings.cache_source = decision.source if decision.n_tokens else "none"
-
-    def _finish_loads(self) -> None:
-        for job_id, load in list(self._loads.items()):
-            if not load.future.done() and not load.job.finished:
-                continue
-            del self._loads[job_id]
-            hit = load.decision.load
-            assert hit is not None
-            hit.release()
-            job, slot = load.job, load.slot
-            if job.finished or slot.job is not job:  # cancelled while reading
-                continue
-            slot.state = SlotState.PROMPT
-            try:
-                state = load.future.result()
-            except CacheEntryCorrupt as exc:
-                log.warning("prompt cache entry unusable (%s); recomputing", exc)
-                self._prompt_from(job, Decision(0, "none"))
-                continue
-            self._prompt_from(job, self.prefix.install(slot, job.request.prompt_tokens, state, hit))
-
-    def _drop_cancelled(self) -> None:
-        for job in [j for j in self.waiting if j.cancelled]:
-            self.waiting.remove(job)
-            self._finish(job, "cancelled")
-        for slot in self.slots:
-            if slot.job is not None and slot.job.cancelled:
-                self._finish(slot.job, "cancelled")
-
     # -- finishing ---------------------------------------------------------------------------
 
     def _finish(self, job: Job, reason: FinishReason, error: EngineError | None = None) -> None:
@@ -491,6 +343,7 @@ class Scheduler:
             slot.job = None
             slot.state = SlotState.IDLE
             slot.last_used = time.monotonic()
+            self.spec.release(slot.id)
         self.stats.count_finish(reason)
         self.outbox.add(
             job,
@@ -530,11 +383,7 @@ class Scheduler:
         for ejob in self.embeds:
             self._finish_embed(ejob, "error", error)
         self.embeds.clear()
-        for load in self._loads.values():
-            load.future.cancel()
-            if load.decision.load is not None:
-                load.decision.load.release()
-        self._loads.clear()
+        self.admission.release_loads()
 
     def persist(self) -> None:
         """On unload/shutdown: every slot's reusable prefix goes to the prompt cache."""
@@ -544,11 +393,3 @@ class Scheduler:
         for slot in self.slots:
             self.prefix.save(slot)
         cache.flush_to_disk()
-
-
-def _history(request: GenerationRequest) -> list[int]:
-    """Prompt tokens the penalty samplers must have seen (none with a grammar)."""
-    sampling = request.sampling
-    if not sampling.uses_penalties or sampling.grammar:
-        return []
-    return request.prompt_tokens[-sampling.repeat_last_n :]

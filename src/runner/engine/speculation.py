@@ -235,6 +235,11 @@ class Speculator:
             self._slots[slot_id] = spec
         return spec
 
+    def release(self, slot_id: int) -> None:
+        """The slot's request ended: its text no longer feeds other slots' guesses (which
+        would make one request's drafts, and so its answer, depend on earlier ones)."""
+        self._slots.pop(slot_id, None)
+
     def guess(self, slot_id: int, spec: SlotSpec, k: int) -> list[int]:
         """Up to `k` tokens to follow the sequence: from the best-agreeing earlier place in
         its own text, or in another slot's when that agrees longer."""

@@ -1,0 +1,66 @@
+"""What one engine step runs: the batch entries the scheduler plans, and the executor that
+runs them (llama.cpp in `executor.py`, a fake in the tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .prefix import KvOps
+from .types import EngineError, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from .job import EmbedJob
+    from .slots import Slot
+
+
+@dataclass(slots=True)
+class BatchEntry:
+    """Tokens of one slot's sequence in this step's decode; `sample` asks for a token
+    drawn from the logits of the last one (with the job's sampler).
+
+    With `draft` > 0 the last `draft` tokens are guesses (speculation): the executor samples
+    at the position before the first guess and, while each sampled token equals the guess
+    that follows it, at that guess's position too. It returns every token it sampled."""
+
+    seq: int
+    tokens: list[int]
+    start: int
+    job_id: int
+    sample: bool
+    draft: int = 0
+
+
+@dataclass
+class StepPlan:
+    entries: list[BatchEntry]
+    slots: list[Slot]
+    embed: EmbedJob | None = None
+    embed_inputs: list[list[int]] | None = None
+    generating_only: bool = False  # no prompt pieces: the step's time prices draft rows
+
+
+class DecodeFailed(EngineError):
+    """A decode call failed; the requests in it end with this error."""
+
+
+class Executor(KvOps, Protocol):
+    """Runs plans on a model. The scheduler calls it only from the engine thread."""
+
+    def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
+        """Decode the entries in one call; per entry, the tokens sampled (none when it does
+        not `sample`, one without a draft, one more than the guesses kept with one)."""
+        ...
+
+    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]: ...
+    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None: ...
+    def close_sampler(self, job_id: int) -> None: ...
+    def take_logprobs(self, job_id: int) -> TokenLogprob | None: ...
+    def sample_at(self, job_id: int, entry: int) -> int: ...
+    def piece(self, token: int, special: bool = False) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+
+
+Reader = Callable[[Callable[[], bytes]], "Future[bytes]"]
