@@ -82,24 +82,26 @@ class LlamaExecutor:
         """Seconds of a decode of n rows, each with logits, for each n (the fastest of
         `repeats`); runs on the empty sequence `seq` and leaves it empty."""
         out: dict[int, float] = {}
-        for n in sizes:
-            if n > self.batch.capacity:
-                break
-            best = float("inf")
-            for _ in range(repeats):
-                self.ctx.clear_seq(seq)
-                batch = self.batch
-                batch.clear()
-                token = self.model.bos if self.model.bos >= 0 else 0
-                last = batch.add([token] * n, 0, seq, True)
-                batch.logits[: last + 1] = 1
-                batch.struct.n_tokens = batch.n
-                started = time.perf_counter()
-                if self.ctx.decode(batch.struct) != 0:
-                    raise DecodeFailed("calibration decode failed")
-                best = min(best, time.perf_counter() - started)
-            out[n] = best
-        self.ctx.clear_seq(seq)
+        token = self.model.bos if self.model.bos >= 0 else 0
+        try:
+            for n in sizes:
+                if n > min(self.batch.capacity, self.config.ctx_per_slot - 1):
+                    break
+                best = float("inf")
+                for _ in range(repeats):
+                    self.ctx.clear_seq(seq)
+                    batch = self.batch
+                    batch.clear()
+                    last = batch.add([token] * n, 0, seq, True)
+                    batch.logits[: last + 1] = 1
+                    batch.struct.n_tokens = batch.n
+                    started = time.perf_counter()
+                    if self.ctx.decode(batch.struct) != 0:
+                        raise DecodeFailed("calibration decode failed")
+                    best = min(best, time.perf_counter() - started)
+                out[n] = best
+        finally:
+            self.ctx.clear_seq(seq)
         return out
 
     def _logprob(self, index: int, token: int, n_top: int) -> TokenLogprob:
