@@ -158,11 +158,13 @@ async def check_grammar(grammar: str | None, engine: Engine) -> None:
         await asyncio.to_thread(validate_gbnf, grammar, engine.vocab)
 
 
-def usage(final: FinishEvent) -> dict[str, Any]:
+def usage(final: FinishEvent, *more: FinishEvent | None) -> dict[str, Any]:
+    """OpenAI's usage; with `n` choices, `more` are the others (the prompt counts once)."""
+    completion = final.completion_tokens + sum(f.completion_tokens for f in more if f)
     return {
         "prompt_tokens": final.prompt_tokens,
-        "completion_tokens": final.completion_tokens,
-        "total_tokens": final.prompt_tokens + final.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": final.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": final.timings.cache_n},
     }
 

@@ -74,10 +74,6 @@ def _result(
         {"index": i, **make_choice(c), "finish_reason": f.finish_reason}
         for i, (c, f) in enumerate(zip(gen.choices, finals, strict=True))
     ]
-    totals = usage(finals[0])
-    completion = sum(f.completion_tokens for f in finals)
-    totals["completion_tokens"] = completion
-    totals["total_tokens"] = totals["prompt_tokens"] + completion
     return {
         "id": gen.id,
         "object": obj,
@@ -85,7 +81,7 @@ def _result(
         "model": gen.model.name,
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": choices,
-        "usage": totals,
+        "usage": usage(*finals),
         "timings": finals[0].timings.to_dict(),
     }
 

@@ -141,10 +141,7 @@ def _summary(
     events = [_event(last)]
     if include_usage:
         tail = _chunk(gen, obj, include_usage, [])
-        totals = usage(first)
-        totals["completion_tokens"] = sum(f.completion_tokens for f in finals if f)
-        totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
-        tail["usage"] = totals
+        tail["usage"] = usage(first, *finals[1:])
         tail["timings"] = first.timings.to_dict()
         events.append(_event(tail))
     events.append(DONE)

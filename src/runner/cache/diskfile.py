@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from runner.cache.diskformat import (
-    FORMAT_VERSION,
     HEADER,
-    MAGIC,
     InvalidEntry,
     encode_tokens,
+    entry_header,
     file_name,
     read_exact,
+    read_header,
     unlink_quietly,
     write_all,
 )
@@ -39,13 +39,7 @@ class EntryFiles:
     def write(self, tokens: tuple[int, ...], state: bytes) -> tuple[Path, int]:
         """Write an entry atomically (tmp file, fsync, rename); raises OSError."""
         tok_bytes = encode_tokens(tokens)
-        digest = hashlib.sha256(tok_bytes)
-        digest.update(state)
-        m, lay = self._model_b, self._layout_b
-        head = HEADER.pack(
-            MAGIC, FORMAT_VERSION, HEADER.size + len(m) + len(lay), len(tokens), len(state),
-            digest.digest(), len(m), len(lay),
-        ) + m + lay  # fmt: skip
+        head = entry_header(tok_bytes, state, self._model_b, self._layout_b)
         path = self.dir / file_name(tok_bytes)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
         try:
@@ -64,20 +58,7 @@ class EntryFiles:
 
     def read_head(self, f: BinaryIO, file_size: int) -> tuple[bytes, int, bytes]:
         """Validate a file's header; return (token bytes, state length, digest)."""
-        raw = f.read(HEADER.size)
-        if len(raw) != HEADER.size:
-            raise InvalidEntry("truncated header")
-        magic, version, head_len, n_tok, state_len, digest, lm, ll = HEADER.unpack(raw)
-        if magic != MAGIC:
-            raise InvalidEntry("not a cache file")
-        if version != FORMAT_VERSION:
-            raise InvalidEntry(f"format version {version}")
-        if head_len != HEADER.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
-            raise InvalidEntry("size mismatch (truncated?)")
-        names = read_exact(f, lm + ll)
-        if names[:lm] != self._model_b or names[lm:] != self._layout_b:
-            raise InvalidEntry("other model or KV layout")
-        return read_exact(f, 4 * n_tok), state_len, digest
+        return read_header(f, file_size, self._model_b, self._layout_b)
 
     def read_tokens(self, path: Path) -> tuple[bytes, int]:
         """The token bytes and file size of an entry (header checks only)."""

@@ -104,11 +104,11 @@ def entry_header(
     )  # fmt: skip
 
 
-def read_entry(
+def read_header(
     f: BinaryIO, file_size: int, model: bytes, layout: bytes, magic: bytes = MAGIC
-) -> tuple[bytes, bytes]:
-    """Read and fully verify one entry: (token bytes, state). Raises `InvalidEntry` saying
-    why it cannot be used (another format, model or KV layout, truncation, a bad checksum)."""
+) -> tuple[bytes, int, bytes]:
+    """Check an entry's header and read its tokens: (token bytes, state length, checksum).
+    Raises `InvalidEntry` saying why it cannot be used."""
     raw = f.read(HEADER.size)
     if len(raw) != HEADER.size:
         raise InvalidEntry("truncated header")
@@ -127,7 +127,15 @@ def read_entry(
             f"saved with another KV layout ({names[lm:].decode('ascii', 'replace')!r}, "
             f"this model runs {layout.decode('ascii', 'replace')!r})"
         )
-    tok_bytes = read_exact(f, 4 * n_tok)
+    return read_exact(f, 4 * n_tok), state_len, digest
+
+
+def read_entry(
+    f: BinaryIO, file_size: int, model: bytes, layout: bytes, magic: bytes = MAGIC
+) -> tuple[bytes, bytes]:
+    """Read and fully verify one entry: (token bytes, state). Raises `InvalidEntry` saying
+    why it cannot be used (another format, model or KV layout, truncation, a bad checksum)."""
+    tok_bytes, state_len, digest = read_header(f, file_size, model, layout, magic)
     state = read_exact(f, state_len)
     check = hashlib.sha256(tok_bytes)
     check.update(state)
