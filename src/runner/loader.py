@@ -12,15 +12,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from .cache import CacheKey, PromptCache
-from .chat import ChatTemplate, template_for
+from .chat import ChatTemplate
 from .config import Settings, parse_duration
 from .engine import Engine, EngineConfig, ModelLoadError
 from .memory import default_budget, estimate
-from .model_config import validate_config
+from .model_config import chat_template, validate_config
 from .resident import (
     InsufficientMemory,
     LoaderError,
@@ -252,14 +251,8 @@ class Loader:
     def _template(self, model: ResidentModel) -> ChatTemplate:
         meta = model.entry.metadata
         config = self.model_config(model.entry)
-        override = config.get("chat-template")
-        if override is None and self.settings.chat_template_file is not None:
-            override = Path(self.settings.chat_template_file).read_text(encoding="utf-8")
-        template = template_for(
-            meta.architecture, meta.chat_template, override, tool_format=config.get("tool-format")
-        )
-        template.reasoning_format = config.get("reasoning-format") or "deepseek"
-        return template
+        template_file = self.settings.chat_template_file
+        return chat_template(meta.architecture, meta.chat_template, config, template_file)
 
     def _all_locked(self) -> list[ResidentModel]:
         return [*self._models.values(), *self._retired]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from .chat import ChatTemplate, template_for
 from .chat.toolcalls import FORMATS
 from .config import parse_duration, parse_gpu_layers
 
@@ -123,3 +125,19 @@ def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
     if clean.get("draft-max") is not None and not 0 <= clean["draft-max"] <= 256:
         raise ValueError("'draft-max' must be between 0 and 256")
     return clean
+
+
+def chat_template(
+    architecture: str, gguf_template: str | None, config: dict[str, Any], template_file: Any
+) -> ChatTemplate:
+    """The chat template a model runs with: the `_configure` override, else the server's
+    `--chat-template-file`, else the GGUF's own (or the architecture's built-in), with the
+    configured tool-call and reasoning formats."""
+    override = config.get("chat-template")
+    if override is None and template_file is not None:
+        override = Path(template_file).read_text(encoding="utf-8")
+    template = template_for(
+        architecture, gguf_template, override, tool_format=config.get("tool-format")
+    )
+    template.reasoning_format = config.get("reasoning-format") or "deepseek"
+    return template

@@ -23,9 +23,10 @@ from runner.api.chat_output import ChatPlan
 from runner.api.dialect_common import chat_plan
 from runner.api.schemas import ChatCompletionRequest, CompletionRequest
 from runner.cache.radix import RadixIndex
-from runner.chat import ChatTemplate, template_for
+from runner.chat import ChatTemplate
 from runner.config import Settings
 from runner.engine.model import init_backend
+from runner.model_config import chat_template
 from runner.store import BUNDLED_TAGS, ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
@@ -180,14 +181,8 @@ class PromptKeys:
             return cached
 
     def _template(self, entry: ModelEntry) -> ChatTemplate:
-        # As the loader picks it (Loader._template), from the same per-model config.
+        # As the loader picks it, from the same per-model config.
         meta = entry.metadata
         config = self.store.get_config(entry.id)
-        override = config.get("chat-template")
-        if override is None and self.settings.chat_template_file is not None:
-            override = Path(self.settings.chat_template_file).read_text(encoding="utf-8")
-        template = template_for(
-            meta.architecture, meta.chat_template, override, tool_format=config.get("tool-format")
-        )
-        template.reasoning_format = config.get("reasoning-format") or "deepseek"
-        return template
+        template_file = self.settings.chat_template_file
+        return chat_template(meta.architecture, meta.chat_template, config, template_file)
