@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -91,15 +92,18 @@ def main() -> None:
     model = ModelStore(Settings().models_dir).get(BUNDLED_TAGS[0]).path
     args.out.mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
+    logs = contextlib.ExitStack()
+    ls_log = logs.enter_context(open(args.out / "llama-server.log", "w"))
+    rs_log = logs.enter_context(open(args.out / "runner.log", "w"))
     ls = subprocess.Popen(
         [llama_server, "-m", str(model), "--port", "18091", "-np", "4", "-c", "8192",
          "-t", threads, "--no-webui"],
-        stdout=open(args.out / "llama-server.log", "w"), stderr=subprocess.STDOUT,
+        stdout=ls_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     rs = subprocess.Popen(
         [sys.executable, "-m", "runner", "serve", "--port", "18092", "--slots", "4",
          "--ctx-size", "2048", "--threads", threads, "--model", "ai/gemma3", "--no-persist"],
-        stdout=open(args.out / "runner.log", "w"), stderr=subprocess.STDOUT,
+        stdout=rs_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_healthy("http://127.0.0.1:18091/health")
@@ -113,6 +117,7 @@ def main() -> None:
         for p in (ls, rs):
             p.terminate()
             p.wait(30)
+        logs.close()
     n = len(prompts)
     report: dict[str, object] = {"prompts": n}
     for mode in ("uncached", "cached", "concurrent"):
