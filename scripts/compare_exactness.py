@@ -93,8 +93,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
     logs = contextlib.ExitStack()
-    ls_log = logs.enter_context(open(args.out / "llama-server.log", "w"))
-    rs_log = logs.enter_context(open(args.out / "runner.log", "w"))
+    ls_log = logs.enter_context(open(args.out / "llama-server.log", "w"))  # noqa: SIM115
+    rs_log = logs.enter_context(open(args.out / "runner.log", "w"))  # noqa: SIM115
     ls = subprocess.Popen(
         [llama_server, "-m", str(model), "--port", "18091", "-np", "4", "-c", "8192",
          "-t", threads, "--no-webui"],
