@@ -193,6 +193,17 @@ class Generation:
     def __post_init__(self) -> None:
         self.handles = self.handles or [self.handle]
 
+    def envelope(self, obj: str, choices: list[Any]) -> dict[str, Any]:
+        """OpenAI's fields around `choices`, the same in a response and in its chunks."""
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model.name,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+
     async def close(self) -> None:
         """Cancel (if still running) and release the model. Idempotent; shielded because it
         often runs inside a cancelled scope (client gone), where any await would re-raise."""

@@ -24,7 +24,6 @@ from .chat_output import ChatPlan
 from .errors import APIError
 from .inference import (
     INLINE_LIMIT,
-    SYSTEM_FINGERPRINT,
     Choice,
     Generation,
     collect,
@@ -75,12 +74,7 @@ def _result(
         for i, (c, f) in enumerate(zip(gen.choices, finals, strict=True))
     ]
     return {
-        "id": gen.id,
-        "object": obj,
-        "created": gen.created,
-        "model": gen.model.name,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": choices,
+        **gen.envelope(obj, choices),
         "usage": usage(*finals),
         "timings": finals[0].timings.to_dict(),
     }

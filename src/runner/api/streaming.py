@@ -35,7 +35,7 @@ from runner.engine import FinishEvent, RequestHandle, TokenEvent
 
 from .chat_output import chat_deltas, chat_finish_reason
 from .errors import ErrorInfo, describe, openai_body
-from .inference import SYSTEM_FINGERPRINT, Generation, finish_error, usage
+from .inference import Generation, finish_error, usage
 from .logprobs import chat_entries, completion_object
 
 # Seconds between the end of the shutdown grace, when running streams are ended with an
@@ -101,14 +101,7 @@ class EngineStream(EventSourceResponse):
 
 
 def _chunk(gen: Generation, obj: str, include_usage: bool, choices: list[Any]) -> dict[str, Any]:
-    chunk = {
-        "id": gen.id,
-        "object": obj,
-        "created": gen.created,
-        "model": gen.model.name,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": choices,
-    }
+    chunk = gen.envelope(obj, choices)
     if include_usage:  # OpenAI: every chunk has `usage`, null until the last one
         chunk["usage"] = None
     return chunk
