@@ -14,7 +14,7 @@ from fake_executor import FakeExecutor, next_token
 from runner.cache import CacheKey, PromptCache
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, EmbedJob, Job, ThreadSink, collect, thread_events
-from runner.engine.partition import ExactPrefix, cuts, pieces, reusable
+from runner.engine.partition import ExactPrefix, cuts, next_piece, pieces, reusable
 from runner.engine.types import (
     EmbeddingsDone,
     EngineConfig,
@@ -75,6 +75,9 @@ def test_prompts_are_cut_by_length_alone() -> None:
     assert cuts(36, 16) == [16, 32, 36]
     assert cuts(3, 16) == [3]
     assert pieces(50, 32, 16) == [(32, 46), (46, 50)]
+    for n in range(1, 70):  # the next piece alone is the first of the list, from every cut
+        for start in [0, *cuts(n, 16)[:-1]]:
+            assert next_piece(n, start, 16) == pieces(n, start, 16)[0]
     # A prefix is reused only at a cut both runs made.
     have = ExactPrefix(length=32, prompt_len=50)
     assert reusable(have, common=50, n=50, block=16) == 46  # same prompt: all but the tail

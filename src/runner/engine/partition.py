@@ -58,6 +58,16 @@ def pieces(n: int, start: int, block: int) -> list[tuple[int, int]]:
     return out
 
 
+def next_piece(n: int, start: int, block: int) -> tuple[int, int]:
+    """`pieces(n, start, block)[0]` without listing the rest (once per step per prompt)."""
+    if n <= TAIL:
+        return start, n
+    head = n - TAIL
+    if start >= head:
+        return start, n
+    return start, min((start // block + 1) * block, head)
+
+
 def computed_prefix(n: int, block: int) -> ExactPrefix:
     """What a sequence holds after an `n`-token prompt was computed with `pieces`."""
     if n <= TAIL:

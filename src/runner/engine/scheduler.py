@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from ..cache import PromptCache
 from .admission import Admission
 from .job import AnyJob, EmbedJob, Job, Outbox
-from .partition import TAIL, ExactPrefix, computed_prefix, pieces
+from .partition import TAIL, ExactPrefix, computed_prefix, next_piece
 from .plan import BatchEntry, DecodeFailed, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
@@ -114,7 +114,7 @@ class Scheduler:
             job = slot.job
             assert job is not None
             prompt = job.request.prompt_tokens
-            a, b = pieces(len(prompt), job.prompt_pos, self.config.prefill_block)[0]
+            a, b = next_piece(len(prompt), job.prompt_pos, self.config.prefill_block)
             if b - a > budget:
                 break
             budget -= b - a
