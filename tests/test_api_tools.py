@@ -6,11 +6,12 @@ asserted is structure and schema validity, not wording."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from runner.chat import template_for
 from runner.chat.tools import parse_tools, render
@@ -24,8 +25,10 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 class GetWeather(BaseModel):
     """Current weather for a city."""
 
-    city: str
-    unit: str
+    # Bounded, so a forced call always completes within max_tokens whatever the model
+    # writes (a base model may otherwise ramble inside an open string).
+    city: str = Field(max_length=24)
+    unit: Literal["celsius", "fahrenheit"]
 
 
 WEATHER_TOOL = {
@@ -35,7 +38,7 @@ WEATHER_TOOL = {
         "description": "Current weather for a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}},
+            "properties": {"city": {"type": "string", "maxLength": 24}},
             "required": ["city"],
         },
     },

@@ -138,7 +138,7 @@ WEATHER = {
     "description": "Current weather for a city.",
     "input_schema": {
         "type": "object",
-        "properties": {"city": {"type": "string"}},
+        "properties": {"city": {"type": "string", "maxLength": 24}},
         "required": ["city"],
     },
 }

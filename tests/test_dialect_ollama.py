@@ -244,7 +244,7 @@ WEATHER = {
         "description": "Current weather for a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}},
+            "properties": {"city": {"type": "string", "maxLength": 24}},
             "required": ["city"],
         },
     },

@@ -252,7 +252,7 @@ WEATHER_TOOL = {
         "description": "Current weather for a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}},
+            "properties": {"city": {"type": "string", "maxLength": 24}},
             "required": ["city"],
         },
     },
