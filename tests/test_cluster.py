@@ -37,7 +37,7 @@ MODEL = "ai/gemma3"
 USERS = 4
 ROUNDS = 3
 TOPICS = ["astronomy", "cooking", "tax law", "sailing"]
-STREAM_TOKENS = 600  # long enough that no stream ends before the kill
+STREAM_TOKENS = 600  # the last stream started cannot end before the kill
 FRESH_TOPICS = ["knitting", "chess", "volcanoes", "jazz"]  # cached nowhere: load decides
 
 
@@ -344,18 +344,23 @@ def test_killed_replica_fails_only_its_own_requests(runner_cluster: Cluster) -> 
         assert started.wait(120), results
     serving = {results[t]["replica"] for t in FRESH_TOPICS}
     assert serving == set(before), results  # two slots each: the router spreads them
-    victim = sorted(serving)[0]
+    # The stream started last has barely begun, so its replica is certainly mid-answer
+    # when killed; an earlier stream on it may have finished already on a fast machine.
+    victim = results[FRESH_TOPICS[-1]]["replica"]
     os.kill(before[victim]["pid"], signal.SIGKILL)
     for t, _ in threads:
         t.join(300)
     for topic in FRESH_TOPICS:
         res = results[topic]
         assert res["status"] == 200
-        if res["replica"] == victim:
+        if res["replica"] != victim:
+            assert res["done"] and res["error"] is None and res["chunks"] >= STREAM_TOKENS // 2, res
+        elif topic == FRESH_TOPICS[-1] or not res["done"]:
+            # Cut off: an error event, never a silently truncated answer.
             assert not res["done"] and res["error"], res
             assert res["error"]["code"] == "replica_failed", res
         else:
-            assert res["done"] and res["error"] is None and res["chunks"] >= STREAM_TOKENS // 2, res
+            assert res["error"] is None and res["chunks"] >= STREAM_TOKENS // 2, res
     # The next requests succeed at once, on the survivor while Ray restarts the other.
     for topic in TOPICS:
         answer, replica = runner_cluster.chat(system_prompt(topic), "And now?")
