@@ -95,6 +95,7 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("ubatch_size", {"metavar": "N", "help": "physical batch size"}),
     ("queue_size", {"metavar": "N", "help": "requests waiting for a slot before 503"}),
     ("draft_max", {"metavar": "N", "help": "speculative tokens per step (0: no speculation)"}),
+    ("draft_model", {"metavar": "NAME|FILE", "help": "draft model for speculative decoding"}),
     ("max_tokens_default", {"metavar": "N", "help": "output limit of requests without one"}),
     (
         "prefill_block",

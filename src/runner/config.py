@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         description="speculative decoding: most guessed tokens verified per slot and step "
         "(prompt lookup, adaptive; 0: off)",
     )
+    draft_model: str | None = Field(
+        None,
+        description="speculative decoding with a draft model (a model name or a GGUF path of "
+        "the same vocabulary) instead of prompt lookup",
+    )
     chat_template_file: Path | None = None
 
     # lifecycle

@@ -19,7 +19,7 @@ from .chat import ChatTemplate
 from .config import Settings, parse_duration
 from .engine import Engine, EngineConfig, ModelLoadError
 from .memory import default_budget, estimate
-from .model_config import chat_template, validate_config
+from .model_config import chat_template, draft_model_file, validate_config
 from .resident import (
     InsufficientMemory,
     LoaderError,
@@ -85,6 +85,7 @@ class Loader:
 
     async def _acquire(self, name: str) -> ResidentModel:
         entry = await asyncio.to_thread(self.store.get, name)  # may materialize the bundle
+        draft = await asyncio.to_thread(self._draft_file, entry)
         tag = name if name in entry.tags else self._canonical(name, entry)
         async with self._lock:
             if self._closing:
@@ -92,7 +93,7 @@ class Loader:
             for stale in [m for m in self._models.values() if m.name == tag]:
                 if stale.entry.id != entry.id:  # the tag was moved to another file
                     await self._retire_locked(stale, "its name now refers to another file")
-            config, keep_alive = self._load_settings(entry)
+            config, keep_alive = self._load_settings(entry, draft)
             model = self._models.get((entry.id, config))
             if model is not None and model.engine is not None and model.engine.dead:
                 # A failed engine refuses work; replace it, as DMR evicts a defunct runner.
@@ -143,7 +144,16 @@ class Loader:
 
     # -- loading -------------------------------------------------------------------------
 
-    def _load_settings(self, entry: ModelEntry) -> tuple[EngineConfig, float]:
+    def _draft_file(self, entry: ModelEntry) -> str | None:
+        name = self.model_config(entry).get("draft-model") or self.settings.draft_model
+        try:
+            return draft_model_file(self.store, name) if name else None
+        except ValueError as exc:
+            raise LoadFailed(f"cannot load {entry.name}: {exc}") from None
+
+    def _load_settings(
+        self, entry: ModelEntry, draft: str | None = None
+    ) -> tuple[EngineConfig, float]:
         """How `entry` would be loaded now (engine config, keep-alive): the server's settings
         under the file's persisted per-model configuration."""
         cfg = self.model_config(entry)
@@ -162,6 +172,7 @@ class Loader:
             prefill_block=self._prefill_block(cfg.get("gpu-layers", self.settings.gpu_layers)),
             max_embed_tokens=self.settings.max_embed_tokens,
             spec_draft_max=cfg.get("draft-max", self.settings.draft_max),
+            draft_model=draft,
         )
         keep_alive = self.settings.idle_timeout
         if cfg.get("keep_alive") is not None:
@@ -430,6 +441,8 @@ class Loader:
         loads it with the new settings. Raises ValueError for bad values."""
         entry = await asyncio.to_thread(self.store.get, name)
         clean = validate_config(changes)
+        if clean.get("draft-model"):
+            await asyncio.to_thread(draft_model_file, self.store, clean["draft-model"])
         async with self._lock:
             holders = self.holders_of(entry.id)
             if any(m.busy or m.loading for m in holders):

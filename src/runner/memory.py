@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,15 @@ def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> Memory
     # on the bundled model, so it errs on the safe side for larger ones.
     outputs = vocab * 4 * max(config.slots, 1) * 2
     scratch = config.n_ubatch * (embd * 4 + vocab * 4) + 64 * _MIB
-    return MemoryEstimate(weights=file_size, kv_cache=kv, compute=outputs + scratch)
+    weights = file_size
+    if config.draft_model:
+        # The draft's own shape is not read here; its KV is priced as the target's, scaled by
+        # the files' sizes (a draft is meant to be the smaller one).
+        draft = os.path.getsize(config.draft_model)
+        weights += draft
+        kv += int(kv * min(1.0, draft / max(file_size, 1)))
+        outputs *= 2
+    return MemoryEstimate(weights=weights, kv_cache=kv, compute=outputs + scratch)
 
 
 @dataclass(frozen=True)

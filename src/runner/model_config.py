@@ -17,6 +17,7 @@ CONFIG_KEYS = {
     "keep_alive": str,
     "gpu-layers": int,
     "draft-max": int,  # speculative tokens per step (0: off)
+    "draft-model": str,  # a model name or GGUF path that guesses instead of prompt lookup
     "chat-template": str,
     "tool-format": str,  # a chat.toolcalls.FORMATS name; default: detected from the template
     "reasoning-format": str,  # "deepseek" (split <think> out, the default) or "none"
@@ -35,6 +36,8 @@ RUNTIME_FLAGS = {
     "-sps": "similarity",
     "--slot-prompt-similarity": "similarity",
     "--draft-max": "draft-max",
+    "-md": "draft-model",
+    "--model-draft": "draft-model",
 }
 
 
@@ -141,3 +144,17 @@ def chat_template(
     )
     template.reasoning_format = config.get("reasoning-format") or "deepseek"
     return template
+
+
+def draft_model_file(store: Any, name: str) -> str:
+    """The GGUF file of draft model `name`: a path to a .gguf file, or a model in the store.
+    Raises ValueError when neither (it may touch the disk: call it off the event loop)."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return str(path)
+    try:
+        return str(store.get(name).path)
+    except Exception as exc:  # not found, ambiguous, file missing: all one answer here
+        raise ValueError(
+            f"draft model {name!r} is neither a GGUF file nor a model ({exc})"
+        ) from None

@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .chat import ChatTemplate
@@ -101,6 +102,7 @@ class ResidentModel:
             "slots": self.config.slots,
             "context_size": self.config.ctx_per_slot,
             "n_gpu_layers": gpu_layers,
+            "draft_model": Path(self.config.draft_model).name if self.config.draft_model else None,
             "memory_estimate": self.estimate.total,
             "loaded_at": _rfc3339(self.loaded_at) if self.loaded_at else None,
             "load_seconds": round(self.load_seconds, 3),

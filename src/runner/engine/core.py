@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .job import AnyJob, Outbox
-from .plan import DecodeFailed, Executor
+from .plan import DecodeFailed, Drafter, Executor
 from .scheduler import Scheduler
 from .stats import EngineStats
 from .types import EngineClosed, EngineConfig, EngineDead, EngineError, QueueFull
@@ -33,6 +33,7 @@ class EngineCore:
         executor: Executor,
         prompt_cache: Any = None,
         stats: EngineStats | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
@@ -41,7 +42,7 @@ class EngineCore:
         # Disk reads of cached prefixes run here, never on the step.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-read")
         self.scheduler = Scheduler(
-            config, executor, self.stats, self.outbox, prompt_cache, self._read_async
+            config, executor, self.stats, self.outbox, prompt_cache, self._read_async, drafter
         )
         self._cond = threading.Condition()
         self._intake: deque[AnyJob] = deque()

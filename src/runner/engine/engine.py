@@ -19,6 +19,7 @@ from ..cache import PromptCache
 from . import slot_files
 from .context import LlamaContext
 from .core import EngineCore
+from .draft import DraftModel
 from .executor import LlamaExecutor
 from .job import (
     Completion,
@@ -59,6 +60,7 @@ class Engine:
         self.config = config
         started = time.perf_counter()
         self._model = LlamaModel(model_path, config.gpu_layers)
+        ctx: LlamaContext | None = None
         try:
             ctx = LlamaContext(
                 self._model,
@@ -70,7 +72,12 @@ class Engine:
                 kv_unified=config.kv_unified,
                 swa_full=config.swa_full,
             )
+            self._draft = (
+                DraftModel(config.draft_model, self._model, config) if config.draft_model else None
+            )
         except Exception:
+            if ctx is not None:
+                ctx.close()
             self._model.close()
             raise
         self._ctx = ctx
@@ -84,10 +91,11 @@ class Engine:
             slots=config.slots,
             ctx_per_slot=config.ctx_per_slot,
             load_seconds=self.load_seconds,
+            draft_model=self._draft.name if self._draft else None,
         )
         self.stats = EngineStats()
         self._executor = LlamaExecutor(self._model, ctx, config, self.stats)
-        self._core = EngineCore(config, self._executor, prompt_cache, self.stats)
+        self._core = EngineCore(config, self._executor, prompt_cache, self.stats, self._draft)
         self._closed = False
         self._thread = threading.Thread(
             target=self._core.run, name=f"engine:{self.name}", daemon=True
@@ -291,5 +299,7 @@ class Engine:
             self._thread.join()
         self._closed = True
         self._executor.close()
+        if self._draft is not None:
+            self._draft.close()
         self._ctx.close()
         self._model.close()

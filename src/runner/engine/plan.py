@@ -46,6 +46,14 @@ class DecodeFailed(EngineError):
     """A decode call failed; the requests in it end with this error."""
 
 
+class Drafter(Protocol):
+    """A draft model (`draft.py`): guesses a slot's next tokens; engine thread only."""
+
+    def propose(self, seq: int, tokens: Sequence[int], k: int) -> list[int]: ...
+    def seconds(self, k: int) -> float: ...
+    def calibrate(self) -> None: ...
+
+
 class Executor(KvOps, Protocol):
     """Runs plans on a model. The scheduler calls it only from the engine thread."""
 

@@ -20,10 +20,10 @@ from ..cache import PromptCache
 from .admission import Admission
 from .job import AnyJob, EmbedJob, Job, Outbox
 from .partition import TAIL, ExactPrefix, computed_prefix, next_piece
-from .plan import BatchEntry, DecodeFailed, Executor, Reader, StepPlan
+from .plan import BatchEntry, DecodeFailed, Drafter, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
-from .speculation import CALIBRATION_ROWS, Speculator, expected_accepted
+from .speculation import CALIBRATION_ROWS, SlotSpec, Speculator, expected_accepted
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -51,6 +51,7 @@ class Scheduler:
         outbox: Outbox,
         prompt_cache: PromptCache | None,
         read_async: Reader,
+        drafter: Drafter | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
@@ -63,6 +64,7 @@ class Scheduler:
         )
         self.embeds: deque[EmbedJob] = deque()
         self.spec = Speculator(config.spec_draft_max, config.spec_adaptive)
+        self.drafter = drafter  # a draft model: it guesses instead of prompt lookup
         self._clock = 0.0  # decode + sample seconds when the current plan was made
 
     def calibrate(self) -> None:
@@ -73,6 +75,8 @@ class Scheduler:
             return
         try:
             self.spec.cost.calibrate(time_rows(self.slots[0].id, CALIBRATION_ROWS))
+            if self.drafter is not None:
+                self.drafter.calibrate()
         except EngineError as exc:
             log.warning("could not time decode sizes (%s); learning them online", exc)
 
@@ -163,6 +167,8 @@ class Scheduler:
         if job.request.max_tokens is not None:
             # k guesses yield up to k + 1 tokens; never compute past the request's end.
             k_max = min(k_max, job.request.max_tokens - len(job.output_tokens) - 1)
+        if self.drafter is not None:
+            return self._draft_with_model(slot, job, state, k_max, rows, yielded)
         guess = spec.guess(slot.id, state, k_max)
         if not guess:
             return [], 0.0
@@ -171,6 +177,23 @@ class Scheduler:
             state.guessed(guess, len(job.output_tokens))
             return [], 0.0
         return guess[:k], expected_accepted(state.rate, k)
+
+    def _draft_with_model(
+        self, slot: Slot, job: Job, state: SlotSpec, k_max: int, rows: int, yielded: float
+    ) -> tuple[list[int], float]:
+        """The draft model's guesses, as many as pay for their draft and verify rows. A slot
+        whose guesses stopped landing drafts nothing, and its acceptance record fades back
+        to the prior step by step, so that it tries again later."""
+        drafter = self.drafter
+        assert drafter is not None
+        if k_max <= 0:
+            return [], 0.0
+        k = self.spec.choose(state.rate, k_max, yielded, rows, drafter.seconds)
+        if k == 0:
+            state.record(0, 0)
+            return [], 0.0
+        guess = drafter.propose(slot.id, [*slot.tokens, job.next_token], k)
+        return guess, expected_accepted(state.rate, len(guess))
 
     def _embed_work(self) -> tuple[EmbedJob | None, list[list[int]] | None]:
         while self.embeds and self.embeds[0].cancelled:

@@ -23,7 +23,7 @@ same as another stream's, and the same rule backs off by itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 NGRAM = 3  # tokens matched to find a continuation
@@ -254,9 +254,17 @@ class Speculator:
                     best, j, length = other.index, oj, olength
         return best.continuation(j, k) if j >= 0 else []
 
-    def choose(self, rate: float, k_max: int, tokens: float, rows: int) -> int:
+    def choose(
+        self,
+        rate: float,
+        k_max: int,
+        tokens: float,
+        rows: int,
+        drafting: Callable[[int], float] | None = None,
+    ) -> int:
         """Draft length that maximizes this step's expected tokens per second, given the
-        `tokens` it yields and the `rows` it decodes without this draft; 0 unless it wins."""
+        `tokens` it yields and the `rows` it decodes without this draft (and the seconds
+        that `drafting` k guesses costs, for a draft model); 0 unless it wins."""
         if not self.adaptive:
             return k_max
         explore = tokens <= 1.0  # a lone stream: a wrong guess costs only itself
@@ -273,6 +281,8 @@ class Speculator:
             step = self.cost.seconds(rows + k, explore)
             if step is None or step <= 0:
                 continue
+            if drafting is not None:
+                step += drafting(k)
             speed = (tokens + gain) / step
             if speed > best:
                 best_k, best = k, speed

@@ -69,6 +69,8 @@ class EngineConfig:
     # and acceptance say it pays; without it every guess found is verified (tests, benches).
     spec_draft_max: int = 48
     spec_adaptive: bool = True
+    # A draft model's GGUF (same vocabulary): it makes the guesses instead of prompt lookup.
+    draft_model: str | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -203,6 +205,7 @@ class EngineInfo:
     slots: int
     ctx_per_slot: int
     load_seconds: float
+    draft_model: str | None = None  # the draft model's file, when one guesses tokens
 
 
 @dataclass(frozen=True)
