@@ -11,6 +11,7 @@ from fake_executor import FakeExecutor
 
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, Job, ThreadSink, collect, thread_events
+from runner.engine.plan import DecodeFailed, Drafter
 from runner.engine.speculation import CostModel, NgramIndex, Speculator
 from runner.engine.types import EngineConfig, GenerationRequest
 
@@ -31,9 +32,10 @@ def copies_but_every_fifth(seq: Sequence[int]) -> int:
 def make_core() -> Iterator[Callable[..., tuple[EngineCore, FakeExecutor]]]:
     cores: list[tuple[EngineCore, threading.Thread]] = []
 
-    def make(**overrides) -> tuple[EngineCore, FakeExecutor]:
+    def make(drafter: Drafter | None = None, **overrides) -> tuple[EngineCore, FakeExecutor]:
         fields = {"slots": 2, "ctx_per_slot": 512, "prefill_block": 16, "spec_draft_max": 8}
-        core = EngineCore(EngineConfig(**{**fields, **overrides}), executor := FakeExecutor())
+        config = EngineConfig(**{**fields, **overrides})
+        core = EngineCore(config, executor := FakeExecutor(), drafter=drafter)
         thread = threading.Thread(target=core.run, daemon=True)
         thread.start()
         cores.append((core, thread))
@@ -200,3 +202,59 @@ def test_calibrated_costs_stay_put() -> None:
     assert cost.seconds(32) == pytest.approx(0.090 * 2)  # beyond: per row of the largest
     spec = Speculator(draft_max=16, cost=cost)
     assert spec.choose(0.97, 16, 1, 1) == spec.choose(0.97, 16, 1, 1) > 0
+
+
+class RuleDrafter:
+    """A draft model that guesses with `rule`, the first `wrong_after` guesses of each
+    proposal right and the rest off by one; or that fails every decode."""
+
+    def __init__(self, rule: Callable[[Sequence[int]], int], wrong_after: int = 99) -> None:
+        self.rule, self.wrong_after = rule, wrong_after
+        self.fail = False
+        self.proposals: list[tuple[int, int]] = []  # (sequence length, guesses)
+
+    def propose(self, seq: int, tokens: Sequence[int], k: int) -> list[int]:
+        if self.fail:
+            raise DecodeFailed("the draft model's decode failed")
+        context, out = list(tokens), []
+        for i in range(k):
+            token = self.rule(context) + (1 if i >= self.wrong_after else 0)
+            out.append(token)
+            context.append(token)
+        self.proposals.append((len(tokens), len(out)))
+        return out
+
+    def seconds(self, k: int) -> float:
+        return 0.0
+
+    def calibrate(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("wrong_after", [99, 3])
+def test_a_draft_models_guesses_are_verified_like_any_others(make_core, wrong_after) -> None:
+    drafter = RuleDrafter(copies_but_every_fifth, wrong_after)
+    core, ex = make_core(drafter, slots=1)
+    ex.rule = copies_but_every_fifth
+    result = run(core, PROMPT, max_tokens=60)
+    assert result.tokens == expected(copies_but_every_fifth, PROMPT, 60)
+    t = result.timings
+    assert drafter.proposals and drafter.proposals[0][0] > len(PROMPT)
+    if wrong_after == 99:
+        assert t.draft_n == t.draft_n_accepted > 30
+    else:
+        assert 0 < t.draft_n_accepted < t.draft_n
+        assert ex.seqs[0] == (PROMPT + result.tokens)[: len(ex.seqs[0])]
+
+
+def test_a_failing_draft_model_costs_guesses_not_answers(make_core) -> None:
+    drafter = RuleDrafter(copies)
+    drafter.fail = True
+    core, ex = make_core(drafter, slots=1)
+    ex.rule = copies
+    result = run(core, PROMPT, max_tokens=40)
+    assert result.finish.finish_reason == "length"
+    assert result.tokens == expected(copies, PROMPT, 40)
+    # Prompt lookup takes over: the copying request still gets guesses.
+    assert result.timings.draft_n_accepted > 0
+    assert run(core, PROMPT, max_tokens=10).tokens == expected(copies, PROMPT, 10)

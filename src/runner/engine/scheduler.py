@@ -192,7 +192,13 @@ class Scheduler:
         if k == 0:
             state.record(0, 0)
             return [], 0.0
-        guess = drafter.propose(slot.id, [*slot.tokens, job.next_token], k)
+        try:
+            guess = drafter.propose(slot.id, [*slot.tokens, job.next_token], k)
+        except DecodeFailed as exc:
+            # Guesses are an optimization: the requests go on without the draft model.
+            log.error("the draft model failed (%s); speculating by prompt lookup from now", exc)
+            self.drafter = None
+            return [], 0.0
         return guess, expected_accepted(state.rate, len(guess))
 
     def _embed_work(self) -> tuple[EmbedJob | None, list[list[int]] | None]:
