@@ -223,5 +223,11 @@ def start_server(
 @pytest.fixture(scope="session")
 def server(start_server: Callable[..., ServerHandle]) -> ServerHandle:
     """One shared server for API tests: `ai/gemma3` preloaded, 4 slots x 2048 tokens.
-    Do not stop or reconfigure it; start your own with `start_server` for that."""
-    return start_server("--model", "ai/gemma3", "--slots", "4", "--ctx-size", "2048")
+    Do not stop or reconfigure it; start your own with `start_server` for that.
+
+    The model never unloads when idle: modules using this server run minutes apart in a whole
+    run (longer than the default 5 min idle timeout), and their tests expect it resident
+    (`/slots`) and answering without a reload inside their timeouts."""
+    return start_server(
+        "--model", "ai/gemma3", "--slots", "4", "--ctx-size", "2048", "--idle-timeout", "-1"
+    )

@@ -293,7 +293,7 @@ def test_output_cap_and_time_limit() -> None:
             "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
             limits=limits,
         ).render([])
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 5  # the loops would run for hours without the limit
 
 
 def test_concurrent_renders_have_separate_budgets() -> None:

@@ -60,8 +60,9 @@ def test_chat_is_answered_while_a_large_embeddings_request_runs(small_server) ->
 def test_an_embeddings_request_over_the_token_bound_is_a_400(start_server) -> None:
     server = start_server("--model", MODEL, "--max-embed-tokens", "1000", "--threads", "1")
     inputs = [PARAGRAPH] * 5
-    r = httpx.post(f"{server.base_url}/embeddings", json={"model": MODEL, "input": inputs})
+    url = f"{server.base_url}/embeddings"
+    r = httpx.post(url, json={"model": MODEL, "input": inputs}, timeout=120)
     assert r.status_code == 400, r.text
     assert "at most 1000" in r.json()["error"]["message"]
-    ok = httpx.post(f"{server.base_url}/embeddings", json={"model": MODEL, "input": "hello"})
+    ok = httpx.post(url, json={"model": MODEL, "input": "hello"}, timeout=120)
     assert ok.status_code == 200 and ok.json()["timings"]["prompt_n"] > 0

@@ -6,6 +6,8 @@ The real-model, real-HTTP versions of these rules are in test_lifecycle.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +64,16 @@ def names(loader: Loader) -> list[str]:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds. What follows a timer (an unload) also takes a hop to a
+    worker thread, which a busy machine can delay well past the timer itself."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 def test_concurrent_first_requests_share_one_load(store: ModelStore) -> None:
@@ -116,9 +127,8 @@ def test_idle_timer_starts_when_the_last_holder_lets_go(store: ModelStore) -> No
             assert names(loader) == ["ai/a:latest"]
         await asyncio.sleep(0.1)
         assert names(loader) == ["ai/a:latest"]  # timer runs from the release
-        await asyncio.sleep(0.3)
+        await eventually(lambda: log == ["load ai/a:latest", "close ai/a:latest"])
         assert names(loader) == []
-        assert log == ["load ai/a:latest", "close ai/a:latest"]
         async with loader.use("a"):  # loads again
             pass
         assert log[-1] == "load ai/a:latest"
@@ -129,15 +139,24 @@ def test_idle_timer_starts_when_the_last_holder_lets_go(store: ModelStore) -> No
 
 def test_a_load_nobody_waits_for_any_more_still_gets_an_idle_timer(store: ModelStore) -> None:
     log: list[str] = []
+    loading, finish_load = threading.Event(), threading.Event()
+
+    def factory(path: Path, config: EngineConfig, name: str, **_: Any) -> FakeEngine:
+        loading.set()
+        finish_load.wait(30)  # until the waiter is gone
+        return FakeEngine(path, config, name, log)
 
     async def main() -> None:
-        loader = make_loader(store, log, idle_timeout="0.2s")
+        settings = Settings(models_dir=store.root, idle_timeout="0.2s")
+        loader = Loader(settings, store, factory)  # type: ignore[arg-type]
         waiter = asyncio.create_task(loader.preload("a"))
-        await asyncio.sleep(0.01)
+        await eventually(loading.is_set)
         waiter.cancel()  # the client went away while the model was loading
-        await asyncio.sleep(0.1)
-        assert names(loader) == ["ai/a:latest"]
-        await asyncio.sleep(0.4)
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        finish_load.set()
+        # The load completes, then the idle timer unloads it: it is not resident forever.
+        await eventually(lambda: log == ["load ai/a:latest", "close ai/a:latest"])
         assert names(loader) == []
         await loader.shutdown()
 
@@ -148,10 +167,11 @@ def test_reuse_before_expiry_resets_the_timer(store: ModelStore) -> None:
     log: list[str] = []
 
     async def main() -> None:
-        loader = make_loader(store, log, idle_timeout="0.3s")
-        for _ in range(4):
+        # Five uses 0.4 s apart span twice the timeout; each gap leaves 0.6 s to spare.
+        loader = make_loader(store, log, idle_timeout="1s")
+        for _ in range(5):
             await loader.preload("a")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.4)
         assert names(loader) == ["ai/a:latest"]
         assert log == ["load ai/a:latest"]
         await loader.shutdown()
@@ -188,8 +208,7 @@ def test_engine_busy_without_holder_is_not_unloaded(store: ModelStore) -> None:
         await asyncio.sleep(0.3)
         assert names(loader) == ["ai/a:latest"]
         model.engine.busy = False
-        await asyncio.sleep(1.3)  # re-checked after about a second
-        assert names(loader) == []
+        await eventually(lambda: names(loader) == [])  # re-checked after about a second
         await loader.shutdown()
 
     run(main())
@@ -211,7 +230,8 @@ def test_max_models_waits_for_the_busy_model_then_evicts_it(store: ModelStore) -
         holder = asyncio.create_task(hold_a())
         await a_loaded.wait()
         b = asyncio.create_task(loader.preload("b"))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(loader.resident()) == 2)
+        await asyncio.sleep(0.1)
         assert not b.done()  # waits for A: A is serving
         assert [(m.name, m.loading) for m in loader.resident()] == [
             ("ai/a:latest", False),
