@@ -248,6 +248,34 @@ def test_other_dialects_are_routed_by_their_prompts(runner_cluster: Cluster) -> 
         assert (timings["cache_n"] > len(tokens) // 2) == reused
 
 
+def test_front_door_errors_are_in_the_dialect_of_the_route(runner_cluster: Cluster) -> None:
+    """A body over the limit is refused by the front door itself, in the client's shape."""
+    import anthropic
+    import ollama
+
+    limit = Settings().max_body_bytes
+    big = "x" * (limit + 1)
+    client = anthropic.Anthropic(base_url=runner_cluster.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(model=MODEL, messages=[{"role": "user", "content": big}], max_tokens=2)  # fmt: skip
+    assert caught.value.status_code == 413
+    assert caught.value.body == {
+        "type": "error",
+        "error": {
+            "type": "request_too_large",
+            "message": f"the request body is larger than the limit of {limit} bytes",
+        },  # fmt: skip
+    }
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=runner_cluster.url).chat(model=MODEL, messages=[{"role": "user", "content": big}])  # fmt: skip
+    assert refused.value.status_code == 413
+    assert refused.value.error.startswith("the request body is larger than the limit")
+    # Chunked, without a Content-Length: refused once the count passes the limit.
+    chunks = (b"x" * (1 << 20) for _ in range(limit // (1 << 20) + 1))
+    r = httpx.post(runner_cluster.url + "/api/generate", content=chunks, timeout=60)
+    assert r.status_code == 413 and set(r.json()) == {"error"}, r.text
+
+
 def test_responses_conversation_follows_its_prefix(runner_cluster: Cluster) -> None:
     """A Responses conversation continued by `previous_response_id`: the front door reads
     the stored conversation, so the next turn goes where its prefix is cached."""

@@ -11,17 +11,26 @@ answer in the shape the client of that path expects, with the same status:
 The Responses API keeps OpenAI's shape (the default). Streams that fail after their headers
 went out render the same bodies as their own error events (`ollama_body`, `anthropic_body`),
 as does `stream_failure` for the reasons a stream can end early.
+
+`DIALECTS` is the one table of prefixes; `RENDERERS` (the app's responses) and, for code
+that speaks raw ASGI without runner's app (the cluster front door), `error_response` and
+`stream_error_event` (the bytes of an error event in an already started stream) derive
+from it.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
+from sse_starlette import ServerSentEvent
 
 from runner.engine import FinishEvent
 
-from .errors import ErrorInfo, Renderer, describe
+from .errors import ErrorInfo, Renderer, describe, openai_body
 from .inference import finish_error
 from .streaming import ShutdownCutoff
 
@@ -55,19 +64,70 @@ def ollama_body(info: ErrorInfo) -> dict[str, Any]:
     return {"error": info.message}
 
 
-def render_anthropic(info: ErrorInfo) -> Response:
-    return JSONResponse(anthropic_body(info), status_code=info.status, headers=dict(info.headers))
+@dataclass(frozen=True)
+class Dialect:
+    body: Callable[[ErrorInfo], dict[str, Any]]
+    sse_event: str | None = None  # the `event:` name of an SSE error event (Anthropic's)
+
+    def render(self, info: ErrorInfo) -> Response:
+        return JSONResponse(self.body(info), status_code=info.status, headers=dict(info.headers))
 
 
-def render_ollama(info: ErrorInfo) -> Response:
-    return JSONResponse(ollama_body(info), status_code=info.status, headers=dict(info.headers))
+OPENAI = Dialect(openai_body)
+OLLAMA = Dialect(ollama_body)
+ANTHROPIC = Dialect(anthropic_body, sse_event="error")
 
-
-RENDERERS: list[tuple[str, Renderer]] = [
-    ("/api/", render_ollama),
-    ("/v1/messages", render_anthropic),
-    ("/anthropic/", render_anthropic),
+# URL prefix -> dialect; the longest matching prefix wins, OpenAI's when none does.
+DIALECTS: list[tuple[str, Dialect]] = [
+    ("/api/", OLLAMA),
+    ("/v1/messages", ANTHROPIC),
+    ("/anthropic/", ANTHROPIC),
 ]
+render_anthropic = ANTHROPIC.render
+render_ollama = OLLAMA.render
+RENDERERS: list[tuple[str, Renderer]] = [(prefix, d.render) for prefix, d in DIALECTS]
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+
+
+def dialect_for(path: str) -> Dialect:
+    best, best_len = OPENAI, -1
+    for prefix, dialect in DIALECTS:
+        if path.startswith(prefix) and len(prefix) > best_len:
+            best, best_len = dialect, len(prefix)
+    return best
+
+
+def _json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def error_response(path: str, info: ErrorInfo) -> tuple[int, bytes]:
+    """(status, JSON body) of the error response the client of `path` expects."""
+    return info.status, _json(dialect_for(path).body(info)).encode()
+
+
+def _media(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_stream(content_type: str) -> bool:
+    """An answer of this content type is a stream that can carry its own error event."""
+    return _media(content_type) in (SSE, NDJSON)
+
+
+def stream_error_event(path: str, content_type: str, info: ErrorInfo) -> bytes | None:
+    """The last event of a stream of `content_type` that failed after its headers went
+    out, as the streams of `path`'s dialect end themselves (`streaming.py`,
+    `anthropic_stream.py`, `ollama_stream.py`); None if the content type is no stream."""
+    dialect = dialect_for(path)
+    media = _media(content_type)
+    if media == SSE:
+        return ServerSentEvent(data=_json(dialect.body(info)), event=dialect.sse_event).encode()
+    if media == NDJSON:
+        return (_json(dialect.body(info)) + "\n").encode()
+    return None
 
 
 def stream_failure(

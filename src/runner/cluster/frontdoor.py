@@ -6,8 +6,11 @@ Every route is runner's: the front door has none of its own. `/engines/ps` and
 `/engines/status` are first answered by a replica (so access control applies as usual), then
 widened to every replica from their reports; `/engines/unload` and `/engines/_configure` go
 to every replica (each holds its own models). A replica that dies before answering is
-retried once on another; one that dies mid-answer ends that answer with an error (an SSE
-`error` event for streams), and only that answer.
+retried on another; one that dies mid-answer ends that answer with an error, and only that
+answer. The front door's own errors are in the dialect of the request's path, as runner's are
+(`dialect_errors`): a JSON error response while no headers went out (a non-stream answer's
+headers wait for its body so that this holds until the replica has answered), else the
+stream's own error event (SSE or an NDJSON line).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from runner.api.errors import ErrorInfo, openai_body
+from runner.api.dialect_errors import error_response, is_stream, stream_error_event
+from runner.api.errors import ErrorInfo
 from runner.config import Settings
 
 from .forward import ForwardedRequest, prompt_text
@@ -47,6 +51,50 @@ class TooLarge(Exception):
     pass
 
 
+class Relay:
+    """Passes a replica's ASGI messages on to the client and ends an answer whose replica
+    died. A stream's headers go out at once; a non-stream answer's wait for its first body
+    message, so that a replica dying in between still leaves room for an error response."""
+
+    def __init__(self, send: Any, path: str) -> None:
+        self.send = send
+        self.path = path
+        self.held: dict[str, Any] | None = None  # a non-stream answer's headers
+        self.started = False  # headers went out to the client
+        self.content_type = ""
+
+    async def pass_on(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            if message["type"] == "http.response.start":
+                self.content_type = _header(message.get("headers", []), b"content-type")
+                self.held = message
+                if not is_stream(self.content_type):
+                    continue
+            await self.flush()
+            if message["type"] != "http.response.start":
+                await self.send(message)
+
+    async def flush(self) -> None:
+        """Send the held headers (the answer's body follows, or the answer has none)."""
+        if self.held is not None:
+            self.started = True
+            await self.send(self.held)
+            self.held = None
+
+    async def end_broken(self, exc: BaseException) -> None:
+        """End the answer of a replica that died: an error response if no headers went out,
+        else the stream's error event (none for other answers, which end short)."""
+        log.warning("replica died mid-answer: %s", exc)
+        info = ErrorInfo(502, "replica_failed", "the replica serving this request failed")
+        if not self.started:
+            await _send_error(self.send, self.path, info)
+            return
+        event = stream_error_event(self.path, self.content_type, info)
+        if event is not None:
+            await self.send({"type": "http.response.body", "body": event, "more_body": True})
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 class FrontDoorApp:
     """The ASGI app the Serve proxy calls."""
 
@@ -66,13 +114,14 @@ class FrontDoorApp:
                     return
         if scope["type"] != "http":
             return
-        try:
-            body = await _read_body(receive, self.settings.max_body_bytes)
-        except TooLarge:
-            limit = self.settings.max_body_bytes
-            await _send_error(send, 413, f"the request body exceeds {limit} bytes", "too_large")
-            return
         path = scope["path"]
+        limit = self.settings.max_body_bytes
+        try:
+            body = await _read_body(scope, receive, limit)
+        except TooLarge:
+            message = f"the request body is larger than the limit of {limit} bytes"
+            await _send_error(send, path, ErrorInfo(413, "request_too_large", message), close=True)
+            return
         request = ForwardedRequest(
             method=scope["method"],
             path=path,
@@ -99,22 +148,21 @@ class FrontDoorApp:
     async def _forward(self, request: ForwardedRequest, send: Any) -> None:
         gen, first = await self._start(request)
         if gen is None:
-            await _send_error(send, 503, f"no replica could take the request: {first}", "replica_unavailable")  # fmt: skip
+            message = f"no replica could take the request: {first}"
+            await _send_error(send, request.path, ErrorInfo(503, "replica_unavailable", message))
             return
-        streaming = False
+        relay = Relay(send, request.path)
         try:
-            for message in first:
-                streaming = streaming or _is_sse(message)
-                await send(message)
+            await relay.pass_on(first)
             async for messages in gen:
-                for message in messages:
-                    await send(message)
+                await relay.pass_on(messages)
+            await relay.flush()
         except RayTaskError as exc:
             if not _replica_gone(exc):
                 raise
-            await _end_broken(send, streaming, exc)
+            await relay.end_broken(exc)
         except _GONE as exc:
-            await _end_broken(send, streaming, exc)
+            await relay.end_broken(exc)
         finally:
             gen.cancel()
 
@@ -140,7 +188,8 @@ class FrontDoorApp:
         """A replica's answer (access checks included), widened to every replica."""
         gen, first = await self._start(request)
         if gen is None:
-            await _send_error(send, 503, f"no replica answered: {first}", "replica_unavailable")
+            error = ErrorInfo(503, "replica_unavailable", f"no replica answered: {first}")
+            await _send_error(send, request.path, error)
             return
         messages = list(first)
         async for more in gen:
@@ -171,7 +220,8 @@ class FrontDoorApp:
                 answers.append(exc)
         done = [a for a in answers if not isinstance(a, BaseException)]
         if not done:
-            await _send_error(send, 503, f"no replica answered: {answers[0]}", "replica_unavailable")  # fmt: skip
+            error = ErrorInfo(503, "replica_unavailable", f"no replica answered: {answers[0]}")
+            await _send_error(send, request.path, error)
             return
         failed = [a for a in done if a[0]["status"] >= 400]
         start, body = failed[0] if failed else done[0]
@@ -221,17 +271,10 @@ def _replica_gone(exc: BaseException) -> bool:
     return isinstance(exc, _GONE) or isinstance(getattr(exc, "cause", None), _GONE)
 
 
-async def _end_broken(send: Any, streaming: bool, exc: BaseException) -> None:
-    """End an answer whose replica died: an SSE error event for streams, then the end."""
-    log.warning("replica died mid-answer: %s", exc)
-    if streaming:
-        info = ErrorInfo(502, "replica_failed", "the replica serving this request failed")
-        data = f"data: {json.dumps(openai_body(info))}\r\n\r\n".encode()
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _read_body(receive: Any, limit: int) -> bytes:
+async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
+    declared = _header(scope.get("headers", []), b"content-length")
+    if declared.isdigit() and int(declared) > limit:  # no need to read what is refused
+        raise TooLarge
     parts: list[bytes] = []
     size = 0
     while True:
@@ -248,20 +291,22 @@ async def _read_body(receive: Any, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _send_error(send: Any, status: int, message: str, code: str) -> None:
-    body = json.dumps(openai_body(ErrorInfo(status, code, message))).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def _send_error(send: Any, path: str, info: ErrorInfo, close: bool = False) -> None:
+    """A whole error response in the shape the client of `path` expects."""
+    status, body = error_response(path, info)
+    headers = [(k.lower().encode(), v.encode()) for k, v in info.headers.items()]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]  # fmt: skip
+    if close:  # an unread request body is still on the wire: the connection cannot be reused
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _is_sse(message: dict[str, Any]) -> bool:
-    if message["type"] != "http.response.start":
-        return False
-    return any(
-        k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-        for k, v in message.get("headers", [])
-    )
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return ""
 
 
 def _pair(value: Any) -> tuple[str, int] | None:
