@@ -4,7 +4,7 @@ next tokens and the target verifies them in its step.
 No smaller model of Gemma 3's vocabulary can be downloaded here, so the draft is the bundled
 model requantized to Q2_K: the same vocabulary, guesses that sometimes differ from the
 target's (Q4_K_M) choice, and about the target's cost, so adaptive drafting must never use
-it. The tests that check verification force drafting. As with prompt lookup, a verify decode
+it. The tests that check verification force drafting, by the draft model alone. As with prompt lookup, a verify decode
 of several rows rounds differently from one-row decodes on some CPUs, so equality with and
 without guesses is asserted for continuations the model is sure of (docs/engine-notes.md).
 """
@@ -72,8 +72,12 @@ def engine(bundled_model_path: Path, draft_path: Path) -> Iterator[Engine]:
 
 
 def generate(engine: Engine, prompt: str, draft_max: int, **kw) -> Completion:
+    """Greedy unless `sampling` says otherwise; guesses from the draft model alone (prompt
+    lookup, which goes first when a draft model is set, is turned off)."""
+
     def set_draft_max() -> None:
         engine.scheduler_for_slot_files.spec.draft_max = draft_max
+        engine.scheduler_for_slot_files.spec.lookup = False
 
     engine.run_on_engine(set_draft_max).result(10)
     sampling = kw.pop("sampling", SamplingParams(temperature=0.0))

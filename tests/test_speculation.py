@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from fake_executor import FakeExecutor
+from fake_executor import FakeExecutor, next_token
 
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, Job, ThreadSink, collect, thread_events
@@ -211,9 +211,11 @@ class RuleDrafter:
     def __init__(self, rule: Callable[[Sequence[int]], int], wrong_after: int = 99) -> None:
         self.rule, self.wrong_after = rule, wrong_after
         self.fail = False
+        self.attempts = 0
         self.proposals: list[tuple[int, int]] = []  # (sequence length, guesses)
 
     def propose(self, seq: int, tokens: Sequence[int], k: int) -> list[int]:
+        self.attempts += 1
         if self.fail:
             raise DecodeFailed("the draft model's decode failed")
         context, out = list(tokens), []
@@ -231,30 +233,40 @@ class RuleDrafter:
         pass
 
 
+DISTINCT = list(range(100, 140))  # a prompt with nothing to look up
+
+
 @pytest.mark.parametrize("wrong_after", [99, 3])
 def test_a_draft_models_guesses_are_verified_like_any_others(make_core, wrong_after) -> None:
-    drafter = RuleDrafter(copies_but_every_fifth, wrong_after)
+    drafter = RuleDrafter(next_token, wrong_after)
     core, ex = make_core(drafter, slots=1)
-    ex.rule = copies_but_every_fifth
-    result = run(core, PROMPT, max_tokens=60)
-    assert result.tokens == expected(copies_but_every_fifth, PROMPT, 60)
+    result = run(core, DISTINCT, max_tokens=60)
+    assert result.tokens == expected(next_token, DISTINCT, 60)
     t = result.timings
-    assert drafter.proposals and drafter.proposals[0][0] > len(PROMPT)
+    assert drafter.proposals and drafter.proposals[0][0] > len(DISTINCT)
     if wrong_after == 99:
-        assert t.draft_n == t.draft_n_accepted > 30
+        assert t.draft_n_accepted > 30
     else:
         assert 0 < t.draft_n_accepted < t.draft_n
-        assert ex.seqs[0] == (PROMPT + result.tokens)[: len(ex.seqs[0])]
+        assert ex.seqs[0] == (DISTINCT + result.tokens)[: len(ex.seqs[0])]
 
 
-def test_a_failing_draft_model_costs_guesses_not_answers(make_core) -> None:
+def test_prompt_lookup_goes_first_and_the_draft_fills_in(make_core) -> None:
+    # Copying text: prompt lookup's guesses land and the draft model is not asked.
     drafter = RuleDrafter(copies)
-    drafter.fail = True
     core, ex = make_core(drafter, slots=1)
     ex.rule = copies
     result = run(core, PROMPT, max_tokens=40)
-    assert result.finish.finish_reason == "length"
     assert result.tokens == expected(copies, PROMPT, 40)
-    # Prompt lookup takes over: the copying request still gets guesses.
-    assert result.timings.draft_n_accepted > 0
-    assert run(core, PROMPT, max_tokens=10).tokens == expected(copies, PROMPT, 10)
+    assert result.timings.draft_n_accepted > 20 and not drafter.proposals
+
+
+def test_a_failing_draft_model_costs_guesses_not_answers(make_core) -> None:
+    drafter = RuleDrafter(next_token)
+    drafter.fail = True
+    core, ex = make_core(drafter, slots=1)
+    result = run(core, DISTINCT, max_tokens=40)
+    assert result.finish.finish_reason == "length"
+    assert result.tokens == expected(next_token, DISTINCT, 40)
+    assert drafter.attempts == 1  # then it was dropped
+    assert run(core, DISTINCT, max_tokens=10).tokens == expected(next_token, DISTINCT, 10)

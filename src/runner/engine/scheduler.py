@@ -18,12 +18,13 @@ from collections.abc import Sequence
 
 from ..cache import PromptCache
 from .admission import Admission
+from .drafting import Drafting
 from .job import AnyJob, EmbedJob, Job, Outbox
 from .partition import TAIL, ExactPrefix, computed_prefix, next_piece
 from .plan import BatchEntry, DecodeFailed, Drafter, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
-from .speculation import CALIBRATION_ROWS, SlotSpec, Speculator, expected_accepted
+from .speculation import CALIBRATION_ROWS, Speculator
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -63,9 +64,12 @@ class Scheduler:
             self.slots, config, executor, self.prefix, read_async, self._finish
         )
         self.embeds: deque[EmbedJob] = deque()
-        self.spec = Speculator(config.spec_draft_max, config.spec_adaptive)
-        self.drafter = drafter  # a draft model: it guesses instead of prompt lookup
+        self.drafting = Drafting(Speculator(config.spec_draft_max, config.spec_adaptive), drafter)
         self._clock = 0.0  # decode + sample seconds when the current plan was made
+
+    @property
+    def spec(self) -> Speculator:
+        return self.drafting.spec
 
     def calibrate(self) -> None:
         """Time decodes of the sizes verification makes, once, before serving (slot 0 is
@@ -75,8 +79,8 @@ class Scheduler:
             return
         try:
             self.spec.cost.calibrate(time_rows(self.slots[0].id, CALIBRATION_ROWS))
-            if self.drafter is not None:
-                self.drafter.calibrate()
+            if self.drafting.drafter is not None:
+                self.drafting.drafter.calibrate()
         except EngineError as exc:
             log.warning("could not time decode sizes (%s); learning them online", exc)
 
@@ -104,6 +108,7 @@ class Scheduler:
 
     def schedule(self) -> StepPlan | None:
         """What to decode this step; None when nothing can run now."""
+        self.drafting.begin_step()
         self.admission.drop_cancelled()
         self.admission.finish_loads()
         self.admission.admit()
@@ -137,7 +142,7 @@ class Scheduler:
             budget -= 1
             job = slot.job
             assert job is not None
-            draft, gain = self._draft(slot, job, budget, rows, yielded)
+            draft, gain = self.drafting.guesses(slot, job, budget, rows, yielded)
             budget -= len(draft)
             rows += len(draft)
             yielded += gain
@@ -152,54 +157,6 @@ class Scheduler:
             return None
         self._clock = self.stats.decode_seconds_total + self.stats.sample_seconds_total
         return StepPlan(entries, used, embed, inputs, generating_only=n_prompt_rows == 0)
-
-    def _draft(
-        self, slot: Slot, job: Job, budget: int, rows: int, yielded: float
-    ) -> tuple[list[int], float]:
-        """The guesses to verify after `job.next_token` this step, and the tokens they are
-        expected to add."""
-        spec = self.spec
-        if not spec.enabled or job.request.sampling.n_probs is not None:
-            return [], 0.0  # logprobs are reported one token per step
-        state = spec.state(slot.id, job.id, job.request.prompt_tokens)
-        state.sync(job.output_tokens)
-        k_max = min(spec.draft_max, budget, slot.n_ctx - len(slot.tokens) - 2)
-        if job.request.max_tokens is not None:
-            # k guesses yield up to k + 1 tokens; never compute past the request's end.
-            k_max = min(k_max, job.request.max_tokens - len(job.output_tokens) - 1)
-        if self.drafter is not None:
-            return self._draft_with_model(slot, job, state, k_max, rows, yielded)
-        guess = spec.guess(slot.id, state, k_max)
-        if not guess:
-            return [], 0.0
-        k = spec.choose(state.rate, len(guess), yielded, rows)
-        if k == 0:
-            state.guessed(guess, len(job.output_tokens))
-            return [], 0.0
-        return guess[:k], expected_accepted(state.rate, k)
-
-    def _draft_with_model(
-        self, slot: Slot, job: Job, state: SlotSpec, k_max: int, rows: int, yielded: float
-    ) -> tuple[list[int], float]:
-        """The draft model's guesses, as many as pay for their draft and verify rows. A slot
-        whose guesses stopped landing drafts nothing, and its acceptance record fades back
-        to the prior step by step, so that it tries again later."""
-        drafter = self.drafter
-        assert drafter is not None
-        if k_max <= 0:
-            return [], 0.0
-        k = self.spec.choose(state.rate, k_max, yielded, rows, drafter.seconds)
-        if k == 0:
-            state.record(0, 0)
-            return [], 0.0
-        try:
-            guess = drafter.propose(slot.id, [*slot.tokens, job.next_token], k)
-        except DecodeFailed as exc:
-            # Guesses are an optimization: the requests go on without the draft model.
-            log.error("the draft model failed (%s); speculating by prompt lookup from now", exc)
-            self.drafter = None
-            return [], 0.0
-        return guess, expected_accepted(state.rate, len(guess))
 
     def _embed_work(self) -> tuple[EmbedJob | None, list[list[int]] | None]:
         while self.embeds and self.embeds[0].cancelled:
@@ -255,8 +212,7 @@ class Scheduler:
         job.timings.draft_n_accepted += accepted
         self.stats.draft_tokens_total += entry.draft
         self.stats.draft_accepted_total += accepted
-        state = self.spec.state(slot.id, job.id, job.request.prompt_tokens)
-        state.record(accepted, int(accepted < entry.draft))
+        self.drafting.verified(slot, job, entry.draft, accepted)
         if accepted == entry.draft:
             return True
         keep = len(slot.tokens)

@@ -161,17 +161,11 @@ class CostModel:
 
 
 @dataclass
-class SlotSpec:
-    """One request's drafting state: its text index, acceptance history and the guess it
-    made while not drafting (scored against what it really generates)."""
+class Odds:
+    """How often a source's guesses landed lately."""
 
-    job_id: int
-    index: NgramIndex
-    prompt_len: int
     accepted: float = 0.0
     rejected: float = 0.0
-    shadow: list[int] = field(default_factory=list)
-    shadow_at: int = 0  # output length when `shadow` was guessed
 
     @property
     def rate(self) -> float:
@@ -181,6 +175,20 @@ class SlotSpec:
     def record(self, accepted: int, rejected: int) -> None:
         self.accepted = self.accepted * DECAY + accepted
         self.rejected = self.rejected * DECAY + rejected
+
+
+@dataclass
+class SlotSpec(Odds):
+    """One request's drafting state: its text index, prompt lookup's acceptance history (a
+    draft model's is `by_model`) and the guess it made while not drafting (scored against
+    what it really generates)."""
+
+    job_id: int = -1
+    index: NgramIndex = field(default_factory=NgramIndex)
+    prompt_len: int = 0
+    shadow: list[int] = field(default_factory=list)
+    shadow_at: int = 0  # output length when `shadow` was guessed
+    by_model: Odds = field(default_factory=Odds)
 
     def sync(self, output: Sequence[int]) -> None:
         """Index new output tokens and score the shadow guess against them: once it is
@@ -221,6 +229,7 @@ class Speculator:
 
     draft_max: int = 48
     adaptive: bool = True
+    lookup: bool = True  # guess by prompt lookup (tests turn it off to try a draft model alone)
     cost: CostModel = field(default_factory=CostModel)
     _slots: dict[int, SlotSpec] = field(default_factory=dict)
 
@@ -231,7 +240,7 @@ class Speculator:
     def state(self, slot_id: int, job_id: int, prompt: Sequence[int]) -> SlotSpec:
         spec = self._slots.get(slot_id)
         if spec is None or spec.job_id != job_id:
-            spec = SlotSpec(job_id, NgramIndex(prompt), len(prompt))
+            spec = SlotSpec(job_id=job_id, index=NgramIndex(prompt), prompt_len=len(prompt))
             self._slots[slot_id] = spec
         return spec
 
