@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     draft_model: str | None = Field(
         None,
         description="speculative decoding with a draft model (a model name or a GGUF path of "
-        "the same vocabulary) instead of prompt lookup",
+        "the same vocabulary), where prompt lookup has no guess",
     )
     chat_template_file: Path | None = None
 

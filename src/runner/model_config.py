@@ -17,7 +17,7 @@ CONFIG_KEYS = {
     "keep_alive": str,
     "gpu-layers": int,
     "draft-max": int,  # speculative tokens per step (0: off)
-    "draft-model": str,  # a model name or GGUF path that guesses instead of prompt lookup
+    "draft-model": str,  # a model name or GGUF path that guesses where prompt lookup cannot
     "chat-template": str,
     "tool-format": str,  # a chat.toolcalls.FORMATS name; default: detected from the template
     "reasoning-format": str,  # "deepseek" (split <think> out, the default) or "none"

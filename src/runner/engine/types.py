@@ -69,7 +69,7 @@ class EngineConfig:
     # and acceptance say it pays; without it every guess found is verified (tests, benches).
     spec_draft_max: int = 48
     spec_adaptive: bool = True
-    # A draft model's GGUF (same vocabulary): it makes the guesses instead of prompt lookup.
+    # A draft model's GGUF (same vocabulary): it guesses where prompt lookup has no guess.
     draft_model: str | None = None
 
     @property
