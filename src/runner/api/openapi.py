@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from .dialect_errors import ANTHROPIC, OLLAMA, dialect_for
+
 _OPENAI_ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -54,8 +56,7 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
     "OllamaError": _OLLAMA_ERROR,
     "AnthropicError": _ANTHROPIC_ERROR,
 }
-_ERROR_BY_PREFIX = (("/api/", "OllamaError"), ("/v1/messages", "AnthropicError"),
-                    ("/anthropic/", "AnthropicError"))  # fmt: skip
+_ERROR_SCHEMA = {OLLAMA: "OllamaError", ANTHROPIC: "AnthropicError"}  # by the route's dialect
 _TEXT = {"schema": {"type": "string"}}
 # POST routes that stream when asked: Ollama's as JSON lines, the others as SSE.
 _STREAMS = (
@@ -112,7 +113,7 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     for path, operations in schema.get("paths", {}).items():
-        name = next((n for prefix, n in _ERROR_BY_PREFIX if path.startswith(prefix)), "Error")
+        name = _ERROR_SCHEMA.get(dialect_for(path), "Error")
         error = {
             "description": "Error",
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
