@@ -94,6 +94,12 @@ CASES = [
         [("get_weather", {"city": "```"})],
     ),
     (GEMMA, "Code:\n```python\nprint(1)\n```", "Code:\n```python\nprint(1)\n```", []),
+    (  # what instruction-tuned Gemmas often write instead of the fence
+        GEMMA,
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        None,
+        [("get_weather", {"city": "Paris"})],
+    ),
     (
         GENERIC,
         '{"name": "f", "arguments": "{\\"a\\": 1}"}\n{"name": "g"}',
@@ -349,3 +355,82 @@ def test_template_without_tool_support_still_gets_tools_calls_and_results() -> N
     # A template that handles tools itself is left alone.
     qwen = template_for("qwen2", QWEN_STYLE, None)
     assert "Tool result:" not in render(qwen, CONVERSATION, parse_tools([WEATHER]), HERMES)
+
+
+# Abridged from Mistral's v3 tokenizer format: tools in [AVAILABLE_TOOLS] before the user
+# turn, calls as a JSON list after [TOOL_CALLS], results in [TOOL_RESULTS].
+MISTRAL_STYLE = """\
+{{- bos_token }}
+{%- for message in messages %}
+{%- if message.role == 'user' %}
+{%- if tools and loop.first %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif -%}
+[INST] {{ message.content }}[/INST]
+{%- elif message.role == 'assistant' and message.tool_calls %}[TOOL_CALLS] [
+{%- for call in message.tool_calls -%}
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}, \
+"id": "{{ call.id }}"}{% if not loop.last %}, {% endif %}
+{%- endfor %}]{{ eos_token }}
+{%- elif message.role == 'tool' %}[TOOL_RESULTS] {"content": {{ message.content | tojson }}, \
+"call_id": "{{ message.tool_call_id }}"}[/TOOL_RESULTS]
+{%- else %} {{ message.content }}{{ eos_token }}
+{%- endif %}
+{%- endfor %}"""
+
+# Abridged from Meta's Llama 3.1 JSON tool calling: the functions in the first user turn,
+# a call as {"name", "parameters"}, its result in an `ipython` turn.
+LLAMA31_STYLE = """\
+{{- bos_token }}
+{%- for message in messages %}
+{%- if message.role == 'user' and tools and loop.first %}\
+<|start_header_id|>user<|end_header_id|>
+
+Given the following functions, respond with a JSON for a function call.
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}
+{{ message.content }}<|eot_id|>
+{%- elif message.role == 'assistant' and message.tool_calls %}\
+<|start_header_id|>assistant<|end_header_id|>
+
+{% for call in message.tool_calls -%}
+{"name": "{{ call.function.name }}", "parameters": {{ call.function.arguments | tojson }}}
+{%- endfor %}<|eot_id|>
+{%- elif message.role == 'tool' %}<|start_header_id|>ipython<|end_header_id|>
+
+{{ message.content }}<|eot_id|>
+{%- else %}<|start_header_id|>{{ message.role }}<|end_header_id|>
+
+{{ message.content }}<|eot_id|>
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}"""
+
+
+WEATHER_ARGS = {"city": "Paris"}
+
+
+@pytest.mark.parametrize(
+    ("source", "fmt", "call_text"),
+    [
+        (LLAMA31_STYLE, LLAMA3, '{"name": "get_weather", "parameters": {"city": "Paris"}}'),
+        (
+            MISTRAL_STYLE,
+            MISTRAL,
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, '
+            '"id": "call_1"}]',
+        ),
+    ],
+    ids=["llama3.1", "mistral"],
+)
+def test_family_templates_render_calls_that_parse_back(source, fmt, call_text) -> None:
+    template = template_for("llama", source, None, eos_token="</s>")
+    assert template.tool_format is fmt
+    text = render(template, CONVERSATION, parse_tools([WEATHER]), fmt)
+    assert '"name": "get_weather"' in text.split("Weather in Paris?")[0]  # tools come first
+    assert call_text in text
+    assert "18C and sunny" in text.split(call_text)[1]
+    assert "Tool result:" not in text  # the template renders results itself
+    # What the model saw as its own earlier call is what the family's parser reads back.
+    parsed = parse_tool_calls(call_text, fmt)
+    assert _summary(parsed.content, parsed.tool_calls) == (None, [("get_weather", WEATHER_ARGS)])
