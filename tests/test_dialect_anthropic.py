@@ -74,6 +74,16 @@ def test_stream_events_and_usage(client: anthropic.Anthropic) -> None:
     counted = client.messages.count_tokens(model=MODEL, messages=messages)
     assert final.usage.input_tokens + final.usage.cache_read_input_tokens == counted.input_tokens
 
+    # On the wire, with the ping the SDK hides.
+    body = {"model": MODEL, "max_tokens": 2, "messages": messages, "stream": True}
+    headers = {"x-api-key": KEY}
+    with httpx.stream(
+        "POST", client.base_url.join("/v1/messages"), json=body, headers=headers
+    ) as r:
+        names = [line[len("event: ") :] for line in r.iter_lines() if line.startswith("event: ")]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-2:] == ["message_delta", "message_stop"]
+
 
 def test_cache_shared_with_openai_dialect(server: ServerHandle) -> None:
     system = long_system()

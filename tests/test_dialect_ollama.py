@@ -285,6 +285,43 @@ def test_tool_calls(server: ServerHandle, client: ollama.Client) -> None:
     assert reply.done and reply.prompt_eval_count >= 1
 
 
+def _contexts(client: ollama.Client) -> set[int | None]:
+    return {m.context_length for m in client.ps().models if m.model == MODEL}
+
+
+def test_num_ctx_loads_the_model_with_that_context(
+    server: ServerHandle, client: ollama.Client
+) -> None:
+    http = raw(server)
+    # A prompt that fits the server's 1024-token slots but not 512-token ones.
+    messages = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 70}]
+    body = {"model": MODEL, "messages": messages, "options": OPTIONS, "stream": False}
+    fits = http.post("/api/chat", json=body).json()
+    length = fits["timings"]["prompt_n"] + fits["timings"]["cache_n"]
+    assert 512 < length < 1024 - OPTIONS["num_predict"]
+
+    small = {**OPTIONS, "num_ctx": 512}
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model=MODEL, messages=messages, options=small)
+    assert err.value.status_code == 400 and "a slot holds 512" in err.value.error
+    assert 512 in _contexts(client)  # loaded again, with 512-token slots
+    short = [{"role": "user", "content": "Hi"}]
+    assert client.chat(model=MODEL, messages=short, options=small).done
+    parts = list(client.chat(model=MODEL, messages=short, options=small, stream=True))
+    assert parts[-1].done
+    # Without num_ctx (or with the configured size) the configured load serves it again.
+    again = http.post("/api/chat", json={**body, "options": {**OPTIONS, "num_ctx": 1024}})
+    assert again.status_code == 200 and again.json()["done"]
+    assert 1024 in _contexts(client)
+
+    for bad in (10, "big", 2.5, True, 1 << 21):
+        _error(http.post("/api/chat", json={**body, "options": {"num_ctx": bad}}), 400)
+    # keep_alive 0 with num_ctx unloads that load only.
+    assert client.generate(model=MODEL, keep_alive=0, options={"num_ctx": 512}).done
+    assert wait_for(lambda: 512 not in _contexts(client), timeout=30)
+    assert 1024 in _contexts(client)
+
+
 def test_stream_outliving_the_shutdown_grace_ends_with_an_error_line(
     start_server: Callable[..., ServerHandle],
 ) -> None:

@@ -54,6 +54,8 @@ def test_conversation_continues_after_restart_from_the_cache(server: ServerHandl
         "response.content_part.added",
     ]
     assert "response.output_text.delta" in kinds
+    done = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+    assert [k for k in kinds if k in done] == done
     assert kinds[-1] in ("response.completed", "response.incomplete")
     assert [e.sequence_number for e in events] == list(range(len(events)))
     streamed = events[-1].response

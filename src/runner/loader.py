@@ -71,9 +71,11 @@ class Loader:
     # -- the way in ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[ResidentModel]:
-        """Hold model `name` (loading it if needed) for the duration of the block."""
-        model = await self._acquire(name)
+    async def use(self, name: str, context_size: int | None = None) -> AsyncIterator[ResidentModel]:
+        """Hold model `name` (loading it if needed) for the duration of the block.
+        `context_size` (tokens per slot, e.g. Ollama's `num_ctx`) overrides the configured
+        one: a different size is another load of the same file, as Ollama reloads for it."""
+        model = await self._acquire(name, context_size)
         try:
             yield model
         finally:
@@ -83,7 +85,7 @@ class Loader:
         async with self.use(name) as model:
             return model
 
-    async def _acquire(self, name: str) -> ResidentModel:
+    async def _acquire(self, name: str, context_size: int | None = None) -> ResidentModel:
         entry = await asyncio.to_thread(self.store.get, name)  # may materialize the bundle
         draft = await asyncio.to_thread(self._draft_file, entry)
         tag = name if name in entry.tags else self._canonical(name, entry)
@@ -93,7 +95,7 @@ class Loader:
             for stale in [m for m in self._models.values() if m.name == tag]:
                 if stale.entry.id != entry.id:  # the tag was moved to another file
                     await self._retire_locked(stale, "its name now refers to another file")
-            config, keep_alive = self._load_settings(entry, draft)
+            config, keep_alive = self._load_settings(entry, draft, context_size)
             model = self._models.get((entry.id, config))
             if model is not None and model.engine is not None and model.engine.dead:
                 # A failed engine refuses work; replace it, as DMR evicts a defunct runner.
@@ -152,12 +154,12 @@ class Loader:
             raise LoadFailed(f"cannot load {entry.name}: {exc}") from None
 
     def _load_settings(
-        self, entry: ModelEntry, draft: str | None = None
+        self, entry: ModelEntry, draft: str | None = None, context_size: int | None = None
     ) -> tuple[EngineConfig, float]:
         """How `entry` would be loaded now (engine config, keep-alive): the server's settings
-        under the file's persisted per-model configuration."""
+        under the file's persisted per-model configuration, under a request's context size."""
         cfg = self.model_config(entry)
-        ctx = cfg.get("context-size") or self.settings.ctx_size
+        ctx = context_size or cfg.get("context-size") or self.settings.ctx_size
         if entry.metadata.context_length:
             ctx = min(ctx, entry.metadata.context_length)
         config = EngineConfig(

@@ -50,11 +50,12 @@ def model_name(request: Request, requested: str | None) -> str:
 
 
 def hold_model(
-    request: Request, name: str
+    request: Request, name: str, context_size: int | None = None
 ) -> contextlib.AbstractAsyncContextManager[ResidentModel]:
     """`loader.use(name)`: the model stays loaded while the context is open. An unknown name
-    raises `ModelNotFound`, which the error handler reports listing the models there are."""
-    return loader_of(request).use(name)
+    raises `ModelNotFound`, which the error handler reports listing the models there are.
+    `context_size` asks for a load with that many tokens per slot (see `Loader.use`)."""
+    return loader_of(request).use(name, context_size)
 
 
 def preload_only(request: Request) -> bool:
@@ -223,13 +224,14 @@ async def start(
     body: GenerationFields,
     id_prefix: str,
     customize: Callable[[GenerationRequest], None] | None = None,
+    context_size: int | None = None,
 ) -> Generation:
     """Hold `name`, build the prompt with `await prompt_of(model)` -> (tokens, extra stops),
     let `customize` adjust the engine request (tool grammars...), and submit. Every error
     before the stream starts is raised here, as an HTTP error."""
     stack = contextlib.AsyncExitStack()
     try:
-        model = await stack.enter_async_context(hold_model(request, name))
+        model = await stack.enter_async_context(hold_model(request, name, context_size))
         engine = engine_of(model)
         check_token_limit(body, engine, model.name)
         tokens, stops = await prompt_of(model, engine)

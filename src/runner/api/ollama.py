@@ -48,8 +48,9 @@ from .streaming import ShutdownCutoff
 
 router = APIRouter(prefix="/api")
 
-# Ollama `options` that map onto runner's sampling fields; others (num_ctx, num_gpu,
-# num_thread, mirostat...) are accepted and ignored, as Ollama ignores unknown ones.
+# Ollama `options` that map onto runner's sampling fields; `num_ctx` picks the load (see
+# `context_size_of`); others (num_gpu, num_thread, mirostat...) are accepted and ignored, as
+# Ollama ignores unknown ones.
 _OPTIONS = {
     "num_predict": "max_tokens",
     "temperature": "temperature",
@@ -65,6 +66,7 @@ _OPTIONS = {
     "ignore_eos": "ignore_eos",  # llama-server's extra, as on the OpenAI routes
 }
 _RENAMES = {ours: f"options.{theirs}" for theirs, ours in _OPTIONS.items()}
+_CONTEXT_SIZES = range(64, (1 << 20) + 1)  # what `_configure`'s context-size takes
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -113,11 +115,31 @@ def apply_keep_alive(request: Request, model: ResidentModel, seconds: float | No
     model.keep_alive = seconds
 
 
-def fields_from(body: dict[str, Any]) -> GenerationFields:
-    """GenerationFields from Ollama's `options` and `format`."""
+def _options(body: dict[str, Any]) -> dict[str, Any]:
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "options must be an object")
+    return options
+
+
+def context_size_of(body: dict[str, Any]) -> int | None:
+    """Ollama's `options.num_ctx`: the context the model is loaded with, here the tokens of
+    each slot (as each of Ollama's parallel sequences gets `num_ctx`). A size other than the
+    configured one is another load of the model (Ollama reloads for it); past the model's
+    trained context it is capped there, as configured sizes are."""
+    value = _options(body).get("num_ctx")
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON clients may send 4096.0
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _CONTEXT_SIZES:
+        raise APIError(400, "options.num_ctx must be an integer between 64 and 1048576")
+    return value
+
+
+def fields_from(body: dict[str, Any]) -> GenerationFields:
+    """GenerationFields from Ollama's `options` and `format`."""
+    options = _options(body)
     values = {ours: options.get(theirs) for theirs, ours in _OPTIONS.items()}
     limit = values["max_tokens"]
     if isinstance(limit, int | float) and not isinstance(limit, bool) and limit < 0:
@@ -201,7 +223,7 @@ async def _run(
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     name = _model_name(body)
     customize = plan.customize if plan is not None else None
-    gen = await start(request, name, prompt_of, fields, "", customize)
+    gen = await start(request, name, prompt_of, fields, "", customize, context_size_of(body))
     load_ns = time.perf_counter_ns() - started
     apply_keep_alive(request, gen.model, keep_alive)
 
@@ -224,7 +246,7 @@ async def _run(
 async def _load_only(request: Request, body: dict[str, Any], key: str) -> Response:
     """Ollama's empty request: load the model (keep_alive 0: unload it) and say so."""
     keep_alive = parse_keep_alive(body.get("keep_alive"))
-    async with hold_model(request, _model_name(body)) as model:
+    async with hold_model(request, _model_name(body), context_size_of(body)) as model:
         apply_keep_alive(request, model, keep_alive)
         name = model.name
     reason = "unload" if keep_alive == 0 else "load"
@@ -286,7 +308,7 @@ async def _embed(request: Request, body: dict[str, Any], texts: list[str]) -> di
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     if body.get("dimensions"):
         raise APIError(400, "dimensions is not supported (the model's size is used)")
-    async with hold_model(request, _model_name(body)) as model:
+    async with hold_model(request, _model_name(body), context_size_of(body)) as model:
         load_ns = time.perf_counter_ns() - started
         apply_keep_alive(request, model, keep_alive)
         engine = engine_of(model)

@@ -13,6 +13,9 @@ class _Loose(BaseModel):
 
 
 class OllamaOptions(_Loose):
+    """Also `num_ctx` (64-1048576): the context per slot the model is loaded with; another
+    size than the configured one loads the model again with it."""
+
     num_predict: int | None = Field(None, description="max tokens; -1 or -2: no limit")
     temperature: float | None = None
     top_k: int | None = None
