@@ -122,6 +122,22 @@ def test_guesses_depend_on_the_tokens_alone(engine) -> None:
         assert run.timings.draft_n_accepted == fresh.timings.draft_n_accepted
 
 
+def test_slots_draft_side_by_side(engine) -> None:
+    # Two slots generating at once, each with its own draft sequence: both answers complete,
+    # with guesses verified in the shared steps.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(generate, engine, prompt, 8, max_tokens=48, id_slot=slot, ignore_eos=True)
+            for slot, prompt in enumerate((COPY, LOOP))
+        ]
+        results = [r.result(300) for r in runs]
+    for result in results:
+        assert result.timings.predicted_n == 48 and len(result.tokens) == 48
+        assert 0 < result.timings.draft_n_accepted <= result.timings.draft_n
+
+
 ROLLBACK_PROMPTS = (
     FREE,
     "the cat sat on the mat. the cat sat on the hat. the cat sat on the",
