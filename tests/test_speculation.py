@@ -261,6 +261,20 @@ def test_prompt_lookup_goes_first_and_the_draft_fills_in(make_core) -> None:
     assert result.timings.draft_n_accepted > 20 and not drafter.proposals
 
 
+def test_the_better_bet_of_lookup_and_draft_model_wins(make_core) -> None:
+    # Lookup's guesses land four times in five; a free draft model that is always right
+    # promises more once priced rows make the difference, so it takes over.
+    drafter = RuleDrafter(copies_but_every_fifth)
+    core, ex = make_core(drafter, slots=1, spec_draft_max=16)
+    core.scheduler.spec.cost = CostModel(fixed=(0.006, 0.004))
+    ex.rule = copies_but_every_fifth
+    result = run(core, PROMPT, max_tokens=120)
+    assert result.tokens == expected(copies_but_every_fifth, PROMPT, 120)
+    assert len(drafter.proposals) >= 5
+    t = result.timings
+    assert t.draft_n - t.draft_n_accepted <= 4  # lookup's misses, before the draft took over
+
+
 def test_a_failing_draft_model_costs_guesses_not_answers(make_core) -> None:
     drafter = RuleDrafter(next_token)
     drafter.fail = True

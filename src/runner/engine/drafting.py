@@ -1,6 +1,7 @@
-"""Where a generating slot's guesses come from each step: prompt lookup first (free, and
-best where the text repeats), then the draft model if one is loaded; and which acceptance
-record a verified guess updates (each source is judged on its own)."""
+"""Where a generating slot's guesses come from each step: prompt lookup (free, and best where
+the text repeats) or, if one is loaded, the draft model, whichever bet promises the faster
+step (each judged on its own acceptance record; the draft's also pays for its decodes; a tie
+goes to prompt lookup); and which record a verified guess updates."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 from .job import Job
 from .plan import DecodeFailed, Drafter
 from .slots import Slot
-from .speculation import SlotSpec, Speculator, expected_accepted
+from .speculation import Odds, Speculator, expected_accepted
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +41,26 @@ class Drafting:
             # k guesses yield up to k + 1 tokens; never compute past the request's end.
             k_max = min(k_max, job.request.max_tokens - len(job.output_tokens) - 1)
         guess = spec.guess(slot.id, state, k_max) if spec.lookup else []
-        if guess:
-            k = spec.choose(state.rate, len(guess), yielded, rows)
-            if k > 0:
-                return guess[:k], expected_accepted(state.rate, k)
-            state.guessed(guess, len(job.output_tokens))
+        k, speed = spec.bet(state.rate, len(guess), yielded, rows) if guess else (0, 0.0)
         if self.drafter is not None and k_max > 0:
-            return self._from_model(slot, job, state, k_max, rows, yielded)
+            # The draft model instead, where its bet (its own odds, its own cost) is better.
+            odds = state.by_model
+            k_model, model_speed = spec.bet(odds.rate, k_max, yielded, rows, self.drafter.seconds)
+            if k_model > 0 and (k == 0 or model_speed > speed):
+                if guess:
+                    state.guessed(guess, len(job.output_tokens))
+                return self._from_model(slot, job, odds, k_model)
+            odds.record(0, 0)  # unused: its record fades back to the prior, to be retried
+        if k > 0:
+            return guess[:k], expected_accepted(state.rate, k)
+        if guess:
+            state.guessed(guess, len(job.output_tokens))
         return [], 0.0
 
-    def _from_model(
-        self, slot: Slot, job: Job, state: SlotSpec, k_max: int, rows: int, yielded: float
-    ) -> tuple[list[int], float]:
-        """The draft model's guesses, as many as pay for their draft and verify rows (judged
-        on the draft's own acceptance record). A slot whose draft guesses stopped landing
-        drafts nothing, and that record fades back to the prior step by step, so that it
-        tries again later."""
+    def _from_model(self, slot: Slot, job: Job, odds: Odds, k: int) -> tuple[list[int], float]:
+        """The draft model's guesses (at most `k`; fewer where it is unsure)."""
         drafter = self.drafter
         assert drafter is not None
-        odds = state.by_model
-        k = self.spec.choose(odds.rate, k_max, yielded, rows, drafter.seconds)
-        if k == 0:
-            odds.record(0, 0)
-            return [], 0.0
         try:
             guess = drafter.propose(slot.id, [*slot.tokens, job.next_token], k)
         except DecodeFailed as exc:

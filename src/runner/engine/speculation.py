@@ -271,17 +271,29 @@ class Speculator:
         rows: int,
         drafting: Callable[[int], float] | None = None,
     ) -> int:
-        """Draft length that maximizes this step's expected tokens per second, given the
-        `tokens` it yields and the `rows` it decodes without this draft (and the seconds
-        that `drafting` k guesses costs, for a draft model); 0 unless it wins."""
+        """Draft length that maximizes this step's expected tokens per second (`bet`)."""
+        return self.bet(rate, k_max, tokens, rows, drafting)[0]
+
+    def bet(
+        self,
+        rate: float,
+        k_max: int,
+        tokens: float,
+        rows: int,
+        drafting: Callable[[int], float] | None = None,
+    ) -> tuple[int, float]:
+        """(draft length, expected tokens per second of the step) that maximizes the step's
+        speed, given the `tokens` it yields and the `rows` it decodes without this draft
+        (and the seconds that `drafting` k guesses costs, for a draft model); length 0
+        unless it beats not drafting. The speed is infinite where rows are not priced."""
         if not self.adaptive:
-            return k_max
+            return k_max, math.inf
         explore = tokens <= 1.0  # a lone stream: a wrong guess costs only itself
         plain = self.cost.seconds(rows, explore)
         if plain is None:
-            return 0  # measure a step without guesses first
+            return 0, 0.0  # measure a step without guesses first
         if plain <= 0:
-            return k_max  # a clock that does not move (a fake executor): rows are free
+            return k_max, math.inf  # a clock that does not move (a fake executor)
         best_k, best = 0, tokens / plain * MARGIN
         gain, p = 0.0, 1.0
         for k in range(1, k_max + 1):
@@ -295,4 +307,4 @@ class Speculator:
             speed = (tokens + gain) / step
             if speed > best:
                 best_k, best = k, speed
-        return best_k
+        return best_k, best
