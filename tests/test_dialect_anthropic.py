@@ -121,6 +121,8 @@ def test_errors_in_anthropic_shape(server: ServerHandle, client: anthropic.Anthr
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
     image_call = dict(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": [image]}])
     bad_calls.append((image_call, 400, "invalid_request_error"))
+    textless = dict(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": [{"type": "text"}]}])  # fmt: skip
+    bad_calls.append((textless, 400, "invalid_request_error"))
     for kwargs, status, kind in bad_calls:
         with pytest.raises(anthropic.APIStatusError) as err:
             client.messages.create(**kwargs)

@@ -106,6 +106,8 @@ def test_errors_in_openai_shape(server: ServerHandle) -> None:
         dict(model=MODEL, input=[{"type": "bogus"}]),
         dict(model=MODEL, input="x", max_output_tokens=0),
         dict(model=MODEL, input="x", text={"format": "json"}),
+        dict(model=MODEL, input=[{"type": "function_call_output", "call_id": "call_1"}]),
+        dict(model=MODEL, input=[{"type": "function_call", "call_id": "c", "arguments": "{}"}]),
     ]
     for kwargs in bad_calls:
         with pytest.raises(openai.BadRequestError) as err:

@@ -100,7 +100,9 @@ def chat_messages(body: CountTokensRequest) -> list[dict[str, Any]]:
         calls: list[dict[str, Any]] = []
         for block in message.content:
             kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str):
+            if kind == "text":
+                if not isinstance(block.get("text"), str):
+                    raise APIError(400, f"messages.{i}.content: a text block needs a string 'text'")
                 texts.append(block["text"])
             elif kind == "tool_use" and message.role == "assistant":
                 calls.append(_tool_call(block))

@@ -102,6 +102,7 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = _text_of(item.get("content"), f"input[{i}].content")
             out.append({"role": "system" if role == "developer" else role, "content": text})
         elif kind == "function_call":
+            _require_strings(item, i, "call_id", "name")
             call = {
                 "id": item.get("call_id"),
                 "type": "function",
@@ -112,6 +113,9 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             else:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
+            _require_strings(item, i, "call_id")
+            if item.get("output") is None:
+                raise APIError(400, f"input[{i}]: a function_call_output needs 'output'", param="input")  # fmt: skip
             output = item.get("output")
             text = output if isinstance(output, str) else _text_of(output, f"input[{i}].output")
             out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
@@ -120,6 +124,12 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             raise APIError(400, f"input[{i}]: unsupported item type {kind!r}", param="input")
     return out
+
+
+def _require_strings(item: dict[str, Any], i: int, *keys: str) -> None:
+    for key in keys:
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise APIError(400, f"input[{i}]: a {item['type']} needs a string '{key}'", param="input")  # fmt: skip
 
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
