@@ -123,3 +123,44 @@ def test_non_streaming_disconnect_cancels(server) -> None:
     slots = _wait_all_idle(server)
     assert not any(s["is_processing"] for s in slots), slots
     _wait_released(server)
+
+
+def _document(nonce: str) -> str:
+    # About 1,700 tokens, all new: the nonce comes first, so no cached prefix is shared.
+    return f"{nonce}\n" + " ".join(f"Line {i} of a long document." for i in range(210))
+
+
+def test_disconnect_during_a_long_prompt_frees_the_slot_within_a_block(server) -> None:
+    url = server.base_url + "/completions"
+    # How long this prompt's prefill takes here, run to its end.
+    measured = httpx.post(
+        url,
+        json={"model": MODEL, "prompt": _document("zebra quartz"), "max_tokens": 1},
+        timeout=300,
+    )
+    assert measured.status_code == 200, measured.text
+    prefill_s = measured.json()["timings"]["prompt_ms"] / 1e3
+    assert measured.json()["timings"]["prompt_n"] > 1200
+    if prefill_s < 1.0:
+        pytest.skip(f"a {prefill_s:.2f}s prefill is too short to cancel half way on this machine")
+    with httpx.Client(base_url=server.url) as client:
+        cancelled_before = metric(client, "runner:requests_finished_total", reason="cancelled")
+    body = {"model": MODEL, "prompt": _document("walrus onyx"), "max_tokens": 4, "stream": True}
+
+    async def main() -> float:
+        async with httpx.AsyncClient(timeout=120) as client:
+            async with client.stream("POST", url, json=body) as r:
+                assert r.status_code == 200
+                await asyncio.sleep(prefill_s / 4)  # a quarter into the prompt
+                assert any(s["is_processing"] for s in _slots(server))
+            return time.monotonic()  # the connection is closed here
+
+    gone = asyncio.run(main())
+    slots = _wait_all_idle(server)
+    freed_after = time.monotonic() - gone
+    assert not any(s["is_processing"] for s in slots), slots
+    # The rest of the prompt (3/4 of prefill_s) was not computed before the slot came free.
+    assert freed_after < prefill_s / 3, (freed_after, prefill_s)
+    with httpx.Client(base_url=server.url) as client:
+        after = metric(client, "runner:requests_finished_total", reason="cancelled")
+    assert after - cancelled_before >= 1

@@ -210,7 +210,7 @@ def test_bad_input_in_ollama_shape(server: ServerHandle, client: ollama.Client) 
     _error(http.post("/api/chat", json={**chat, "options": {"num_predict": "many"}}), 400)
     _error(http.post("/api/chat", json={**chat, "options": [1]}), 400)
     _error(http.post("/api/pull", json={"model": "/tmp/a\u0000b.gguf"}), 400)
-    _error(http.post("/api/pull", json={"model": "/nonexistent/model.gguf"}), 404)
+    _error(http.post("/api/pull", json={"model": "/nonexistent/model.gguf"}), 403)
     _error(http.post("/api/chat", json={**chat, "keep_alive": "soon"}), 400)
     _error(http.post("/api/chat", json={**chat, "format": 3}), 400)
     bad_role = {**chat, "messages": [{"role": "wizard", "content": "x"}]}

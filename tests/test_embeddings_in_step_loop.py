@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from server_proc import metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -55,6 +56,36 @@ def test_chat_is_answered_while_a_large_embeddings_request_runs(small_server) ->
     assert time.monotonic() - started < 30
     assert code == 0
     worker.join(60)
+
+
+def _wait_released(base: str, cancelled_before: float, timeout: float = 60.0) -> float:
+    """Seconds until the engine counts one more cancelled request and the model is free."""
+    started = time.monotonic()
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while True:
+            cancelled = metric(client, "runner:requests_finished_total", reason="cancelled")
+            in_use = any(row["in_use"] for row in client.get("/engines/ps").json())
+            if cancelled > cancelled_before and not in_use:
+                return time.monotonic() - started
+            assert time.monotonic() - started < timeout, (cancelled, in_use)
+            time.sleep(0.2)
+
+
+def test_a_client_that_gives_up_cancels_its_embeddings(small_server) -> None:
+    inputs = [f"{i}: {PARAGRAPH}" for i in range(300)]  # minutes of work on one thread
+    requests = [
+        ("/v1/embeddings", {"model": MODEL, "input": inputs}),  # OpenAI's route
+        ("/api/embed", {"model": MODEL, "input": inputs}),  # Ollama's
+    ]
+    for path, body in requests:
+        with httpx.Client(base_url=small_server.url, timeout=30) as client:
+            before = metric(client, "runner:requests_finished_total", reason="cancelled")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(small_server.url + path, json=body, timeout=httpx.Timeout(30, read=2.0))
+        assert _wait_released(small_server.url, before) < 30, path
+    with httpx.Client(base_url=small_server.url, timeout=120) as client:
+        ok = client.post("/v1/embeddings", json={"model": MODEL, "input": "hello"})
+        assert ok.status_code == 200 and ok.json()["timings"]["prompt_n"] > 0
 
 
 def test_an_embeddings_request_over_the_token_bound_is_a_400(start_server) -> None:

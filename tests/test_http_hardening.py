@@ -96,6 +96,25 @@ def test_an_idle_keep_alive_connection_is_closed(srv: Any) -> None:
         assert seconds_until_closed(sock) < 5
 
 
+def test_past_the_connection_cap_requests_get_503(start_server: Callable[..., Any]) -> None:
+    server = start_server("--max-connections", "3", "--read-timeout", "30")  # no model
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        time.sleep(0.5)  # the server has accepted them
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 503"), "no 503 past the cap"
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/health", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "still refused once the connections closed"
+        time.sleep(0.2)
+    server.stop()
+
+
 def test_a_response_slower_than_the_read_timeout_is_not_cut_off(client: httpx.Client) -> None:
     body = {"model": MODEL, "prompt": "Once", "max_tokens": 8, "stream": True, "ignore_eos": True}
     events = []
@@ -117,6 +136,11 @@ def create(client: httpx.Client, source: str) -> httpx.Response:
     return client.post("/models/create", json={"from": source, "tag": "test/imported"})
 
 
+def ollama_pull(client: httpx.Client, source: str) -> httpx.Response:
+    """Ollama's `/api/pull` imports an absolute path too: the same rules, Ollama's shape."""
+    return client.post("/api/pull", json={"model": source, "stream": False})
+
+
 def test_imports_outside_the_allowed_directories_are_refused(
     client: httpx.Client, allowed_dir: Path
 ) -> None:
@@ -127,6 +151,9 @@ def test_imports_outside_the_allowed_directories_are_refused(
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "import_not_allowed"
         assert "root:" not in r.text
+        pulled = ollama_pull(client, source)
+        assert pulled.status_code == 403, pulled.text
+        assert "root:" not in pulled.text and "outside the directories" in pulled.json()["error"]
 
 
 def test_a_path_with_a_nul_byte_is_400(client: httpx.Client, allowed_dir: Path) -> None:
@@ -148,6 +175,10 @@ def test_an_unusable_file_gets_one_error_that_quotes_nothing(
         assert "SECRET" not in r.text and "Z9" not in r.text
         error = r.json()["error"]
         answers.append((error["code"], error["message"].replace(str(path), "PATH")))
+        pulled = ollama_pull(client, str(path))
+        assert pulled.status_code == 400, pulled.text
+        assert "SECRET" not in pulled.text and "Z9" not in pulled.text
+        answers.append(("invalid_model_file", pulled.json()["error"].replace(str(path), "PATH")))
     assert len(set(answers)) == 1, answers
     assert answers[0][0] == "invalid_model_file"
 

@@ -454,3 +454,25 @@ def test_space_is_checked_first_and_abandoned_downloads_are_swept(
         pull(store, ref)
     assert not store.list() and not old.exists() and fresh.exists()
     assert pull(store, ref).downloaded > 0
+
+
+def test_cli_push_to_another_name_then_pull_it(registry: RegistryProcess, tmp_path: Path) -> None:
+    """`runner models push NAME REF` publishes a stored model under a registry name of its own."""
+    gguf = write_tiny_gguf(tmp_path / "local.gguf", "local", 6.0)
+    models = tmp_path / "models"
+    package(_store(models), gguf, "my/local:v1")  # a plain local name, no registry in it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env.update(RUNNER_MODELS_DIR=str(models), DOCKER_CONFIG=str(tmp_path / "docker-config"))
+    target = f"{registry.host}/team/renamed:q4"
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "models", "push", "my/local:v1", target],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"pushed {target} (sha256:"), done.stdout
+    fresh = _store(tmp_path / "fresh")
+    assert pull(fresh, target).entry.id == _sha(gguf)
+    assert [e.name for e in fresh.list()] == [target]

@@ -165,3 +165,55 @@ def test_id_prefix() -> None:
     assert id_prefix(digest[:12]) == digest[:12]
     assert id_prefix("gemma3") is None
     assert id_prefix("abc") is None  # too short to be an ID
+
+
+# ----- pull references: where a name is fetched from, and the store tag it is saved as ---------
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("ref", "where", "saved_as"),
+    [
+        ("gemma3", "https://registry-1.docker.io ai/gemma3 latest", "ai/gemma3:latest"),
+        ("ai/gemma3", "https://registry-1.docker.io ai/gemma3 latest", "ai/gemma3:latest"),
+        (
+            "docker.io/ai/gemma3:270M-Q4_K_M",
+            "https://registry-1.docker.io ai/gemma3 270m-q4_k_m",
+            "ai/gemma3:270m-q4_k_m",
+        ),
+        (
+            "registry.example.com:5000/team/model:tag",
+            "https://registry.example.com:5000 team/model tag",
+            "registry.example.com:5000/team/model:tag",
+        ),
+        (
+            "localhost:5000/team/model",
+            "http://localhost:5000 team/model latest",
+            "localhost:5000/team/model:latest",
+        ),
+        (f"ai/gemma3@{DIGEST}", f"https://registry-1.docker.io ai/gemma3 {DIGEST}", None),
+    ],
+)
+def test_registry_references(ref: str, where: str, saved_as: str | None) -> None:
+    from runner.store.oci import registry_url
+    from runner.store.refs import OciSource, parse_source
+
+    source = parse_source(ref)
+    assert isinstance(source, OciSource)
+    assert f"{registry_url(source.registry)} {source.repository} {source.reference}" == where
+    assert source.local_name == (saved_as or f"ai/gemma3:sha256-{DIGEST[7:19]}")
+
+
+def test_hugging_face_and_url_references() -> None:
+    from runner.store.refs import HfSource, UrlSource, parse_source
+
+    assert parse_source("hf.co/Org/Repo-GGUF") == HfSource("Org/Repo-GGUF", None)
+    assert parse_source("huggingface.co/Org/Repo:Q4_K_M") == HfSource("Org/Repo", "Q4_K_M")
+    assert parse_source("hf.co/org/repo:Q8_0").local_name == "hf.co/org/repo:q8_0"
+    pinned = parse_source("https://example.com/m/Model-Q4.gguf#sha256=" + "cd" * 32)
+    assert pinned == UrlSource("https://example.com/m/Model-Q4.gguf", "cd" * 32)
+    assert pinned.local_name == "ai/model-q4:latest"
+    for bad in ("ai/gemma3@sha256:12", "hf.co/only-org", "https://example.com/m.gguf#md5=1"):
+        with pytest.raises(InvalidModelName):
+            parse_source(bad)

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
@@ -34,6 +34,7 @@ from .schemas import GenerationFields
 from .state import loader_of, settings_of
 
 SYSTEM_FINGERPRINT = f"runner-{__version__}"
+_T = TypeVar("_T")
 # Builds a request's prompt on the held model: (prompt tokens, extra stop strings).
 PromptBuilder = Callable[[ResidentModel, Engine], Awaitable[tuple[list[int], Sequence[str]]]]
 # Texts above this many characters are tokenized (and templates rendered) on a worker thread
@@ -297,3 +298,33 @@ async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
     finally:
         watcher.cancel()
         await gen.close()
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[_T]) -> _T:
+    """Await `work` (e.g. `engine.embed(...)`), cancelling it if the client hangs up first,
+    so a large request does not go on using the engine for no one. Uvicorn never cancels a
+    handler itself; the body is already read, so the next message can only be the
+    disconnect."""
+    task = asyncio.ensure_future(work)
+    gone = False
+
+    async def watch_disconnect() -> None:
+        nonlocal gone
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not gone or getattr(current, "cancelling", lambda: 0)():  # cancelled itself too
+            raise
+        # No one reads this answer; it only ends the handler without an error in the log.
+        raise APIError(499, "the client closed the request", "client_closed_request") from None
+    finally:
+        watcher.cancel()

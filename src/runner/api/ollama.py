@@ -34,7 +34,15 @@ from .dialect_common import (
     rfc3339,
 )
 from .errors import APIError
-from .inference import PromptBuilder, collect, engine_of, hold_model, start, tokenize
+from .inference import (
+    PromptBuilder,
+    cancel_on_disconnect,
+    collect,
+    engine_of,
+    hold_model,
+    start,
+    tokenize,
+)
 from .ollama_schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
@@ -321,7 +329,7 @@ async def _embed(request: Request, body: dict[str, Any], texts: list[str]) -> di
                     raise APIError(400, f"input of {len(tokens)} tokens exceeds the context")
                 tokens = tokens[:limit]
             inputs.append(tokens)
-        result = await engine.embed(inputs)
+        result = await cancel_on_disconnect(request, engine.embed(inputs))
         name = model.name
     return {
         "model": name,

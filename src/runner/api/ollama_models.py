@@ -26,11 +26,12 @@ from runner.store import InvalidModelFile, ModelEntry, format_params, normalize,
 from . import management
 from .dialect_common import read_json, rfc3339
 from .errors import APIError
+from .import_policy import allowed_import_dirs, import_source, not_a_model
 from .model_pull import pull_response
 from .ollama import _model_name
 from .ollama_schemas import OllamaCopyRequest, OllamaModelRequest, OllamaPullRequest
 from .schemas import json_body
-from .state import loader_of, store_of
+from .state import loader_of, settings_of, store_of
 
 router = APIRouter(prefix="/api")
 
@@ -197,16 +198,21 @@ async def _ollama_lines(lines: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 async def pull(request: Request) -> Response:
     """Pull `model` into the store with runner's pull (OCI registries as DMR names them,
     `hf.co/...`, URLs; see `store/pull.py`), streaming Ollama's progress objects. An
-    absolute path to a local GGUF is imported instead (named after the file)."""
+    absolute path to a local GGUF is imported instead (named after the file), under the
+    same rules as `/models/create`: only from `--allow-import` directories, and one error
+    that quotes nothing for any file that is not a readable GGUF."""
     body = await read_json(request)
     name = _model_name(body)
     if "\x00" in name:  # no file or registry name holds one; the OS would refuse it later
         raise APIError(400, "model must not contain NUL characters")
     store = store_of(request)
     if Path(name).is_absolute():
-        source = Path(name)
-        await _check_gguf(source)
-        tag = normalize(management._name_from_file(source))
+        source = import_source(name, allowed_import_dirs(settings_of(request)))
+        try:
+            await asyncio.to_thread(read_metadata, source)
+        except InvalidModelFile as exc:
+            raise not_a_model(name, exc) from exc
+        tag = normalize(management._name_from_file(Path(name)))
         lines: AsyncIterator[Any] = management._import(store, tag, source, as_json=True)
     else:
         # Errors before the download starts (unknown name, unreachable registry) are raised
@@ -222,10 +228,3 @@ async def pull(request: Request) -> Response:
     if "error" in last:
         raise APIError(500, last["error"], "pull_failed")
     return JSONResponse(last)
-
-
-async def _check_gguf(path: Path) -> None:
-    try:
-        await asyncio.to_thread(read_metadata, path)
-    except InvalidModelFile as exc:
-        raise APIError(404 if not path.exists() else 400, str(exc), "invalid_model_file") from None

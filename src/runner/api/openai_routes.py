@@ -26,6 +26,7 @@ from .inference import (
     INLINE_LIMIT,
     Choice,
     Generation,
+    cancel_on_disconnect,
     collect,
     engine_of,
     finish_error,
@@ -184,7 +185,7 @@ async def embeddings(request: Request, body: EmbeddingBody) -> Response:
         inputs = [
             await tokenize(engine, item) if isinstance(item, str) else item for item in body.items()
         ]
-        result = await engine.embed(inputs)
+        result = await cancel_on_disconnect(request, engine.embed(inputs))
     n_tokens = sum(result.token_counts)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(vector, body.encoding_format)}
