@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -180,6 +181,16 @@ def test_chat_cache_figures_stop_and_reload(
     assert len(partials) >= 2, f"no partial answers seen while streaming: {partials}"
     assert final_text.strip()
     assert int(figure(page, "prompt_n")) > 0
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", figure(page, "ttft")), figure(page, "ttft")
+    # The status pane's prompt-cache tiers, from /metrics: entries, bytes of capacity, hits,
+    # and the model's lookups and misses.
+    page.locator("#status-cache tr[data-tier=disk]").wait_for()
+    for tier in ("ram", "disk"):
+        cells = page.locator(f"#status-cache tr[data-tier={tier}] td").all_inner_texts()
+        assert cells[0] == tier and cells[1].isdigit() and cells[3].isdigit(), cells
+        assert re.fullmatch(r"[\d.]+ (B|KiB|MiB|GiB) / [\d.]+ (B|KiB|MiB|GiB)", cells[2]), cells
+    tiers = page.locator("#status-cache").inner_text()
+    assert re.search(r"lookups \d+, misses \d+", tiers), tiers
     shot("02-first-answer")
 
     # Second message, same system prompt: the page's reused figure is the response's cache_n.
@@ -188,6 +199,8 @@ def test_chat_cache_figures_stop_and_reload(
     assert figure(page, "cache_n") == str(timings["cache_n"])
     assert figure(page, "prompt_n") == str(timings["prompt_n"])
     assert figure(page, "cache_source") == timings["cache_source"]
+    speed = float(figure(page, "tokens_per_second").removesuffix(" tok/s"))
+    assert abs(speed - timings["predicted_per_second"]) <= 0.051, (speed, timings)
     shot("03-cache-figures")
     if target := os.environ.get("RUNNER_UI_SCREENSHOT"):
         # The routed answer above arrived in one piece (its TTFT is the whole answer's
