@@ -212,6 +212,24 @@ def test_queue_bound(make_core) -> None:
         assert collect(thread_events(sink, timeout=5)).finish.finish_reason == "length"
 
 
+def test_embeddings_count_against_the_queue_bound(make_core) -> None:
+    core, ex = make_core(slots=1, queue_size=1)
+    ex.gate = threading.Event()
+    gen = Job(GenerationRequest(prompt_of(8), max_tokens=2), ThreadSink())
+    core.submit(gen)
+    while core.n_busy == 0:
+        time.sleep(0.001)
+    waiting = ThreadSink()
+    core.submit(EmbedJob([prompt_of(8)], waiting))
+    with pytest.raises(QueueFull):
+        core.submit(EmbedJob([prompt_of(8)], ThreadSink()))
+    with pytest.raises(QueueFull):
+        core.submit(Job(GenerationRequest(prompt_of(8), max_tokens=2), ThreadSink()))
+    ex.gate.set()
+    assert isinstance(waiting.queue.get(timeout=5), EmbeddingsDone)
+    assert collect(thread_events(gen.sink, timeout=5)).finish.finish_reason == "length"  # type: ignore[arg-type]
+
+
 def test_embeddings_interleave_with_generation(make_core) -> None:
     core, ex = make_core(n_ubatch=32)
     sink = ThreadSink()
