@@ -345,12 +345,10 @@ def test_cache_following_router_reuses_system_prompts(
 ) -> None:
     followed = run_users(runner_cluster)
     later = [x for r in followed.reuse[1:] for x in r]
-    later_default = [x for r in default_run.reuse[1:] for x in r]
     assert min(later) >= 0.9, followed
-    # Ray's default router sends a returning user to a replica without its prefix about
-    # half the time (all 8 of 8 landing right has probability 1/256).
-    assert sum(later_default) < sum(later) - 0.5, (default_run, followed)
-    # Never worse than power-of-two-choices: on the same prompts, the rounds where a user
+    # Never worse than power-of-two-choices (which sends a returning user elsewhere about half
+    # the time; by how much is the benchmark's figure, since a run where all 8 land right by
+    # chance has probability 1/256): on the same prompts, the rounds where a user
     # returns cost no more prompt tokens than with the default router. (Round 1 is cold
     # under both; only a returning request can be served from cache, and one sent where
     # its earlier prompt is reuses all that the default router could at best.)

@@ -16,19 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from spec_cases import ASK_COPY, assert_same_greedy_output, greedy_cases
 
 from runner.engine import Engine, EngineConfig
 from runner.engine.job import Completion
 from runner.engine.partition import TAIL
 from runner.engine.types import GenerationRequest, SamplingParams
-
-FUNCTIONS = "\n\n".join(
-    f'def f{i}(x, y):\n    """Combine x and y, variant {i}."""\n    return x * {i} + y'
-    for i in range(8)
-)
-ASK_COPY = f"Here is a module:\n\n```python\n{FUNCTIONS}\n```\n\nRepeat the module exactly."
-COPY = f"<start_of_turn>user\n{ASK_COPY}<end_of_turn>\n<start_of_turn>model\n```python\n"
-LOOP = ("red green blue yellow " * 6).strip()
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +46,11 @@ def generate(engine: Engine, prompt: str, draft_max: int, **kw) -> Completion:
     return engine.generate(request, timeout=300)
 
 
-@pytest.mark.parametrize(
-    ("prompt", "extra"),
-    [
-        (COPY, {}),
-        (LOOP, {}),
-        (COPY, {"stop": ["def f2"]}),
-        (COPY, {"sampling": SamplingParams(temperature=0.0, grammar='root ::= [^`]+ "`"')}),
-    ],
-    ids=["copy", "loop", "stop-string", "grammar"],
-)
+@greedy_cases
 def test_greedy_output_is_the_same_with_and_without_guesses(engine, prompt, extra) -> None:
     plain = generate(engine, prompt, 0, max_tokens=64, cache_prompt=False, **extra)
     fast = generate(engine, prompt, 16, max_tokens=64, cache_prompt=False, **extra)
-    assert plain.timings.draft_n == 0
-    assert fast.timings.draft_n_accepted > 0
-    assert fast.tokens == plain.tokens
-    assert fast.finish.finish_reason == plain.finish.finish_reason
-    if "stop" in extra:
-        assert fast.finish.finish_reason == "stop" and "def f2" not in fast.text
+    assert_same_greedy_output(plain, fast, extra)
 
 
 def test_free_text_keeps_its_structure(engine) -> None:
