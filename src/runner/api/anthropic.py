@@ -41,7 +41,7 @@ from .inference import (
     hold_model,
     start,
 )
-from .schemas import INT32_MAX, MAX_STOP_LENGTH, MAX_STOP_STRINGS, json_body
+from .schemas import INT32_MAX, MAX_STOP_LENGTH, MAX_STOP_STRINGS, json_body, model_field
 from .state import settings_of
 from .streaming import EngineStream, ShutdownCutoff
 
@@ -60,7 +60,7 @@ class AnthropicMessage(BaseModel):
 class CountTokensRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
+    model: str = model_field(min_length=1)
     messages: list[AnthropicMessage] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None

@@ -165,10 +165,10 @@ def text_of(content: Any, where: str) -> str:
 
 async def read_json(request: Request, allow_empty: bool = False) -> dict[str, Any]:
     """The request's JSON object body; 400 for an invalid or non-object body, and for an
-    empty one unless `allow_empty` (then it reads as `{}`)."""
+    empty one unless `allow_empty` (then no body at all reads as `{}`)."""
     raw = await request.body()
     if not raw.strip():
-        if allow_empty:
+        if allow_empty and not raw:  # no body at all; blanks alone are not JSON
             return {}
         raise APIError(400, "the request body is empty; send a JSON object", "invalid_request")
     try:

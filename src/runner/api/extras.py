@@ -7,14 +7,23 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .bodies import parsed
 from .errors import APIError
 from .inference import engine_of, hold_model, model_name, tokenize
-from .schemas import DetokenizeRequest, SlotFileRequest, TokenizeRequest, json_body
+from .schemas import (
+    INT32_MAX,
+    MAX_SLOT_FILE_LENGTH,
+    SLOT_FILE_PATTERN,
+    DetokenizeRequest,
+    ModelQuery,
+    SlotFileRequest,
+    TokenizeRequest,
+    json_body,
+)
 from .state import loader_of, metrics_registry_of, settings_of
 
 router = APIRouter()
@@ -30,7 +39,7 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/slots")
-async def slots(request: Request, model: str | None = None, fail_on_no_slot: bool = False):
+async def slots(request: Request, model: ModelQuery = None, fail_on_no_slot: bool = False) -> Any:
     """Slots of `?model=` (must be resident), else of the first resident model; [] if none."""
     loader = loader_of(request)
     if model:
@@ -49,15 +58,15 @@ async def slots(request: Request, model: str | None = None, fail_on_no_slot: boo
     return [{**s, "model": resident.name} for s in described]
 
 
-_SLOT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SLOT_FILE = re.compile(SLOT_FILE_PATTERN)
 
 
 @router.post("/slots/{slot_id}")
 async def slot_action(
-    slot_id: int,
+    slot_id: Annotated[int, Path(ge=0, le=INT32_MAX)],
     request: Request,
     action: Literal["save", "restore", "erase"],
-    model: str | None = None,
+    model: ModelQuery = None,
     body: SlotFileRequest | None = None,
 ) -> dict[str, Any]:
     """llama-server's slot files: `?action=save|restore` with `{"filename": ...}`, or erase.
@@ -68,7 +77,11 @@ async def slot_action(
     path = None
     async with hold_model(request, model_name(request, model)) as resident:
         if action != "erase":
-            if not filename or not _SLOT_FILE.match(filename) or ".." in filename:
+            if (
+                not filename
+                or not _SLOT_FILE.match(filename)
+                or len(filename) > MAX_SLOT_FILE_LENGTH
+            ):
                 raise APIError(400, "filename must be a plain file name", param="filename")
             folder = settings_of(request).resolved_cache_dir / "slots" / resident.entry.id
             folder.mkdir(parents=True, exist_ok=True)

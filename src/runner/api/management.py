@@ -32,7 +32,14 @@ from runner.store import (
 from .dialect_common import read_json
 from .errors import APIError
 from .import_policy import allowed_import_dirs, import_source, not_a_model
-from .schemas import ConfigureRequest, CreateModelRequest, UnloadRequest, json_body
+from .schemas import (
+    ConfigureRequest,
+    CreateModelRequest,
+    ModelPath,
+    ModelQuery,
+    UnloadRequest,
+    json_body,
+)
 from .state import loader_of, settings_of, store_of
 
 log = logging.getLogger(__name__)
@@ -179,7 +186,7 @@ async def engines_configure(request: Request) -> JSONResponse:
 
 @router.get("/engines/_configure")
 @router.get("/engines/llama.cpp/_configure", include_in_schema=False)
-async def engines_configs(request: Request, model: str | None = None) -> Any:
+async def engines_configs(request: Request, model: ModelQuery = None) -> Any:
     """Every model's persisted configuration, or `?model=NAME`'s alone."""
     store = store_of(request)
     if model:
@@ -302,14 +309,14 @@ async def _import(store: ModelStore, tag: str, path: Path, as_json: bool) -> Asy
 
 
 @router.get("/models/{name:path}")
-async def models_get(request: Request, name: str) -> dict[str, Any]:
+async def models_get(request: Request, name: ModelPath) -> dict[str, Any]:
     """One model by name; partial names match (`gemma3` finds `ai/gemma3:latest`)."""
     entry = await _entry(request, name)
     return model_json(entry, store_of(request).get_config(entry.id))
 
 
 @router.delete("/models/{name:path}")
-async def models_delete(request: Request, name: str) -> dict[str, Any]:
+async def models_delete(request: Request, name: ModelPath) -> dict[str, Any]:
     """Remove a model name (or every name of `sha256:ID`); the file goes with its last name.
     409 while the model is loaded and serving; an idle resident copy is unloaded first."""
     store = store_of(request)

@@ -7,6 +7,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .schemas import model_field
+
+# Durations `parse_keep_alive` reads (a subset: Go's `1h30m` spellings are also taken).
+KEEP_ALIVE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": r"^(?:\s*-?[0-9]+(?:\.[0-9]+)?\s*(?:[mM][sS]|[sSmMhHdD])?\s*)?$",
+        },
+        {"type": "number"},
+        {"type": "null"},
+    ]
+}
+
 
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -30,14 +44,18 @@ class OllamaOptions(_Loose):
 
 
 class _Generation(_Loose):
-    model: str
+    model: str = model_field()
     options: OllamaOptions | None = None
     format: str | dict[str, Any] | None = Field(None, description='"json" or a JSON schema')
     stream: bool = True
     keep_alive: str | float | None = Field(
-        None, description="5m, 1h30m, seconds; 0 unloads after the request, -1 never"
+        None,
+        description="5m, 1h30m, seconds; 0 unloads after the request, -1 never",
+        json_schema_extra=KEEP_ALIVE_SCHEMA,
     )
-    think: bool | None = Field(None, description="not supported: true is a 400")
+    think: bool | None = Field(
+        None, description="not supported: true is a 400", json_schema_extra={"enum": [False, None]}
+    )
 
 
 class OllamaMessage(_Loose):
@@ -59,20 +77,27 @@ class OllamaGenerateRequest(_Generation):
 
 
 class OllamaEmbedRequest(_Loose):
-    model: str
-    input: str | list[str]
+    model: str = model_field()
+    input: str | list[str] = Field(
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ]
+        }
+    )
     truncate: bool = True
-    keep_alive: str | float | None = None
+    keep_alive: str | float | None = Field(None, json_schema_extra=KEEP_ALIVE_SCHEMA)
 
 
 class OllamaEmbeddingsRequest(_Loose):
-    model: str
+    model: str = model_field()
     prompt: str
-    keep_alive: str | float | None = None
+    keep_alive: str | float | None = Field(None, json_schema_extra=KEEP_ALIVE_SCHEMA)
 
 
 class OllamaModelRequest(_Loose):
-    model: str = Field(description="a model name (older clients send `name`)")
+    model: str = model_field(description="a model name (older clients send `name`)")
 
 
 class OllamaPullRequest(OllamaModelRequest):
@@ -80,5 +105,5 @@ class OllamaPullRequest(OllamaModelRequest):
 
 
 class OllamaCopyRequest(_Loose):
-    source: str
-    destination: str
+    source: str = model_field()
+    destination: str = model_field()

@@ -38,7 +38,13 @@ from .inference import (
     usage,
 )
 from .logprobs import chat_entries, completion_object
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, json_body
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelPath,
+    json_body,
+)
 from .state import settings_of, store_of
 from .streaming import chat_stream, completion_stream
 
@@ -231,7 +237,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{name:path}")
-async def get_model(name: str, request: Request) -> dict[str, Any]:
+async def get_model(name: ModelPath, request: Request) -> dict[str, Any]:
     store = store_of(request)
     entry = await asyncio.to_thread(store.get, name)
     tag = await asyncio.to_thread(store.resolve, name)

@@ -113,6 +113,8 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            _hoist_definitions(operation, components)
         name = _ERROR_SCHEMA.get(dialect_for(path), "Error")
         error = {
             "description": "Error",
@@ -132,6 +134,17 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
             for status in ("4XX", "5XX"):
                 responses.setdefault(status, error)
     return schema
+
+
+def _hoist_definitions(operation: dict[str, Any], components: dict[str, Any]) -> None:
+    """Move the `$defs` of a request body declared by `schemas.json_body` into the document's
+    components, where its references (`#/components/schemas/Name`) point."""
+    content = operation.get("requestBody", {}).get("content", {})
+    for media in content.values():
+        for name, definition in media.get("schema", {}).pop("$defs", {}).items():
+            known = components.setdefault(name, definition)
+            if known != definition:  # two different models of one name: fix the names
+                raise ValueError(f"two request body schemas are both named {name!r}")
 
 
 def _stream_type(method: str, path: str) -> str | None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,19 +40,21 @@ from .responses_output import (
     response_events,
 )
 from .responses_store import ResponseStore
-from .schemas import INT32_MAX, json_body
+from .schemas import INT32_MAX, json_body, model_field
 from .state import settings_of
 from .streaming import EngineStream, ShutdownCutoff
 
 router = APIRouter()
 
 DEFAULT_PAGE = 20
+MAX_PAGE = 100
 
 
 class ResponsesRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # JSON types exactly as documented (no 0 for false), like the chat route's body.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: str | None = None
+    model: str | None = model_field(None, blank_is_default=True)
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
@@ -287,15 +289,13 @@ async def retrieve(request: Request, response_id: str) -> dict[str, Any]:
 async def list_input_items(
     request: Request,
     response_id: str,
-    order: str = "desc",
-    limit: int = DEFAULT_PAGE,
+    order: Literal["asc", "desc"] = "desc",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     after: str | None = None,
     before: str | None = None,
 ) -> dict[str, Any]:
     """One page of the input items, newest first unless `order=asc`; `after` / `before` are
     item ids (cursors)."""
-    if order not in ("asc", "desc") or not 1 <= limit <= 100:
-        raise APIError(400, "order must be asc or desc, limit between 1 and 100")
     items = list((await _stored(request, response_id))["input_items"])
     if order == "desc":
         items.reverse()

@@ -12,8 +12,9 @@ Unknown fields are ignored (clients send `user`, `store`, `metadata`...). Type e
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 MAX_STOP_STRINGS = 16
@@ -21,6 +22,42 @@ MAX_STOP_LENGTH = 1024  # characters per stop string
 INT32_MAX = (1 << 31) - 1
 _TOKEN_ID = re.compile(r"^\s*[0-9]{1,10}\s*$")  # ASCII digits only: int() takes more
 MAX_EMBEDDING_INPUTS = 2048
+
+
+# Model names as `store.names.parse` accepts them (`[host[:port]/][org/]repo[:tag]`, any case,
+# spaces around ignored; also `sha256:<hex>` ids), for /openapi.json only: the store stays the
+# judge, and answers a name outside this with `invalid_model_name` (tests/test_fuzz.py checks
+# that every name matching it parses).
+_COMPONENT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+_NAME = rf"{_COMPONENT}(?::[0-9]{{1,5}})?(?:/{_COMPONENT})+(?::{_TAG})?|{_COMPONENT}(?::{_TAG})?"
+MODEL_NAME_SCHEMA: dict[str, Any] = {"pattern": rf"^\s*(?:{_NAME})\s*$", "maxLength": 256}
+# OpenAI-style routes read an empty (or blank) `model` as "the default model".
+MODEL_OR_DEFAULT_SCHEMA: dict[str, Any] = {"pattern": rf"^\s*(?:{_NAME})?\s*$", "maxLength": 256}
+# A token id: the vocabulary's size bounds it too, which only the loaded model knows.
+TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+
+
+# `?model=` and `/models/{name}`: documented with the name pattern; the store judges them.
+# (an empty `?model=` is no model given)
+_MODEL_QUERY = {**MODEL_NAME_SCHEMA, "pattern": rf"^(?:\s*(?:{_NAME})\s*)?$"}
+ModelQuery = Annotated[str | None, Query(json_schema_extra=_MODEL_QUERY)]
+# (a path segment holds no line breaks, so no spaces around the name there)
+ModelPath = Annotated[
+    str, Path(json_schema_extra={**MODEL_NAME_SCHEMA, "pattern": f"^(?:{_NAME})$"})
+]
+
+
+def documented(**schema: Any) -> Any:
+    """A constraint stated in /openapi.json only, for one a validator checks with its own
+    message."""
+    return Field(json_schema_extra=schema)
+
+
+def model_field(default: Any = ..., blank_is_default: bool = False, **kwargs: Any) -> Any:
+    """A `model` field documented with the model-name pattern."""
+    extra = MODEL_OR_DEFAULT_SCHEMA if blank_is_default else MODEL_NAME_SCHEMA
+    return Field(default, json_schema_extra=extra, **kwargs)
 
 
 def _check_limit(value: int | None) -> int | None:
@@ -52,10 +89,30 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+_STOP = {"type": "string", "maxLength": MAX_STOP_LENGTH}
+_STOP_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        _STOP,
+        {"type": "array", "items": _STOP, "maxItems": MAX_STOP_STRINGS},
+        {"type": "null"},
+    ]
+}
+_LOGIT_BIAS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _TOKEN_ID.pattern},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        },
+        {"type": "null"},
+    ]
+}
+
+
 class GenerationFields(_Body):
     """What chat and text completions share: model, sampling, limits, streaming."""
 
-    model: str | None = None
+    model: str | None = model_field(None, blank_is_default=True)
     # Ranges: OpenAI's where it defines them; C-int fields fit an int32 (ctypes would
     # silently wrap larger values); every float must be finite.
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
@@ -67,13 +124,14 @@ class GenerationFields(_Body):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     repeat_penalty: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
     repeat_last_n: int | None = Field(None, ge=-1, le=INT32_MAX)  # the engine caps it at ctx
-    logit_bias: dict[str, float] | None = None
+    # Keys are token ids (which must also be in the vocabulary), values -100..100.
+    logit_bias: dict[str, float] | None = Field(None, json_schema_extra=_LOGIT_BIAS_SCHEMA)
     # Also checked against the slot's context by the engine (400 when larger).
     max_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
     n_predict: int | None = Field(None, ge=-1, le=INT32_MAX)  # llama-server's max_tokens
     # Choices share one prompt computation; the engine caps n at its slot count.
     n: int | None = Field(1, ge=1, le=128)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, json_schema_extra=_STOP_SCHEMA)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # llama-server extras
@@ -81,7 +139,7 @@ class GenerationFields(_Body):
     id_slot: int | None = Field(-1, ge=-1, le=INT32_MAX)
     # n_keep is accepted and ignored: runner never shifts the context.
     n_keep: int | None = Field(None, ge=-1, le=INT32_MAX)
-    n_probs: int | None = 0
+    n_probs: int | None = Field(0, json_schema_extra={"maximum": 0, "minimum": 0})  # unsupported
     ignore_eos: bool | None = False
     grammar: str | None = None
     json_schema: dict[str, Any] | bool | None = None
@@ -179,16 +237,26 @@ class ChatCompletionRequest(GenerationFields):
         return super().token_limit()
 
 
-Prompt = str | list[int] | list[str] | list[list[int]]
+# One prompt: text, token ids, or a list holding one of either. The list lengths are
+# documented here and checked by `_one_prompt` (with clearer messages than a union's).
+Prompt = (
+    str
+    | Annotated[list[TokenId], documented(minItems=1)]
+    | Annotated[list[str], documented(minItems=1, maxItems=1)]
+    | Annotated[
+        list[Annotated[list[TokenId], documented(minItems=1)]], documented(minItems=1, maxItems=1)
+    ]
+)
 
 
 class CompletionRequest(GenerationFields):
     model_config = _STRICT
 
     prompt: Prompt
-    echo: bool | None = False
-    suffix: str | None = None
-    best_of: int | None = None
+    # Unsupported; documented as the only values accepted (checked in `_unsupported`).
+    echo: bool | None = Field(False, json_schema_extra={"enum": [False, None]})
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
+    best_of: int | None = Field(None, json_schema_extra={"enum": [1, None]})
     logprobs: int | None = Field(None, ge=0, le=20)
 
     @field_validator("prompt")
@@ -201,6 +269,8 @@ class CompletionRequest(GenerationFields):
         if isinstance(value[0], str | list):
             if len(value) != 1:
                 raise ValueError("only one prompt per request is supported")
+            if isinstance(value[0], list) and not value[0]:
+                raise ValueError("the prompt is empty")
             return value[0]  # type: ignore[return-value]
         return value  # type: ignore[return-value]
 
@@ -218,16 +288,25 @@ class CompletionRequest(GenerationFields):
         return self.logprobs
 
 
-EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+# List lengths documented here, checked by `_inputs`.
+EmbeddingInput = (
+    str
+    | Annotated[list[str], documented(minItems=1, maxItems=MAX_EMBEDDING_INPUTS)]
+    | Annotated[list[TokenId], documented(minItems=1)]
+    | Annotated[
+        list[Annotated[list[TokenId], documented(minItems=1)]],
+        documented(minItems=1, maxItems=MAX_EMBEDDING_INPUTS),
+    ]
+)
 
 
 class EmbeddingRequest(_Body):
     model_config = _STRICT
 
-    model: str | None = None
+    model: str | None = model_field(None, blank_is_default=True)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, json_schema_extra={"type": "null"})  # unsupported
 
     @field_validator("input")
     @classmethod
@@ -258,7 +337,7 @@ class EmbeddingRequest(_Body):
 class TokenizeRequest(_Body):
     model_config = _STRICT
 
-    model: str | None = None
+    model: str | None = model_field(None, blank_is_default=True)
     content: str
     add_special: bool = False  # llama-server's default
     parse_special: bool = True
@@ -268,14 +347,21 @@ class TokenizeRequest(_Body):
 class DetokenizeRequest(_Body):
     model_config = _STRICT
 
-    model: str | None = None
-    tokens: list[StrictInt]  # not true/false, "1" or 1.0
+    model: str | None = model_field(None, blank_is_default=True)
+    tokens: list[TokenId]  # not true/false, "1" or 1.0
+
+
+# A slot file's name: a plain file name (no path, no "..").
+SLOT_FILE_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+MAX_SLOT_FILE_LENGTH = 128
 
 
 class SlotFileRequest(BaseModel):
-    """Body of `POST /slots/{id}?action=save|restore`."""
+    """Body of `POST /slots/{id}?action=save|restore` (`filename` is needed by both)."""
 
-    filename: str | None = None
+    filename: str | None = Field(
+        None, json_schema_extra={"pattern": SLOT_FILE_PATTERN, "maxLength": MAX_SLOT_FILE_LENGTH}
+    )
 
 
 # ----- management bodies -------------------------------------------------------------------
@@ -287,8 +373,17 @@ class UnloadRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     all: bool = False
-    backend: str | None = Field(None, description="must be 'llama.cpp' when given")
-    models: list[str] | str | None = None
+    backend: Literal["llama.cpp", ""] | None = None
+    models: list[str] | str | None = Field(
+        None,
+        json_schema_extra={
+            "anyOf": [
+                {"type": "array", "items": {"type": "string", **MODEL_NAME_SCHEMA}},
+                {"type": "string", **MODEL_NAME_SCHEMA},
+                {"type": "null"},
+            ]
+        },
+    )
 
 
 class ConfigureRequest(BaseModel):
@@ -296,7 +391,7 @@ class ConfigureRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    model: str
+    model: str = model_field()
     context_size: int | str | None = Field(None, alias="context-size")
     slots: int | str | None = None
     similarity: float | str | None = None
@@ -319,9 +414,14 @@ class CreateModelRequest(BaseModel):
     name: str | None = Field(None, description="alias of tag")
 
 
+COMPONENT_REF = "#/components/schemas/{model}"
+
+
 def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
-    """`openapi_extra` declaring `model` as a route's JSON request body."""
-    schema = model.model_json_schema(by_alias=True)
+    """`openapi_extra` declaring `model` as a route's JSON request body. Nested models refer
+    to `#/components/schemas/...`; `openapi.correct` moves the schema's `$defs` there (a
+    `#/$defs/...` reference would point into the OpenAPI document's root, where none are)."""
+    schema = model.model_json_schema(by_alias=True, ref_template=COMPONENT_REF)
     return {
         "requestBody": {
             "required": required,
