@@ -346,12 +346,28 @@ def test_stream_outliving_the_shutdown_grace_ends_with_an_error_line(
     assert handle.proc is not None and handle.proc.returncode == 0
 
 
+def test_think_needs_a_model_that_thinks(server: ServerHandle, client: ollama.Client) -> None:
+    ask = [{"role": "user", "content": "Hi"}]
+    for call in (
+        lambda: client.chat(model=MODEL, messages=ask, think=True, options=OPTIONS),
+        lambda: client.generate(model=MODEL, prompt="Hi", think=True, options=OPTIONS),
+    ):
+        with pytest.raises(ollama.ResponseError) as err:
+            call()
+        assert err.value.status_code == 400 and "does not support thinking" in err.value.error
+    # think false asks for no reasoning, which any model can do; a bad value is a 400.
+    assert client.chat(model=MODEL, messages=ask, think=False, options=OPTIONS).done
+    body = {"model": MODEL, "messages": ask, "think": "maybe", "options": OPTIONS}
+    _error(raw(server).post("/api/chat", json=body), 400)
+
+
 # A template whose generation prompt opens a thought: everything the model then writes is
 # reasoning (the bundled model does not think on its own).
 THINKING_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>"
     "{{ 'model' if m.role == 'assistant' else 'user' }}\n{{ m.content }}<end_of_turn>\n"
-    "{% endfor %}<start_of_turn>model\n<think>\n"
+    "{% endfor %}<start_of_turn>model\n"
+    "{% if enable_thinking is not defined or enable_thinking %}<think>\n{% endif %}"
 )
 
 
@@ -363,6 +379,13 @@ def test_thinking_in_every_dialect(server: ServerHandle, client: ollama.Client) 
         ask = [{"role": "user", "content": "Why is the sky blue?"}]
         reply = client.chat(model=MODEL, messages=ask, options={"num_predict": 8})
         assert reply.message.thinking and "<think>" not in reply.message.content
+        # Ollama's `think` reaches the template as `enable_thinking`.
+        eight = {"num_predict": 8, "ignore_eos": True, "temperature": 0}
+        thought = client.chat(model=MODEL, messages=ask, options=eight, think=True)
+        assert thought.message.thinking
+        plain = client.chat(model=MODEL, messages=ask, options=eight, think=False)
+        # (the template opened no thought, so all of it is content)
+        assert not plain.message.thinking and plain.message.content
         parts = list(client.chat(model=MODEL, messages=ask, options=OPTIONS, stream=True))
         assert "".join(p.message.thinking or "" for p in parts)
 

@@ -83,18 +83,25 @@ def chat_plan(
 
 
 def chat_prompt(
-    messages: Sequence[Mapping[str, Any]], plan: ChatPlan, free_grammar: bool = True
+    messages: Sequence[Mapping[str, Any]],
+    plan: ChatPlan,
+    free_grammar: bool = True,
+    think: bool | None = None,
 ) -> PromptBuilder:
     """The prompt builder for chat `messages` (OpenAI message dicts), rendered through the
     model's chat template by `plan` exactly as the OpenAI chat route renders them (so the
     prompt, and its cache entry, is the same whichever dialect sent it). `free_grammar` is
-    False when the request constrains its output itself."""
+    False when the request constrains its output itself. `think` (Ollama's) reaches the
+    template as `enable_thinking`; asking a model that cannot think to think is a 400."""
     messages = list(messages)
+    extra = None if think is None else {"enable_thinking": think}
 
     def render(model: ResidentModel, engine: Engine) -> list[int]:
         if model.template is None:
             raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
-        text = plan.render(model.template, messages, None, free_grammar)
+        if think and not thinks(model.template.source):
+            raise APIError(400, f'"{model.name}" does not support thinking', "no_thinking")
+        text = plan.render(model.template, messages, extra, free_grammar)
         # The template emits its special tokens and no BOS: the tokenizer adds BOS.
         return engine.tokenize(text, add_special=True, parse_special=True)
 
@@ -184,3 +191,8 @@ def rfc3339(ts: float | None = None) -> str:
     """A UTC timestamp as RFC 3339 with milliseconds (`2026-12-01T14:51:12.123Z`)."""
     moment = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def thinks(template_source: str) -> bool:
+    """Whether a chat template makes a model that reasons (it writes `<think>`)."""
+    return "<think>" in template_source

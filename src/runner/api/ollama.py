@@ -269,6 +269,16 @@ async def _load_only(request: Request, body: dict[str, Any], key: str) -> Respon
     )
 
 
+def _think(body: dict[str, Any]) -> bool | None:
+    """Ollama's `think`: true or false (gpt-oss's "low" / "medium" / "high" count as true)."""
+    think = body.get("think")
+    if think is None or isinstance(think, bool):
+        return think
+    if think in ("low", "medium", "high"):
+        return True
+    raise APIError(400, 'think must be true, false, "low", "medium" or "high"')
+
+
 # ----- routes ------------------------------------------------------------------------------
 
 
@@ -284,7 +294,7 @@ async def chat(request: Request) -> Response:
     fields = fields_from(body)
     constrained = fields.response_format is not None
     plan = chat_plan(body.get("tools"), body.get("tool_choice"), constrained=constrained)
-    prompt_of = chat_prompt(messages, plan, free_grammar=not constrained)
+    prompt_of = chat_prompt(messages, plan, not constrained, _think(body))
     return await _run(request, body, prompt_of, fields, "message", plan)
 
 
@@ -307,7 +317,8 @@ async def generate(request: Request) -> Response:
     messages = [{"role": "system", "content": system}] if system else []
     plan = chat_plan(None)
     free = fields.response_format is None
-    prompt_of = chat_prompt([*messages, {"role": "user", "content": prompt}], plan, free)
+    messages.append({"role": "user", "content": prompt})
+    prompt_of = chat_prompt(messages, plan, free, _think(body))
     return await _run(request, body, prompt_of, fields, "response", plan)
 
 

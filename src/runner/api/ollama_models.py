@@ -24,7 +24,7 @@ from runner.loader import ResidentModel
 from runner.store import InvalidModelFile, ModelEntry, format_params, normalize, read_metadata
 
 from . import management
-from .dialect_common import read_json, rfc3339
+from .dialect_common import read_json, rfc3339, thinks
 from .errors import APIError
 from .import_policy import allowed_import_dirs, import_source, not_a_model
 from .model_pull import pull_response
@@ -121,7 +121,7 @@ async def show(request: Request) -> dict[str, Any]:
     # Every chat template gets tool calls (runner's per-family formats, generic otherwise);
     # a template that writes <think> makes a model that reasons.
     capabilities = ["completion", "embedding", "tools"]
-    if "<think>" in template:
+    if thinks(template):
         capabilities.append("thinking")
     return {
         "license": "",

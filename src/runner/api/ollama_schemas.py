@@ -3,7 +3,7 @@ loose spellings: `model` or `name`, durations as strings or numbers) and check i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,8 +53,10 @@ class _Generation(_Loose):
         description="5m, 1h30m, seconds; 0 unloads after the request, -1 never",
         json_schema_extra=KEEP_ALIVE_SCHEMA,
     )
-    think: bool | None = Field(
-        None, description="not supported: true is a 400", json_schema_extra={"enum": [False, None]}
+    think: bool | Literal["low", "medium", "high"] | None = Field(
+        None,
+        description="reason first (`thinking` in the answer); given to the chat template as "
+        "`enable_thinking`; true for a model whose template does not think is a 400",
     )
 
 
