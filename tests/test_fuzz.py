@@ -8,7 +8,7 @@ ranges, enums and lengths are in it. What it cannot state is narrowly excused, b
 - `STATE_DEPENDENT`: answers that depend on server state, not on the request's shape: a
   model / stored response / slot file that does not exist or is not loaded (404), a token id
   past the model's vocabulary, a prompt or `max_tokens` past its context size, a slot id or
-  `n` past its slot count (400);
+  `n` past its slot count, Ollama's `think` for a model whose template does not think (400);
 - `POST /slots/{id}` with `action=save|restore` and no `filename` (400): a body field that
   is needed for some values of a query parameter, which OpenAPI cannot say;
 - `FREE_FORM`: operations whose bodies carry nested objects the schema leaves open (chat
@@ -77,6 +77,7 @@ STATE_DEPENDENT: tuple[tuple[int, str], ...] = (
     (400, r"^the inputs hold \d+ tokens; one embeddings request may hold at most \d+"),
     (400, r"^no slot \d+; this model has \d+|^id_slot must be below \d+"),
     (400, r"^n must be between 1 and \d+ \(the slots\)"),
+    (400, r'^".*" does not support thinking'),
 )
 # The case being run, when `cap_generation` changed its body.
 CAPPED: set[int] = set()
