@@ -30,9 +30,10 @@ def client(server) -> openai.OpenAI:
 
 
 def test_chat_logprobs_streamed_and_not(client: openai.OpenAI) -> None:
+    # ignore_eos: exactly 5 tokens, whatever this CPU's greedy answer is.
     resp = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
-        logprobs=True, top_logprobs=3,
+        logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True},
     )  # fmt: skip
     content = resp.choices[0].logprobs.content
     assert len(content) == resp.usage.completion_tokens == 5
@@ -46,7 +47,7 @@ def test_chat_logprobs_streamed_and_not(client: openai.OpenAI) -> None:
         assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
     stream = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
-        logprobs=True, top_logprobs=3, stream=True,
+        logprobs=True, top_logprobs=3, stream=True, extra_body={"ignore_eos": True},
     )  # fmt: skip
     streamed = [
         e for chunk in stream for c in chunk.choices if c.logprobs for e in c.logprobs.content
@@ -56,7 +57,12 @@ def test_chat_logprobs_streamed_and_not(client: openai.OpenAI) -> None:
 
 def test_completion_logprobs(client: openai.OpenAI) -> None:
     resp = client.completions.create(
-        model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2
+        model=MODEL,
+        prompt="The capital of France is",
+        max_tokens=4,
+        temperature=0,
+        logprobs=2,
+        extra_body={"ignore_eos": True},
     )
     lp = resp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
@@ -69,6 +75,7 @@ def test_n_choices_share_one_prompt_computation(client: openai.OpenAI, server) -
     body = {
         "model": MODEL, "messages": MESSAGES, "max_tokens": 6, "n": 3,
         "temperature": 1.0, "seed": 7, "cache_prompt": False,
+        "ignore_eos": True,  # a sampled end of turn would shorten a choice
     }  # fmt: skip
     raw = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=300).json()
     prompt = raw["usage"]["prompt_tokens"]

@@ -6,7 +6,7 @@ asserted is structure and schema validity, not wording."""
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import httpx
 import openai
@@ -121,7 +121,7 @@ def test_langchain_bind_tools(server) -> None:
     from langchain_openai import ChatOpenAI
 
     @tool
-    def get_weather(city: str) -> str:
+    def get_weather(city: Annotated[str, Field(max_length=24)]) -> str:
         """Current weather for a city."""
         return f"Sunny in {city}"
 
@@ -149,7 +149,7 @@ def test_agents_sdk_runs_a_function_tool(server) -> None:
     ran: list[str] = []
 
     @function_tool
-    def get_weather(city: str) -> str:
+    def get_weather(city: Annotated[str, Field(max_length=24)]) -> str:
         """Current weather for a city."""
         ran.append(city)
         return f"Sunny, 21C in {city}"
@@ -214,7 +214,7 @@ def test_tool_choice_none_renders_tools_but_makes_no_calls(client: openai.OpenAI
     )
     assert none.usage.prompt_tokens > plain.usage.prompt_tokens + 20
     assert none.choices[0].message.tool_calls is None
-    assert none.choices[0].finish_reason == "length"
+    assert none.choices[0].finish_reason in ("length", "stop")  # a sample may end early
 
 
 @pytest.mark.parametrize(
@@ -285,7 +285,8 @@ def test_reasoning_content_split(client: openai.OpenAI) -> None:
 
 
 def test_thinking_budget_ends_the_thought(client: openai.OpenAI, server) -> None:
-    unbounded = 'root ::= "<think>" [a-z ]+ "</think>" [a-z ]{2,20}'
+    # The answer starts with a letter: spaces alone would be stripped to an empty answer.
+    unbounded = 'root ::= "<think>" [a-z ]+ "</think>" [a-z] [a-z ]{1,19}'
     resp = client.chat.completions.create(
         model=MODEL,
         messages=ASK,
@@ -304,10 +305,16 @@ def test_thinking_budget_ends_the_thought(client: openai.OpenAI, server) -> None
 
 
 def test_auto_choice_runs_with_a_lazy_call_grammar(client: openai.OpenAI) -> None:
-    # The bundled model never writes Gemma's call marker by itself, so the lazy grammar stays
-    # idle: free text comes back, and nothing is taken for a call.
+    # The bundled model's greedy answer repeats the prompt's prose, not its call example, so
+    # the lazy grammar stays idle: free text comes back, and nothing is taken for a call.
+    # (A sampled answer may copy the example's fence or bare JSON call and so be a call.)
     resp = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER_TOOL], tool_choice="auto", max_tokens=8
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        tool_choice="auto",
+        max_tokens=8,
+        temperature=0,
     )
     choice = resp.choices[0]
     assert choice.finish_reason in ("length", "stop")

@@ -62,7 +62,10 @@ def test_create_count_tokens_and_cache(client: anthropic.Anthropic) -> None:
 
 def test_stream_events_and_usage(client: anthropic.Anthropic) -> None:
     messages = [{"role": "user", "content": "Count to three."}]
-    with client.messages.stream(model=MODEL, max_tokens=5, messages=messages) as stream:
+    # Greedy: the text checks below need an answer that does not end at its first token.
+    with client.messages.stream(
+        model=MODEL, max_tokens=5, messages=messages, temperature=0
+    ) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_message()
     assert kinds[:2] == ["message_start", "content_block_start"]  # (the SDK drops pings)
@@ -190,15 +193,18 @@ def test_tool_use_and_tool_result(client: anthropic.Anthropic) -> None:
 
 
 def test_stop_sequence_reported(client: anthropic.Anthropic) -> None:
-    # Words are separated by spaces, so the first space ends the answer.
+    # Words are separated by spaces, so the first space ends the answer. Greedy: a sampled
+    # answer could end (end of turn) before its first space.
     stops = [" ", "\n"]
     ask = [{"role": "user", "content": "Write a long sentence about cats."}]
-    reply = client.messages.create(model=MODEL, max_tokens=30, stop_sequences=stops, messages=ask)
+    reply = client.messages.create(
+        model=MODEL, max_tokens=30, stop_sequences=stops, messages=ask, temperature=0
+    )
     assert reply.stop_reason == "stop_sequence" and reply.stop_sequence in stops
     text = "".join(b.text for b in reply.content if b.type == "text")
     assert not any(stop in text for stop in stops)
     with client.messages.stream(
-        model=MODEL, max_tokens=30, stop_sequences=stops, messages=ask
+        model=MODEL, max_tokens=30, stop_sequences=stops, messages=ask, temperature=0
     ) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "stop_sequence" and final.stop_sequence in stops

@@ -376,8 +376,10 @@ def test_thinking_in_every_dialect(server: ServerHandle, client: ollama.Client) 
     configure = {"model": MODEL, "chat-template": THINKING_TEMPLATE}
     assert http.post("/engines/_configure", json=configure).status_code == 202
     try:
+        # Greedy throughout: a sampled answer may close the thought at once, or close it and
+        # write "<think>" again (the model copies the tag), which would be content.
         ask = [{"role": "user", "content": "Why is the sky blue?"}]
-        reply = client.chat(model=MODEL, messages=ask, options={"num_predict": 8})
+        reply = client.chat(model=MODEL, messages=ask, options={"num_predict": 8, "temperature": 0})
         assert reply.message.thinking and "<think>" not in reply.message.content
         # Ollama's `think` reaches the template as `enable_thinking`.
         eight = {"num_predict": 8, "ignore_eos": True, "temperature": 0}
@@ -390,17 +392,21 @@ def test_thinking_in_every_dialect(server: ServerHandle, client: ollama.Client) 
         assert "".join(p.message.thinking or "" for p in parts)
 
         claude = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0)
-        message = claude.messages.create(model=MODEL, max_tokens=8, messages=ask)
+        message = claude.messages.create(model=MODEL, max_tokens=8, messages=ask, temperature=0)
         assert message.content[0].type == "thinking" and message.content[0].thinking
-        with claude.messages.stream(model=MODEL, max_tokens=8, messages=ask) as stream:
+        with claude.messages.stream(
+            model=MODEL, max_tokens=8, messages=ask, temperature=0
+        ) as stream:
             kinds = [e.delta.type for e in stream if e.type == "content_block_delta"]
         assert "thinking_delta" in kinds
 
         responses = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
-        answer = responses.responses.create(model=MODEL, input=ask, max_output_tokens=8)
+        answer = responses.responses.create(
+            model=MODEL, input=ask, max_output_tokens=8, temperature=0
+        )
         assert answer.output[0].type == "reasoning" and answer.output[0].content[0].text
         events = responses.responses.create(
-            model=MODEL, input=ask, max_output_tokens=8, stream=True
+            model=MODEL, input=ask, max_output_tokens=8, temperature=0, stream=True
         )
         assert "response.reasoning_text.delta" in [e.type for e in events]
     finally:

@@ -182,7 +182,10 @@ def test_draft_model_over_http(start_server, bundled_model_path, draft_path, tmp
     with running(start_server, store, "--draft-model", str(draft_path)) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", timeout=300, max_retries=0)
         reply = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": ASK_COPY}], max_tokens=16
+            model=MODEL,
+            messages=[{"role": "user", "content": ASK_COPY}],
+            max_tokens=16,
+            extra_body={"ignore_eos": True},  # a sampled end of turn would end it early
         )
         timings = (reply.model_extra or {})["timings"]
         assert reply.usage.completion_tokens == 16

@@ -57,7 +57,7 @@ def server_url(models_dir: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_dead_engine_is_replaced_and_the_next_request_succeeds(server_url: str) -> None:
-    body = {"model": "ai/gemma3", "prompt": "Hello there,", "max_tokens": 4}
+    body = {"model": "ai/gemma3", "prompt": "Hello there,", "max_tokens": 4, "ignore_eos": True}
     with httpx.Client(base_url=server_url, timeout=300) as client:
         failed = client.post("/v1/completions", json=body)
         assert failed.status_code == 503, failed.text

@@ -285,8 +285,12 @@ def test_a_request_without_a_limit_gets_the_servers_default(client: httpx.Client
 
 def test_run_says_when_an_answer_was_cut_off(srv: Any, runner_env: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "runner", "run", "--url", srv.url, MODEL, "Hello"]
-    done = subprocess.run(
-        [*cmd, "--max-tokens", "3"], env=runner_env, capture_output=True, text=True, timeout=120
+    done = subprocess.run(  # greedy: a sampled answer may end before 3 tokens
+        [*cmd, "--max-tokens", "3", "--temperature", "0"],
+        env=runner_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()

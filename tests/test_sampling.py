@@ -45,9 +45,9 @@ def counters(monkeypatch):
     return seen
 
 
-def generate(engine: Engine, params: SamplingParams, max_tokens: int = 40):
+def generate(engine: Engine, params: SamplingParams, max_tokens: int = 40, **kw):
     prompt = engine.tokenize(PROMPT)
-    request = GenerationRequest(prompt, params, max_tokens=max_tokens, cache_prompt=False)
+    request = GenerationRequest(prompt, params, max_tokens=max_tokens, cache_prompt=False, **kw)
     return engine.generate(request, timeout=300)
 
 
@@ -113,7 +113,7 @@ def test_lazy_grammar_waits_for_its_trigger(engine) -> None:
         grammar_lazy=True,
         grammar_triggers=("<tool_call>",),
     )
-    result = generate(engine, never, max_tokens=12)
+    result = generate(engine, never, max_tokens=12, ignore_eos=True)
     assert result.timings.predicted_n == 12 and "<tool_call>" not in result.text
 
 
@@ -146,7 +146,7 @@ def test_lazy_grammar_takes_over_after_its_trigger(engine) -> None:
 
 
 def test_a_trigger_whose_token_does_not_fit_drops_the_grammar(engine) -> None:
-    plain = generate(engine, SamplingParams(temperature=0.0), max_tokens=8)
+    plain = generate(engine, SamplingParams(temperature=0.0), max_tokens=8, ignore_eos=True)
     pieces = [engine.piece_bytes(t).decode("utf-8", "replace") for t in plain.tokens]
     word = next(p for p in pieces if len(p.strip()) >= 3 and p.strip().isalpha())
     trigger = word[: len(word) - len(word.lstrip()) + 2]  # the word's first two letters
@@ -158,6 +158,6 @@ def test_a_trigger_whose_token_does_not_fit_drops_the_grammar(engine) -> None:
         grammar_lazy=True,
         grammar_triggers=(trigger,),
     )
-    result = generate(engine, lazy, max_tokens=8)
+    result = generate(engine, lazy, max_tokens=8, ignore_eos=True)
     assert result.timings.predicted_n == 8
     assert word in result.text
