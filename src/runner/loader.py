@@ -16,8 +16,9 @@ from typing import Any
 
 from .cache import CacheKey, PromptCache
 from .chat import ChatTemplate
-from .config import Settings, parse_duration
+from .config import Settings
 from .engine import Engine, EngineConfig, ModelLoadError
+from .load_plan import draft_file, engine_config
 from .memory import default_budget, estimate
 from .model_config import chat_template, draft_model_file, validate_config
 from .resident import (
@@ -147,39 +148,15 @@ class Loader:
     # -- loading -------------------------------------------------------------------------
 
     def _draft_file(self, entry: ModelEntry) -> str | None:
-        name = self.model_config(entry).get("draft-model") or self.settings.draft_model
         try:
-            return draft_model_file(self.store, name) if name else None
+            return draft_file(self.settings, self.store, self.model_config(entry))
         except ValueError as exc:
             raise LoadFailed(f"cannot load {entry.name}: {exc}") from None
 
     def _load_settings(
         self, entry: ModelEntry, draft: str | None = None, context_size: int | None = None
     ) -> tuple[EngineConfig, float]:
-        """How `entry` would be loaded now (engine config, keep-alive): the server's settings
-        under the file's persisted per-model configuration, under a request's context size."""
-        cfg = self.model_config(entry)
-        ctx = context_size or cfg.get("context-size") or self.settings.ctx_size
-        if entry.metadata.context_length:
-            ctx = min(ctx, entry.metadata.context_length)
-        config = EngineConfig(
-            slots=cfg.get("slots") or self.settings.slots,
-            ctx_per_slot=ctx,
-            n_batch=self.settings.batch_size,
-            n_ubatch=self.settings.ubatch_size,
-            threads=self.settings.threads,
-            gpu_layers=cfg.get("gpu-layers", self.settings.gpu_layers),
-            similarity=cfg.get("similarity", self.settings.similarity),
-            queue_size=self.settings.queue_size,
-            prefill_block=self._prefill_block(cfg.get("gpu-layers", self.settings.gpu_layers)),
-            max_embed_tokens=self.settings.max_embed_tokens,
-            spec_draft_max=cfg.get("draft-max", self.settings.draft_max),
-            draft_model=draft,
-        )
-        keep_alive = self.settings.idle_timeout
-        if cfg.get("keep_alive") is not None:
-            keep_alive = parse_duration(cfg["keep_alive"])
-        return config, keep_alive
+        return engine_config(self.settings, entry, self.model_config(entry), draft, context_size)
 
     def _new_resident(
         self, tag: str, entry: ModelEntry, config: EngineConfig, keep_alive: float
@@ -191,14 +168,6 @@ class Loader:
             keep_alive=keep_alive,
             estimate=estimate(entry.metadata, entry.size, config),
         )
-
-    def _prefill_block(self, gpu_layers: int) -> int:
-        if self.settings.prefill_block:
-            return self.settings.prefill_block
-        # Small blocks cost little on a CPU and reuse more; a GPU wants wide decode calls.
-        from .engine import gpu_offload_supported
-
-        return 128 if gpu_layers != 0 and gpu_offload_supported() else 16
 
     def _prompt_cache(self, model: ResidentModel) -> PromptCache | None:
         """The model's RAM/disk prompt cache; its disk tier outlives the engine, so prefixes

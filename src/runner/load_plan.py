@@ -1,0 +1,60 @@
+"""How a model would be loaded now: its engine config and keep-alive, from the server's
+settings under the file's persisted per-model configuration (`_configure`) and a request's
+context size (Ollama's `num_ctx`); and the file of its draft model, if it has one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Settings, parse_duration
+from .engine import EngineConfig
+from .model_config import draft_model_file
+from .store import ModelEntry, ModelStore
+
+
+def engine_config(
+    settings: Settings,
+    entry: ModelEntry,
+    cfg: dict[str, Any],
+    draft: str | None = None,
+    context_size: int | None = None,
+) -> tuple[EngineConfig, float]:
+    """(engine config, keep-alive seconds) for `entry` with per-model configuration `cfg`."""
+    ctx = context_size or cfg.get("context-size") or settings.ctx_size
+    if entry.metadata.context_length:
+        ctx = min(ctx, entry.metadata.context_length)
+    gpu_layers = cfg.get("gpu-layers", settings.gpu_layers)
+    config = EngineConfig(
+        slots=cfg.get("slots") or settings.slots,
+        ctx_per_slot=ctx,
+        n_batch=settings.batch_size,
+        n_ubatch=settings.ubatch_size,
+        threads=settings.threads,
+        gpu_layers=gpu_layers,
+        similarity=cfg.get("similarity", settings.similarity),
+        queue_size=settings.queue_size,
+        prefill_block=prefill_block(settings, gpu_layers),
+        max_embed_tokens=settings.max_embed_tokens,
+        spec_draft_max=cfg.get("draft-max", settings.draft_max),
+        draft_model=draft,
+    )
+    keep_alive = settings.idle_timeout
+    if cfg.get("keep_alive") is not None:
+        keep_alive = parse_duration(cfg["keep_alive"])
+    return config, keep_alive
+
+
+def prefill_block(settings: Settings, gpu_layers: int) -> int:
+    if settings.prefill_block:
+        return settings.prefill_block
+    # Small blocks cost little on a CPU and reuse more; a GPU wants wide decode calls.
+    from .engine import gpu_offload_supported
+
+    return 128 if gpu_layers != 0 and gpu_offload_supported() else 16
+
+
+def draft_file(settings: Settings, store: ModelStore, cfg: dict[str, Any]) -> str | None:
+    """The draft model's GGUF (per-model `draft-model`, else `--draft-model`), or None.
+    Raises ValueError for a name that is neither a file nor a model; touches the disk."""
+    name = cfg.get("draft-model") or settings.draft_model
+    return draft_model_file(store, name) if name else None
