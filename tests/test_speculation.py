@@ -145,16 +145,16 @@ def test_drafting_stops_when_guesses_miss_and_resumes_when_they_land(make_core) 
 def test_draft_length_follows_acceptance_and_backs_off_under_load() -> None:
     spec = Speculator(draft_max=16)
     spec.cost = CostModel(fixed=(0.010, 0.004))
-    assert spec.choose(0.95, 16, tokens=1, rows=1) >= 8
-    assert 0 < spec.choose(0.8, 16, tokens=1, rows=1) < spec.choose(0.95, 16, 1, 1)
-    assert spec.choose(0.2, 16, tokens=1, rows=1) == 0
+    assert spec.bet(0.95, 16, tokens=1, rows=1)[0] >= 8
+    assert 0 < spec.bet(0.8, 16, tokens=1, rows=1)[0] < spec.bet(0.95, 16, 1, 1)[0]
+    assert spec.bet(0.2, 16, tokens=1, rows=1)[0] == 0
     # Eight streams already fill the batch: a guess costs as much as another stream's row.
-    assert spec.choose(0.8, 16, tokens=8, rows=8) == 0
+    assert spec.bet(0.8, 16, tokens=8, rows=8)[0] == 0
     # Nothing measured yet: a plain step first; a clock that never moves: rows are free.
-    assert Speculator().choose(0.5, 16, 1, 1) == 0
+    assert Speculator().bet(0.5, 16, 1, 1)[0] == 0
     free = Speculator()
     free.cost.observe(1, 0.0)
-    assert free.choose(0.5, 16, 1, 1) == 16
+    assert free.bet(0.5, 16, 1, 1)[0] == 16
 
 
 def test_cost_model_prices_unmeasured_sizes_between_and_beyond_measured_ones() -> None:
@@ -201,7 +201,7 @@ def test_calibrated_costs_stay_put() -> None:
     assert cost.seconds(1) == pytest.approx(0.010)
     assert cost.seconds(32) == pytest.approx(0.090 * 2)  # beyond: per row of the largest
     spec = Speculator(draft_max=16, cost=cost)
-    assert spec.choose(0.97, 16, 1, 1) == spec.choose(0.97, 16, 1, 1) > 0
+    assert spec.bet(0.97, 16, 1, 1)[0] == spec.bet(0.97, 16, 1, 1)[0] > 0
 
 
 class RuleDrafter:

@@ -263,17 +263,6 @@ class Speculator:
                     best, j, length = other.index, oj, olength
         return best.continuation(j, k) if j >= 0 else []
 
-    def choose(
-        self,
-        rate: float,
-        k_max: int,
-        tokens: float,
-        rows: int,
-        drafting: Callable[[int], float] | None = None,
-    ) -> int:
-        """Draft length that maximizes this step's expected tokens per second (`bet`)."""
-        return self.bet(rate, k_max, tokens, rows, drafting)[0]
-
     def bet(
         self,
         rate: float,
