@@ -11,13 +11,14 @@ is kept with probability p(d), else the token comes from p without d, renormaliz
 output distribution is the target's.
 
 Drafting is a bet that the verify rows pay for themselves, so it is decided per slot and per
-step (`Speculator.plan`): from the slot's recent acceptance rate and a cost model fitted to
-the measured decode times (seconds per batch row, per step), draft the number of tokens that
+step (`Speculator.bet`): from the slot's recent acceptance rate and a cost model of the
+decode times by batch size (measured at load), draft the number of tokens that
 maximizes the step's expected tokens per second, and nothing unless that beats not drafting
 by a margin. When every guess misses the rate falls and drafting stops; a slot that stopped
 keeps scoring its guesses against what it really generates (free), so drafting resumes when
 they would land. Under concurrency the batch is already full of rows, a draft row costs the
-same as another stream's, and the same rule backs off by itself.
+same as another stream's, and the same rule backs off by itself. A draft model's guesses
+(`draft.py`) are verified the same way; `drafting.py` picks the better bet of the two.
 """
 
 from __future__ import annotations
