@@ -28,56 +28,25 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_thrash import MODEL, stream_turn, system_prompt  # the same users and turns
 
-MODEL = "ai/gemma3"
 ROUTERS = ("runner", "pow2", "prefix")
 
 
-def system_prompt(user: int, facts: int) -> str:
-    body = " ".join(
-        f"Fact {i}: item {user}-{i} is filed under drawer {i % 7}." for i in range(facts)
-    )
-    return f"You are archive assistant number {user}. {body}"
-
-
 def turn(client: httpx.Client, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-    body = {
-        "model": MODEL,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.perf_counter()
-    ttft = None
-    text, timings, usage = [], {}, {}
-    with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        replica = response.headers.get("x-runner-replica", "?")
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            timings = chunk.get("timings") or timings
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices", []):
-                if choice.get("delta", {}).get("content"):
-                    ttft = ttft if ttft is not None else time.perf_counter() - started
-                    text.append(choice["delta"]["content"])
+    out = stream_turn(client, messages, max_tokens, path="/v1/chat/completions")
     return {
-        "text": "".join(text),
-        "ttft_s": ttft if ttft is not None else time.perf_counter() - started,
-        "prompt_tokens": usage.get("prompt_tokens", 0),
-        "cache_n": timings.get("cache_n", 0),
-        "prompt_n": timings.get("prompt_n", 0),
-        "replica": replica,
+        "text": out["text"],
+        "ttft_s": out["ttft_s"] if out["ttft_s"] is not None else out["elapsed_s"],
+        "prompt_tokens": out["usage"].get("prompt_tokens", 0),
+        "cache_n": out["timings"].get("cache_n", 0),
+        "prompt_n": out["timings"].get("prompt_n", 0),
+        "replica": out["replica"],
     }
 
 

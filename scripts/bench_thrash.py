@@ -39,7 +39,14 @@ def system_prompt(user: int, facts: int) -> str:
     return f"You are archive assistant number {user}. {body}"
 
 
-def stream_turn(client: httpx.Client, messages: list[dict], max_tokens: int) -> dict:
+def stream_turn(
+    client: httpx.Client,
+    messages: list[dict],
+    max_tokens: int,
+    path: str = "/engines/llama.cpp/v1/chat/completions",
+) -> dict:
+    """One greedy streamed chat turn: its text, time to first token (None if no text came),
+    total time, `timings`, `usage` and the replica that answered (clusters say so)."""
     body = {
         "model": MODEL,
         "messages": messages,
@@ -51,8 +58,9 @@ def stream_turn(client: httpx.Client, messages: list[dict], max_tokens: int) -> 
     started = time.perf_counter()
     ttft = None
     text, timings, usage = [], {}, {}
-    with client.stream("POST", "/engines/llama.cpp/v1/chat/completions", json=body) as response:
+    with client.stream("POST", path, json=body) as response:
         response.raise_for_status()
+        replica = response.headers.get("x-runner-replica", "?")
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -64,7 +72,14 @@ def stream_turn(client: httpx.Client, messages: list[dict], max_tokens: int) -> 
                 if content:
                     ttft = ttft if ttft is not None else time.perf_counter() - started
                     text.append(content)
-    return {"text": "".join(text), "ttft_s": ttft or 0.0, "timings": timings, "usage": usage}
+    return {
+        "text": "".join(text),
+        "ttft_s": ttft,
+        "elapsed_s": time.perf_counter() - started,
+        "timings": timings,
+        "usage": usage,
+        "replica": replica,
+    }
 
 
 def run_workload(url: str, users: int, rounds: int, facts: int, max_tokens: int) -> dict:
@@ -86,7 +101,7 @@ def run_workload(url: str, users: int, rounds: int, facts: int, max_tokens: int)
                         "cache_n": t.get("cache_n", 0),
                         "prompt_n": t.get("prompt_n", 0),
                         "cache_source": t.get("cache_source", "?"),
-                        "ttft_s": out["ttft_s"],
+                        "ttft_s": out["ttft_s"] or 0.0,
                     }
                 )
                 messages += [

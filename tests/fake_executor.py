@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from runner.engine.plan import BatchEntry, DecodeFailed
-from runner.engine.types import SamplingParams
+from runner.engine.core import EngineCore
+from runner.engine.plan import BatchEntry, DecodeFailed, Drafter
+from runner.engine.types import EngineConfig, SamplingParams
 
 EOS = 2
 
@@ -94,3 +96,30 @@ class FakeExecutor:
     def set_seq_state(self, seq: int, data: bytes) -> bool:
         self.seqs[seq] = json.loads(data)
         return True
+
+
+MakeCore = Callable[..., tuple[EngineCore, FakeExecutor]]
+
+
+def running_cores(defaults: dict[str, Any]) -> Iterator[MakeCore]:
+    """Body of a fixture: a factory of engine cores running on fake executors (`defaults`
+    under the call's config overrides, with an optional prompt cache and draft model), all
+    stopped at teardown."""
+    started: list[tuple[EngineCore, threading.Thread]] = []
+
+    def make(
+        cache: Any = None, drafter: Drafter | None = None, **overrides: Any
+    ) -> tuple[EngineCore, FakeExecutor]:
+        config = EngineConfig(**{**defaults, **overrides})
+        executor = FakeExecutor()
+        core = EngineCore(config, executor, cache, drafter=drafter)
+        thread = threading.Thread(target=core.run, daemon=True)
+        thread.start()
+        started.append((core, thread))
+        return core, executor
+
+    yield make
+    for core, thread in started:
+        core.stop(drain=False)
+        thread.join(5)
+        assert not thread.is_alive()

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from pydantic import BaseModel, Field
+from weather_tool import WEATHER_TOOL
 
 from runner.chat import template_for
 from runner.chat.tools import parse_tools, render
@@ -29,20 +30,6 @@ class GetWeather(BaseModel):
     # writes (a base model may otherwise ramble inside an open string).
     city: str = Field(max_length=24)
     unit: Literal["celsius", "fahrenheit"]
-
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 24}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import openai
 import pytest
 from conftest import ServerHandle
 from server_proc import MODEL
+from weather_tool import ANTHROPIC_WEATHER as WEATHER
 
 KEY = "anthropic-test-key"
 
@@ -146,17 +147,6 @@ def test_errors_in_anthropic_shape(server: ServerHandle, client: anthropic.Anthr
     # Still serving.
     ok = client.messages.create(model=MODEL, max_tokens=2, messages=user)
     assert ok.usage.output_tokens >= 1
-
-
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather for a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 24}},
-        "required": ["city"],
-    },
-}
 
 
 def test_tool_use_and_tool_result(client: anthropic.Anthropic) -> None:

@@ -21,6 +21,7 @@ import pytest
 from conftest import ServerHandle, write_tiny_gguf
 from oci_registry import RegistryProcess
 from server_proc import MODEL, private_store, wait_for
+from weather_tool import WEATHER_TOOL as WEATHER
 
 from runner.api.errors import APIError
 from runner.api.ollama import parse_keep_alive
@@ -235,20 +236,6 @@ def test_bad_input_in_ollama_shape(server: ServerHandle, client: ollama.Client) 
     with http.stream("POST", "/api/chat", json={**chat, "stream": True, "options": OPTIONS}) as r:
         lines = [json.loads(line) for line in r.iter_lines() if line]
     assert lines[-1]["done"] is True and "eval_count" in lines[-1]
-
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 24}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def test_tool_calls(server: ServerHandle, client: ollama.Client) -> None:

@@ -14,6 +14,7 @@ import openai
 import pytest
 from conftest import ServerHandle
 from server_proc import MODEL
+from weather_tool import RESPONSES_WEATHER as WEATHER
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +130,6 @@ def test_errors_in_openai_shape(server: ServerHandle) -> None:
     for path in ("/v1/responses/../../etc/passwd", "/v1/responses/resp_nope/input_items"):
         response = httpx.get(server.url + path)
         assert response.status_code == 404 and "error" in response.json()
-
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 24}},
-        "required": ["city"],
-    },
-}
 
 
 def test_function_call_round_trip(server: ServerHandle) -> None:

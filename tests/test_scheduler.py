@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_executor import FakeExecutor, next_token
+from fake_executor import MakeCore, next_token, running_cores
 
 from runner.cache import CacheKey, PromptCache
 from runner.engine.core import EngineCore
@@ -17,7 +17,6 @@ from runner.engine.job import Completion, EmbedJob, Job, ThreadSink, collect, th
 from runner.engine.partition import ExactPrefix, cuts, next_piece, pieces, reusable
 from runner.engine.types import (
     EmbeddingsDone,
-    EngineConfig,
     EngineDead,
     FinishEvent,
     GenerationRequest,
@@ -28,24 +27,9 @@ BLOCK = 16
 
 
 @pytest.fixture
-def make_core() -> Iterator:
-    cores: list[tuple[EngineCore, threading.Thread]] = []
-
-    def make(cache: PromptCache | None = None, **overrides) -> tuple[EngineCore, FakeExecutor]:
-        fields = {"slots": 2, "ctx_per_slot": 512, "prefill_block": BLOCK, "min_restore_tokens": 16}
-        config = EngineConfig(**{**fields, **overrides})
-        executor = FakeExecutor()
-        core = EngineCore(config, executor, cache)
-        thread = threading.Thread(target=core.run, daemon=True)
-        thread.start()
-        cores.append((core, thread))
-        return core, executor
-
-    yield make
-    for core, thread in cores:
-        core.stop(drain=False)
-        thread.join(5)
-        assert not thread.is_alive()
+def make_core() -> Iterator[MakeCore]:
+    defaults = {"slots": 2, "ctx_per_slot": 512, "prefill_block": BLOCK, "min_restore_tokens": 16}
+    yield from running_cores(defaults)
 
 
 def run(core: EngineCore, prompt: list[int], max_tokens: int = 4, **kw) -> Completion:

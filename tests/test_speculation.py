@@ -7,13 +7,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from fake_executor import FakeExecutor, next_token
+from fake_executor import MakeCore, next_token, running_cores
 
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, Job, ThreadSink, collect, thread_events
-from runner.engine.plan import DecodeFailed, Drafter
+from runner.engine.plan import DecodeFailed
 from runner.engine.speculation import CostModel, NgramIndex, Speculator
-from runner.engine.types import EngineConfig, GenerationRequest
+from runner.engine.types import GenerationRequest
 
 PERIOD = 12
 
@@ -29,22 +29,10 @@ def copies_but_every_fifth(seq: Sequence[int]) -> int:
 
 
 @pytest.fixture
-def make_core() -> Iterator[Callable[..., tuple[EngineCore, FakeExecutor]]]:
-    cores: list[tuple[EngineCore, threading.Thread]] = []
-
-    def make(drafter: Drafter | None = None, **overrides) -> tuple[EngineCore, FakeExecutor]:
-        fields = {"slots": 2, "ctx_per_slot": 512, "prefill_block": 16, "spec_draft_max": 8}
-        config = EngineConfig(**{**fields, **overrides})
-        core = EngineCore(config, executor := FakeExecutor(), drafter=drafter)
-        thread = threading.Thread(target=core.run, daemon=True)
-        thread.start()
-        cores.append((core, thread))
-        return core, executor
-
-    yield make
-    for core, thread in cores:
-        core.stop(drain=False)
-        thread.join(5)
+def make_core() -> Iterator[MakeCore]:
+    yield from running_cores(
+        {"slots": 2, "ctx_per_slot": 512, "prefill_block": 16, "spec_draft_max": 8}
+    )
 
 
 def run(core: EngineCore, prompt: list[int], max_tokens: int, **kw) -> Completion:
@@ -239,7 +227,7 @@ DISTINCT = list(range(100, 140))  # a prompt with nothing to look up
 @pytest.mark.parametrize("wrong_after", [99, 3])
 def test_a_draft_models_guesses_are_verified_like_any_others(make_core, wrong_after) -> None:
     drafter = RuleDrafter(next_token, wrong_after)
-    core, ex = make_core(drafter, slots=1)
+    core, ex = make_core(drafter=drafter, slots=1)
     result = run(core, DISTINCT, max_tokens=60)
     assert result.tokens == expected(next_token, DISTINCT, 60)
     t = result.timings
@@ -254,7 +242,7 @@ def test_a_draft_models_guesses_are_verified_like_any_others(make_core, wrong_af
 def test_prompt_lookup_goes_first_and_the_draft_fills_in(make_core) -> None:
     # Copying text: prompt lookup's guesses land and the draft model is not asked.
     drafter = RuleDrafter(copies)
-    core, ex = make_core(drafter, slots=1)
+    core, ex = make_core(drafter=drafter, slots=1)
     ex.rule = copies
     result = run(core, PROMPT, max_tokens=40)
     assert result.tokens == expected(copies, PROMPT, 40)
@@ -265,7 +253,7 @@ def test_the_better_bet_of_lookup_and_draft_model_wins(make_core) -> None:
     # Lookup's guesses land four times in five; a free draft model that is always right
     # promises more once priced rows make the difference, so it takes over.
     drafter = RuleDrafter(copies_but_every_fifth)
-    core, ex = make_core(drafter, slots=1, spec_draft_max=16)
+    core, ex = make_core(drafter=drafter, slots=1, spec_draft_max=16)
     core.scheduler.spec.cost = CostModel(fixed=(0.006, 0.004))
     ex.rule = copies_but_every_fifth
     result = run(core, PROMPT, max_tokens=120)
@@ -278,7 +266,7 @@ def test_the_better_bet_of_lookup_and_draft_model_wins(make_core) -> None:
 def test_a_failing_draft_model_costs_guesses_not_answers(make_core) -> None:
     drafter = RuleDrafter(next_token)
     drafter.fail = True
-    core, ex = make_core(drafter, slots=1)
+    core, ex = make_core(drafter=drafter, slots=1)
     result = run(core, DISTINCT, max_tokens=40)
     assert result.finish.finish_reason == "length"
     assert result.tokens == expected(next_token, DISTINCT, 40)

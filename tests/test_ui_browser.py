@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
+from weather_tool import WEATHER_TOOL
 
 from runner.store import BUNDLED_TAGS
 
@@ -256,20 +257,6 @@ def test_chat_cache_figures_stop_and_reload(
     assert figure(page, "cache_n", answer=1) == str(timings["cache_n"])
     shot("07-reloaded")
     view.assert_clean()
-
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 24}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def test_tool_call_is_shown(

@@ -263,18 +263,23 @@ class Choice:
     final: FinishEvent | None = None
 
 
+async def on_disconnect(request: Request, then: Callable[[], None]) -> None:
+    """Call `then` when the client hangs up. Only for handlers that have read their whole
+    body: the next message can then only be the disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            then()
+            return
+
+
 async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
     """Run a non-streamed request to the end (every choice, into `gen.choices`); a client
     that hangs up cancels it. Returns the first choice's text and finish."""
 
-    async def watch_disconnect() -> None:
-        # The body is already read, so the next message can only be the disconnect.
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                for handle in gen.handles:
-                    handle.cancel()
-                return
+    def cancel_all() -> None:
+        for handle in gen.handles:
+            handle.cancel()
 
     async def drain(handle: RequestHandle, choice: Choice) -> None:
         parts: list[str] = []
@@ -287,7 +292,7 @@ async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
         choice.text = "".join(parts)
 
     gen.choices = [Choice() for _ in gen.handles]
-    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    watcher = asyncio.get_running_loop().create_task(on_disconnect(request, cancel_all))
     try:
         pairs = zip(gen.handles, gen.choices, strict=True)
         await asyncio.gather(*(drain(h, c) for h, c in pairs))
@@ -302,22 +307,17 @@ async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[_T]) -> _T:
     """Await `work` (e.g. `engine.embed(...)`), cancelling it if the client hangs up first,
-    so a large request does not go on using the engine for no one. Uvicorn never cancels a
-    handler itself; the body is already read, so the next message can only be the
-    disconnect."""
+    so a large request does not go on using the engine for no one (uvicorn never cancels a
+    handler itself)."""
     task = asyncio.ensure_future(work)
     gone = False
 
-    async def watch_disconnect() -> None:
+    def give_up() -> None:
         nonlocal gone
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
-                return
+        gone = True
+        task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    watcher = asyncio.get_running_loop().create_task(on_disconnect(request, give_up))
     try:
         return await task
     except asyncio.CancelledError:

@@ -6,11 +6,12 @@ goes to prompt lookup); and which record a verified guess updates."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from .job import Job
 from .plan import DecodeFailed, Drafter
 from .slots import Slot
-from .speculation import Odds, Speculator, expected_accepted
+from .speculation import CALIBRATION_ROWS, Odds, Speculator, expected_accepted
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,15 @@ class Drafting:
         self.spec = spec
         self.drafter = drafter
         self._modelled: set[int] = set()  # slots whose guesses in this step are the draft's
+
+    def calibrate(
+        self, time_rows: Callable[[int, Sequence[int]], dict[int, float]], seq: int
+    ) -> None:
+        """Time the target's decodes of the sizes verification makes (on the empty sequence
+        `seq`), and the draft model's proposal, once at load."""
+        self.spec.cost.calibrate(time_rows(seq, CALIBRATION_ROWS))
+        if self.drafter is not None:
+            self.drafter.calibrate()
 
     def begin_step(self) -> None:
         self._modelled.clear()

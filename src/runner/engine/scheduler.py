@@ -24,7 +24,7 @@ from .partition import TAIL, ExactPrefix, computed_prefix, next_piece
 from .plan import BatchEntry, DecodeFailed, Drafter, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
-from .speculation import CALIBRATION_ROWS, Speculator
+from .speculation import Speculator
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -78,9 +78,7 @@ class Scheduler:
         if not (self.spec.enabled and self.spec.adaptive and time_rows and self.slots):
             return
         try:
-            self.spec.cost.calibrate(time_rows(self.slots[0].id, CALIBRATION_ROWS))
-            if self.drafting.drafter is not None:
-                self.drafting.drafter.calibrate()
+            self.drafting.calibrate(time_rows, self.slots[0].id)
         except EngineError as exc:
             log.warning("could not time decode sizes (%s); learning them online", exc)
 
