@@ -1,7 +1,11 @@
-# `make serve` / `make test` bootstrap .venv on first use and reinstall only when
-# pyproject.toml changes (tracked by the .venv/.installed stamp).
-# RUNNER_GPU=cuda|vulkan|metal|cpu (optional CUDA_ARCH=90) builds llama-cpp-python from source
-# for that backend during that install (scripts/install-gpu.sh); `make gpu` forces a rebuild.
+# `make serve` / `make test` bootstrap .venv on first use (scripts/install.sh) and reinstall
+# only when pyproject.toml or the build scripts change (tracked by the .venv/.installed stamp).
+# The bootstrap builds llama.cpp with runner's CPU policy (scripts/build-llama.sh: native minus
+# AMX on x86-64), keeps the wheel in ~/.cache/runner/wheels so a second install compiles
+# nothing, and runs one real decode of the bundled model before anything else starts.
+# RUNNER_GPU=cuda|vulkan|metal|cpu (optional CUDA_ARCH=90) builds for that backend;
+# RUNNER_CPU=safe builds without -march=native. `make test` also installs the system parts
+# the tests drive (scripts/system-deps.sh).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,14 +13,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 RUNNER_GPU ?=
+RUNNER_CPU ?=
+export RUNNER_GPU RUNNER_CPU
 
-.PHONY: serve test lint format install clean gpu bench
+.PHONY: serve test lint format install clean gpu rebuild-llama smoke system-deps bench
 
 serve: $(STAMP)
 	$(PY) -m runner serve $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(ARGS)
+
+system-deps:
+	scripts/system-deps.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
@@ -31,13 +40,23 @@ install: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
-	@if [ -n "$(RUNNER_GPU)" ]; then RUNNER_GPU=$(RUNNER_GPU) PYTHON=$(PY) scripts/install-gpu.sh --if-needed; fi
+$(STAMP): pyproject.toml scripts/install.sh scripts/build-llama.sh | $(PY)
+	PYTHON=$(PY) scripts/install.sh
 	touch $(STAMP)
 
+# Rebuild llama.cpp for a GPU backend (RUNNER_GPU=auto picks cuda, metal or cpu).
 gpu: | $(PY)
-	RUNNER_GPU=$(or $(RUNNER_GPU),auto) PYTHON=$(PY) scripts/install-gpu.sh
+	RUNNER_GPU=$(or $(RUNNER_GPU),auto) PYTHON=$(PY) scripts/build-llama.sh
+	$(PY) -m runner.native smoke
+
+# Compile llama.cpp again even when the wheel cache has this build (RUNNER_CPU=safe: no
+# -march=native, for a CPU the native build faults on).
+rebuild-llama: | $(PY)
+	PYTHON=$(PY) scripts/build-llama.sh --force
+	$(PY) -m runner.native smoke
+
+smoke: $(STAMP)
+	$(PY) -m runner.native smoke
 
 bench: $(STAMP)
 	$(PY) -m runner bench $(or $(ARGS),cache)
