@@ -19,7 +19,6 @@ class TextStream:
         self._stops = [s for s in (stop or []) if s]
         self._longest_stop = max((len(s) for s in self._stops), default=0)
         self._pending = ""
-        self.text = ""  # everything released so far
         self.stopped = False
         self.stop_word: str | None = None
 
@@ -35,13 +34,11 @@ class TextStream:
             return ""
         self._pending += self._decoder.decode(b"", final=True)
         out, self._pending = self._pending, ""
-        self.text += out
         return out
 
     def _release(self) -> str:
         if not self._stops:
             out, self._pending = self._pending, ""
-            self.text += out
             return out
         # A stop string may straddle released text and pending text only if it began in the
         # held-back tail, so searching `pending` alone is enough.
@@ -50,14 +47,12 @@ class TextStream:
             index, word = hit
             out = self._pending[:index]
             self._pending = ""
-            self.text += out
             self.stopped = True
             self.stop_word = word
             return out
         keep = self._partial_stop_suffix(self._pending)
         cut = len(self._pending) - keep
         out, self._pending = self._pending[:cut], self._pending[cut:]
-        self.text += out
         return out
 
     def _earliest_stop(self, text: str) -> tuple[int, str] | None:
