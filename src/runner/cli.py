@@ -109,6 +109,7 @@ _SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("shutdown_grace", {"metavar": "DUR", "help": "on SIGTERM, let streams run this long"}),
     ("cache_ram", {"metavar": "SIZE", "help": "prompt-cache RAM tier size"}),
     ("cache_disk", {"metavar": "SIZE", "help": "prompt-cache disk tier size"}),
+    ("cache_disk_reserve", {"metavar": "SIZE", "help": "free space the disk tier leaves"}),
     ("cache_dir", {"metavar": "DIR", "help": "prompt-cache disk tier directory"}),
     ("persist", {"action": argparse.BooleanOptionalAction, "help": "persist the prompt cache"}),
     ("responses_dir", {"metavar": "DIR", "help": "stored Responses API responses"}),

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     # prompt cache tiers
     cache_ram: ByteSize = 1 << 30
     cache_disk: ByteSize = 8 << 30
+    cache_disk_reserve: ByteSize | None = Field(
+        None,
+        description="free space the disk tier leaves on its filesystem "
+        "(default: max(1 GiB, 10% of the filesystem))",
+    )
     cache_dir: Path | None = None
     persist: bool = True
 

@@ -184,6 +184,7 @@ class Loader:
             disk_bytes=settings.cache_disk if settings.persist else 0,
             disk_dir=settings.resolved_cache_dir if settings.persist else None,
             persist=settings.persist,
+            disk_reserve=settings.cache_disk_reserve,
         )
         return cache
 

@@ -3,9 +3,11 @@ tiers call these outside their lock, on the writer thread or an I/O worker."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +23,24 @@ from runner.cache.diskformat import (
     write_all,
 )
 
+# Free space the cache leaves on its filesystem unless told otherwise: the store, the
+# Responses store and the OS need room more than a cache does.
+MIN_RESERVE = 1 << 30
+RESERVE_FRACTION = 0.10
+# Write errors that mean "no room": the entry is dropped instead of retried.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_space(directory: Path) -> tuple[int, int]:
+    """(total, available to this user) bytes of the filesystem holding `directory`."""
+    usage = shutil.disk_usage(directory)
+    return usage.total, usage.free
+
+
+def default_reserve(total: int) -> int:
+    """The free space to keep on a filesystem of `total` bytes: max(1 GiB, 10%)."""
+    return max(MIN_RESERVE, int(total * RESERVE_FRACTION))
+
 
 class EntryFiles:
     """Entry files of one model and KV layout in one directory."""
@@ -29,6 +49,13 @@ class EntryFiles:
         self.dir = directory
         self._model_b = model_sha256.encode()
         self._layout_b = kv_layout.encode()
+
+    def writable_bytes(self, reserve: int | None) -> int:
+        """Bytes that may still be written here before the filesystem's free space falls
+        below `reserve` (None: `default_reserve`); negative when it already has, by that
+        much. Raises OSError."""
+        total, free = disk_space(self.dir)
+        return free - (default_reserve(total) if reserve is None else reserve)
 
     def size_of(self, n_tokens: int, state_len: int) -> int:
         return HEADER.size + len(self._model_b) + len(self._layout_b) + 4 * n_tokens + state_len

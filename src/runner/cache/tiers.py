@@ -22,6 +22,11 @@ written them; disk hits are read by `CacheHit.load`, which the engine runs on an
 thread while the entry is pinned against eviction. A full disk pauses the writer with
 backoff and it retries; what cannot be written before shutdown is logged.
 
+The disk tier never fills its filesystem: before each write the writer asks how much the
+filesystem has free, and the tier's bound shrinks so that a reserve stays free (by default
+max(1 GiB, 10% of the filesystem)): older entries are evicted to make room, and an entry
+that still does not fit is dropped, not written.
+
 One cache directory belongs to one process: startup deletes stray ``*.tmp`` files.
 """
 
@@ -66,9 +71,10 @@ class PromptCache:
 
     def __init__(
         self, key: CacheKey, ram_bytes: int, disk_bytes: int, disk_dir: Path | None,
-        persist: bool = True,
+        persist: bool = True, disk_reserve: int | None = None,
     ) -> None:  # fmt: skip
         self.key = key
+        self._reserve = disk_reserve  # free bytes to leave on the filesystem (None: default)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._ram = TierIndex(ram_bytes)
@@ -79,6 +85,7 @@ class PromptCache:
         self._unlinks: list[Path] = []
         self._lookups = self._misses = self._writes = self._write_bytes = 0
         self._write_errors = self._load_errors = self._dropped_files = self._lost = 0
+        self._no_room = 0  # entries dropped because the filesystem reached its reserve
         self._failures = 0  # consecutive write failures
         self._retry_at = 0.0
         self._writing = False
@@ -241,6 +248,7 @@ class PromptCache:
                 "writes": self._writes, "write_bytes": self._write_bytes,
                 "write_errors": self._write_errors, "load_errors": self._load_errors,
                 "dropped_files": self._dropped_files, "lost_entries": self._lost,
+                "no_room_drops": self._no_room,
             }  # fmt: skip
 
     # -- the writer thread -----------------------------------------------------------------
@@ -289,8 +297,15 @@ class PromptCache:
                 entry = next(iter(self._pending.lru.values()), None) if not unlinks else None
                 victims: list[Entry] = []
                 if entry is not None:
-                    victims = self._make_room(self._files_size(entry))
-                    self._writing = True
+                    need = self._files_size(entry)
+                    bound = self._disk_bound()
+                    if need <= bound:
+                        victims = self._make_room(need, bound)
+                    if self._disk.nbytes + need > bound:  # the filesystem is at its reserve
+                        self._drop_no_room(entry)
+                        entry = None
+                    else:
+                        self._writing = True
             for path in unlinks:
                 unlink_quietly(path)
             for v in victims:
@@ -302,9 +317,31 @@ class PromptCache:
         assert self._files is not None
         return self._files.size_of(len(e.tokens), len(e.state or b""))
 
-    def _make_room(self, need: int) -> list[Entry]:
+    def _disk_bound(self) -> int:
+        """The disk tier's bound now (lock held): its capacity, or less where the
+        filesystem's free space past the reserve cannot hold more than the tier has (below
+        what it has when others have taken the disk: the cache gives way)."""
+        assert self._files is not None
+        try:
+            room = self._files.writable_bytes(self._reserve)
+        except OSError:
+            return self._disk.capacity  # cannot tell: the write itself will say
+        return max(0, min(self._disk.capacity, self._disk.nbytes + room))
+
+    def _drop_no_room(self, e: Entry) -> None:
+        """Drop a queued entry the filesystem has no room for (lock held)."""
+        self._pending.discard(e.tokens)
+        self._lost += 1
+        self._no_room += 1
+        if self._no_room == 1 or self._no_room % 100 == 0:  # a full disk must not flood the log
+            log.warning("prompt cache: %s is at its free-space reserve; %d entries not written",
+                        self._files.dir if self._files else "?", self._no_room)  # fmt: skip
+        self._changed.notify_all()
+
+    def _make_room(self, need: int, bound: int | None = None) -> list[Entry]:
+        bound = self._disk.capacity if bound is None else bound
         victims = []
-        while self._disk.lru and self._disk.nbytes + need > self._disk.capacity:
+        while self._disk.lru and self._disk.nbytes + need > bound:
             victim = self._disk.pop_lru()
             if victim is None:
                 break
@@ -379,7 +416,8 @@ class PromptCache:
                 kept.append((mtime, tokens))
         for _, tokens in sorted(kept):  # file mtimes carry the LRU order across restarts
             self._disk.lru.move_to_end(tokens)
-        for victim in self._make_room(0):  # the bound may have shrunk since they were written
+        # The bound, or the filesystem's free space, may have shrunk since they were written.
+        for victim in self._make_room(0, self._disk_bound()):
             unlink_quietly(victim.path)
 
     def _unpin(self, entry: Entry) -> None:
