@@ -63,6 +63,8 @@ def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv("RUNNER_REGISTRY_USERNAME", raising=False)
     monkeypatch.delenv("RUNNER_REGISTRY_PASSWORD", raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    # The test registries listen on loopback: only a listed registry is spoken to there.
+    monkeypatch.setenv("RUNNER_INSECURE_REGISTRIES", "127.0.0.1")
 
 
 def _store(root: Path) -> ModelStore:
@@ -142,7 +144,7 @@ def test_pushed_artifact_uses_docker_model_runner_media_types(
 
     fresh = _store(tmp_path / "fresh")
     entry = pull(fresh, ref).entry
-    assert fresh.get_config(entry.id)["chat-template"] == "{{ messages[0].content }}"
+    assert fresh.get_config(ref)["chat-template"] == "{{ messages[0].content }}"
 
 
 def test_basic_auth_registry(
@@ -155,6 +157,7 @@ def test_basic_auth_registry(
     with pytest.raises(RemoteUnauthorized):
         push(publisher, ref)  # no credentials anywhere
 
+    monkeypatch.setenv("RUNNER_REGISTRY_HOST", auth_registry.host)
     monkeypatch.setenv("RUNNER_REGISTRY_USERNAME", USER)
     monkeypatch.setenv("RUNNER_REGISTRY_PASSWORD", "wrong")
     with pytest.raises(RemoteUnauthorized):
@@ -394,6 +397,7 @@ def test_full_disk_fails_cleanly_from_the_cli(registry: RegistryProcess, tmp_pat
     models = tmp_path / "models"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     env.update(RUNNER_MODELS_DIR=str(models), DOCKER_CONFIG=str(tmp_path / "docker-config"))
+    env["RUNNER_INSECURE_REGISTRIES"] = "127.0.0.1"
     done = subprocess.run(
         [sys.executable, "-m", "runner", "models", "pull", ref],
         env=env,
@@ -426,6 +430,7 @@ def test_token_auth_as_docker_hub_does_it(
         None,
     )
 
+    monkeypatch.setenv("RUNNER_REGISTRY_HOST", proxy.host)
     monkeypatch.setenv("RUNNER_REGISTRY_USERNAME", USER)
     monkeypatch.setenv("RUNNER_REGISTRY_PASSWORD", PASSWORD)
     assert pull(store, f"{proxy.host}/test/token:v1").entry.id == model_id
@@ -463,6 +468,7 @@ def test_cli_push_to_another_name_then_pull_it(registry: RegistryProcess, tmp_pa
     package(_store(models), gguf, "my/local:v1")  # a plain local name, no registry in it
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     env.update(RUNNER_MODELS_DIR=str(models), DOCKER_CONFIG=str(tmp_path / "docker-config"))
+    env["RUNNER_INSECURE_REGISTRIES"] = "127.0.0.1"
     target = f"{registry.host}/team/renamed:q4"
     done = subprocess.run(
         [sys.executable, "-m", "runner", "models", "push", "my/local:v1", target],

@@ -196,12 +196,14 @@ DIGEST = "sha256:" + "ab" * 32
     ],
 )
 def test_registry_references(ref: str, where: str, saved_as: str | None) -> None:
+    from runner.config import Settings
     from runner.store.oci import registry_url
     from runner.store.refs import OciSource, parse_source
 
     source = parse_source(ref)
     assert isinstance(source, OciSource)
-    assert f"{registry_url(source.registry)} {source.repository} {source.reference}" == where
+    listed = Settings(insecure_registries=["localhost:5000"])  # plain http: only when listed
+    assert f"{registry_url(source.registry, listed)} {source.repository} {source.reference}" == where
     assert source.local_name == (saved_as or f"ai/gemma3:sha256-{DIGEST[7:19]}")
 
 

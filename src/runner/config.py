@@ -94,6 +94,35 @@ class Settings(BaseSettings):
     # store
     models_dir: Path = Field(default_factory=lambda: default_home() / "models")
 
+    # pulls and pushes: registries, Hugging Face, URLs
+    registry_host: str = Field(
+        "docker.io",
+        description="the one registry RUNNER_REGISTRY_USERNAME / RUNNER_REGISTRY_PASSWORD are "
+        "sent to (host or host:port; Docker Hub by default, as `docker login` without a server)",
+    )
+    registry_username: str | None = Field(
+        None, description="user name for --registry-host (other registries: ~/.docker/config.json)"
+    )
+    registry_password: str | None = Field(
+        None, repr=False, description="password or token for --registry-host"
+    )
+    insecure_registries: CommaList = Field(
+        default_factory=list,
+        description="registries (host or host:port, comma-separated) spoken to over plain "
+        "http, and the only ones allowed on loopback, link-local or private addresses",
+    )
+    allow_private_pulls: bool = Field(
+        False,
+        description="let URL and Hugging Face pulls reach loopback, link-local, private and "
+        "multicast addresses (a model server on your own network)",
+    )
+    partial_downloads_max: ByteSize = Field(
+        8 << 30,
+        ge=0,
+        description="bytes of interrupted downloads kept in the store to resume (oldest "
+        "deleted first beyond it; none is kept longer than a day)",
+    )
+
     # server
     host: str = "127.0.0.1"
     port: int = Field(12434, ge=0, le=65535)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import format_size
+from .digests import oci_digest
 from .errors import PullError, UnsupportedArtifact
 from .gguf_meta import GGUFMetadata, format_params
 
@@ -69,8 +70,7 @@ def _layer(raw: Any) -> Layer:
     if not isinstance(raw, dict):
         raise PullError("malformed manifest: a layer is not an object")
     digest, size = raw.get("digest"), raw.get("size")
-    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
-        raise PullError(f"malformed manifest: unsupported layer digest {digest!r}")
+    digest = oci_digest(digest, "malformed manifest: a layer's digest")
     if not isinstance(size, int) or size < 0:
         raise PullError("malformed manifest: a layer has no valid size")
     annotations = raw.get("annotations") if isinstance(raw.get("annotations"), dict) else {}
@@ -99,6 +99,8 @@ def parse_manifest(manifest: dict[str, Any]) -> ModelArtifact:
             f"this artifact has no GGUF model layer (layer types: {kinds}); runner serves GGUF "
             "models only"
         )
+    if any(layer.size == 0 for layer in weights):
+        raise UnsupportedArtifact("this artifact's GGUF layer is empty (0 bytes)")
     template = next((layer for layer in parsed if layer.media_type == CHAT_TEMPLATE_LAYER), None)
     config = manifest.get("config")
     return ModelArtifact(weights, template, _layer(config) if isinstance(config, dict) else None)

@@ -47,7 +47,8 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
         # Docker Hub answers 401, not 404, for a repository that does not exist.
         raise RemoteUnauthorized(
             f"{what}: access denied (401); the model does not exist or needs credentials "
-            "(docker login, or RUNNER_REGISTRY_USERNAME / RUNNER_REGISTRY_PASSWORD)"
+            "(docker login, or RUNNER_REGISTRY_HOST with RUNNER_REGISTRY_USERNAME / "
+            "RUNNER_REGISTRY_PASSWORD)"
         )
     if status == 403:
         raise RemoteForbidden(f"{what}: access denied (403); no access with these credentials")
@@ -72,6 +73,21 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
+def in_use(partial: Path) -> bool:
+    """Whether a pull is writing `partial` now (it holds the partial's lock)."""
+    lock = partial.with_suffix(".lock")
+    if fcntl is None or not lock.exists():
+        return False
+    try:
+        with lock.open("a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _check_space(partial: Path, size: int | None, what: str) -> None:
     """Fail before downloading what cannot fit (what an earlier attempt left stays)."""
     if size is None:
@@ -81,7 +97,7 @@ def _check_space(partial: Path, size: int | None, what: str) -> None:
     if need > free:
         raise DiskFull(
             f"{what}: no space left for the download ({need / 1e6:.1f} MB needed, "
-            f"{free / 1e6:.1f} MB free in {partial.parent})"
+            f"{free / 1e6:.1f} MB free in the store)"
         )
 
 
@@ -107,7 +123,14 @@ def fetch_verified(
         # a resumed file does not match, it is downloaded once more from scratch.
         resumed = partial.exists() and partial.stat().st_size > 0
         while True:
-            _download(open_stream, partial, size, what, progress, retries)
+            try:
+                _download(open_stream, partial, size, what, progress, retries)
+            except _TooLong:
+                partial.unlink(missing_ok=True)
+                raise PullError(
+                    f"{what}: the remote sent more than the {size} bytes it declared; "
+                    "the download was discarded"
+                ) from None
             digest = _sha256(partial)
             if not expected_sha256 or digest == expected_sha256:
                 return digest
@@ -147,12 +170,31 @@ def _download(
         except OSError as exc:
             if exc.errno in NO_SPACE:
                 partial.unlink(missing_ok=True)
-                raise DiskFull(f"{what}: no space left for the download ({exc})") from exc
+                reason = exc.strerror or "no space"
+                raise DiskFull(f"{what}: no space left for the download ({reason})") from exc
             raise
 
 
 class _ShortRead(Exception):
     """The server closed the body before `size` bytes arrived."""
+
+
+class _TooLong(Exception):
+    """The server sent more than the `size` bytes that were declared for the blob."""
+
+
+def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    """A small body (manifest, config, API answer), read while it streams in and refused as
+    soon as it passes `limit` bytes: never held whole first and measured after."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PullError(f"{what}: the answer is larger than {limit} bytes")
+    body = bytearray()
+    for block in response.iter_bytes():
+        body += block
+        if len(body) > limit:
+            raise PullError(f"{what}: the answer is larger than {limit} bytes")
+    return bytes(body)
 
 
 def _fetch_once(
@@ -187,6 +229,8 @@ def _fetch_once(
             done = have
             # As received: a chunk buffer would lose the bytes before a cut connection.
             for block in response.iter_bytes():
+                if size is not None and done + len(block) > size:
+                    raise _TooLong  # a layer is exactly what its manifest declared, no more
                 out.write(block)
                 done += len(block)
                 if progress:

@@ -1,38 +1,45 @@
-"""Pulls from Hugging Face (`hf.co/ORG/REPO[:QUANT]`) through `huggingface_hub`.
+"""Pulls from Hugging Face (`hf.co/ORG/REPO[:QUANT]`), over the Hub's HTTP API.
 
-The repo's file list (with each LFS file's sha256) picks the GGUF: the one whose name
-carries QUANT as a separate token (`model-Q4_K_M.gguf`, `model.q8_0.gguf`), or without a
-QUANT the default, as Docker Model Runner does: Q4_K_M if there is one, else Q4_0, else
-Q8_0, else the first GGUF by name. Projector files (`mmproj`) are never picked.
+The repo's file list (`/api/models/REPO/revision/REV?blobs=true`: each file's size and each
+LFS file's sha256) picks the GGUF: the one whose name carries QUANT as a separate token
+(`model-Q4_K_M.gguf`, `model.q8_0.gguf`), or without a QUANT the default, as Docker Model
+Runner does: Q4_K_M if there is one, else Q4_0, else Q8_0, else the first GGUF by name.
+Projector files (`mmproj`) are never picked.
 
-`hf_hub_download` does the transfer (resumable; `HF_TOKEN` for gated repos; `HF_ENDPOINT`
-for a mirror; `HF_HUB_OFFLINE`), into the store's `tmp/`; the file enters the store only
-after its sha256 matches the one the Hub lists.
+The file comes from `/REPO/resolve/COMMIT/FILE` (the Hub redirects to its CDN) through the
+same resumable download as registry blobs (`download.fetch_verified`): into the store's
+`tmp/`, never more bytes than the listing declared, and into the store only after its sha256
+matches the listed one. The listing is read with a size cap while it streams in, and its
+file names must stay inside the repo. `HF_TOKEN` (or the token `hf auth login` saved) goes to
+the endpoint only, never across a redirect to another host; `HF_ENDPOINT` names a mirror;
+`HF_HUB_OFFLINE` refuses to pull. An endpoint on a loopback or private address needs the
+`allow_private_pulls` setting.
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
+import json
 import os
 import re
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote
 
-from tqdm import tqdm
+import httpx
 
+from ..config import Settings
+from .digests import MalformedDigest, is_sha256_hex, safe_remote_path
+from .download import fetch_verified, raise_for_status, read_capped
 from .errors import (
-    DigestMismatch,
-    DiskFull,
     PullError,
-    RemoteForbidden,
     RemoteNotFound,
     RemoteUnauthorized,
     RemoteUnreachable,
     UnsupportedArtifact,
 )
-from .fileio import sha256_file
 from .index import ModelEntry
+from .netguard import AddressPolicy, guarded_client
 from .pull import (
     PullProgress,
     PullProgressFn,
@@ -45,11 +52,30 @@ from .refs import HfSource
 from .store import ModelStore
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q4_0", "Q8_0")
+MAX_LISTING_BYTES = 32 << 20  # a repo of thousands of files lists in a few MB
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_OFF = {"1", "on", "yes", "true"}
 
 
-def _endpoint() -> str | None:
-    return os.environ.get("HF_ENDPOINT") or None
+@dataclass(frozen=True)
+class HubFile:
+    name: str
+    sha256: str | None  # LFS files only
+    size: int | None
+
+
+def _endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _token() -> str | None:
+    try:
+        from huggingface_hub import get_token  # HF_TOKEN, or what `hf auth login` saved
+
+        return get_token()
+    except ImportError:  # pragma: no cover
+        return os.environ.get("HF_TOKEN") or None
 
 
 def _has_quant(filename: str, quant: str) -> bool:
@@ -86,117 +112,111 @@ def choose_files(files: list[str], quant: str | None, repo: str) -> list[str]:
     return [lowered[n.lower()] for n in names]
 
 
-def _bar_class(report: Any) -> type:
-    """A tqdm class for `hf_hub_download` that forwards byte counts instead of drawing."""
-
-    class _Forward(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("name", None)
-            kwargs["disable"] = True
-            self._done = int(kwargs.get("initial") or 0)
-            self._total = int(kwargs.get("total") or 0)
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            self._done += int(n or 0)
-            report(self._done, max(self._total, self._done))
-            return None
-
-    return _Forward
+def _raise_for_hub(response: httpx.Response, what: str) -> None:
+    """The Hub's errors, told apart by its `X-Error-Code` header."""
+    if response.status_code < 400:
+        return
+    code = response.headers.get("x-error-code", "")
+    if code == "RepoNotFound" or (response.status_code == 401 and not code):
+        raise RemoteNotFound(f"{what}: no such repo (or it is private: set HF_TOKEN)")
+    if code == "GatedRepo":
+        raise RemoteUnauthorized(f"{what}: gated repo; accept its terms and set HF_TOKEN")
+    if code in ("RevisionNotFound", "EntryNotFound"):
+        raise RemoteNotFound(f"{what}: not found ({code})")
+    if response.status_code in (401, 403):
+        raise RemoteUnauthorized(f"{what}: access denied ({response.status_code}); set HF_TOKEN")
+    raise_for_status(response, what)
 
 
-def _translate(exc: Exception, what: str) -> Exception:
-    from huggingface_hub import errors
-
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return DiskFull(f"{what}: no space left for the download ({exc})")
-    if isinstance(exc, errors.GatedRepoError):
-        return RemoteUnauthorized(f"{what}: gated repo; accept its terms and set HF_TOKEN")
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        return RemoteNotFound(f"{what}: no such repo (or it is private: set HF_TOKEN)")
-    if isinstance(exc, errors.RevisionNotFoundError | errors.EntryNotFoundError):
-        return RemoteNotFound(f"{what}: not found ({exc})".splitlines()[0])
-    if isinstance(exc, errors.OfflineModeIsEnabled | errors.LocalEntryNotFoundError):
-        return RemoteUnreachable(f"{what}: cannot reach the Hub (offline?)")
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
-        denied = RemoteUnauthorized if status == 401 else RemoteForbidden
-        return denied(f"{what}: access denied ({status}); set HF_TOKEN")
-    if isinstance(exc, errors.HfHubHTTPError):
-        return PullError(f"{what}: {str(exc).splitlines()[0]}")
-    return RemoteUnreachable(f"{what}: cannot reach the Hub ({exc or type(exc).__name__})")
+def _listing(client: httpx.Client, source: HfSource, what: str) -> tuple[str, dict[str, HubFile]]:
+    """(commit, files by name) of the repo at the source's revision."""
+    revision = quote(source.revision, safe="")
+    url = f"{_endpoint()}/api/models/{source.repo_id}/revision/{revision}"
+    try:
+        with client.stream("GET", url, params={"blobs": "true"}) as response:
+            _raise_for_hub(response, what)
+            body = read_capped(response, MAX_LISTING_BYTES, what)
+    except httpx.TransportError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise RemoteUnreachable(f"{what}: cannot reach the Hub ({reason}); offline?") from exc
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("siblings"), list):
+        raise PullError(f"{what}: the Hub's answer is not a file listing")
+    commit = data.get("sha")
+    commit = commit if isinstance(commit, str) and _COMMIT.fullmatch(commit) else None
+    files: dict[str, HubFile] = {}
+    for raw in data["siblings"]:
+        if not isinstance(raw, dict) or not isinstance(raw.get("rfilename"), str):
+            continue
+        lfs = raw.get("lfs") if isinstance(raw.get("lfs"), dict) else {}
+        sha = lfs.get("sha256")
+        sha = sha.lower() if isinstance(sha, str) and sha else None
+        size = lfs.get("size", raw.get("size"))
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+        files[raw["rfilename"]] = HubFile(raw["rfilename"], sha, size)
+    return commit or source.revision, files
 
 
 def pull_hf(
-    store: ModelStore, source: HfSource, name: str, emit: PullProgressFn
+    store: ModelStore, source: HfSource, name: str, emit: PullProgressFn, settings: Settings
 ) -> tuple[ModelEntry, int]:
-    import httpx
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    failures = (HfHubHTTPError, OfflineModeIsEnabled, httpx.TransportError, OSError)
     what = str(source)
-    try:
-        info = HfApi(endpoint=_endpoint()).model_info(
-            source.repo_id, revision=source.revision, files_metadata=True
-        )
-    except failures as exc:
-        raise _translate(exc, what) from exc
-    siblings = {s.rfilename: s for s in info.siblings or []}
-    filenames = choose_files(list(siblings), source.quant, source.repo_id)
-    workdir = store.tmp_dir / "hf" / re.sub(r"[^A-Za-z0-9._-]", "_", source.repo_id)
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFF:
+        raise RemoteUnreachable(f"{what}: cannot reach the Hub (HF_HUB_OFFLINE is set)")
+    token = _token()
+    policy = AddressPolicy(allow_private=settings.allow_private_pulls)
+    client = guarded_client(
+        policy,
+        follow_redirects=True,  # to the Hub's CDN; httpx drops the token on another host
+        timeout=httpx.Timeout(30.0, read=120.0),
+        headers={"User-Agent": "runner", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    with client:
+        commit, files = _listing(client, source, what)
+        chosen = [files[f] for f in choose_files(list(files), source.quant, source.repo_id)]
+        for file in chosen:
+            safe_remote_path(file.name, what)
+            if file.sha256 is not None and not is_sha256_hex(file.sha256):
+                raise MalformedDigest(f"{what} {file.name}: the listed sha256 is not a digest")
 
-    def expected_of(filename: str) -> tuple[str | None, int]:
-        lfs = siblings[filename].lfs
-        expected = lfs.sha256.lower() if lfs is not None and lfs.sha256 else None
-        return expected, (lfs.size if lfs is not None else siblings[filename].size) or 0
-
-    def fetch(filename: str) -> Path:
-        """Download one file, check it, move it to the staging path of its digest."""
-        expected, _ = expected_of(filename)
-        progress = blob_progress(emit, expected or "0" * 64)
-        try:
-            path = Path(
-                hf_hub_download(
-                    source.repo_id,
-                    filename,
-                    revision=info.sha or source.revision,
-                    local_dir=workdir,
-                    endpoint=_endpoint(),
-                    tqdm_class=_bar_class(progress),
-                )
+        def fetch(file: HubFile) -> Path:
+            """Download one file into its staging path, checked against the listed sha256."""
+            url = f"{_endpoint()}/{source.repo_id}/resolve/{commit}/{quote(file.name)}"
+            key = (
+                file.sha256
+                or "hf-"
+                + hashlib.sha256(f"{source.repo_id}/{commit}/{file.name}".encode()).hexdigest()
             )
-        except failures as exc:
-            raise _translate(exc, f"{what} {filename}") from exc
-        digest = sha256_file(path)
-        if expected and digest != expected:
-            path.unlink()
-            raise DigestMismatch(
-                f"{what} {filename}: sha256 mismatch (got {digest}, expected {expected}); "
-                "the download was discarded"
+            partial = staging_path(store, key)
+            fetch_verified(
+                lambda headers: client.stream("GET", url, headers=headers),
+                partial,
+                expected_sha256=file.sha256,
+                size=file.size,
+                what=f"{what} {file.name}",
+                progress=blob_progress(emit, file.sha256 or key[3:]),
             )
-        staged = staging_path(store, digest)
-        os.replace(path, staged)
-        return staged
+            return partial
 
-    expected = [expected_of(f) for f in filenames]
-    try:
-        if len(filenames) > 1:
-            if not all(digest for digest, _ in expected):
+        if len(chosen) > 1:
+            if not all(file.sha256 for file in chosen):
                 raise UnsupportedArtifact(f"{what}: the Hub lists no sha256 for every shard")
-            shards = [(str(digest), size) for digest, size in expected]
-            return install_shards(store, name, shards, lambda i: fetch(filenames[i]), emit)
-        digest, size = expected[0]
-        if digest:
-            return install_or_tag(store, name, digest, size, lambda: fetch(filenames[0]), emit)
-        staged = fetch(filenames[0])  # a non-LFS file: its digest is known only afterwards
-        model_id = staged.name.removeprefix("pull-").removesuffix(".partial")
+            shards = [(str(file.sha256), file.size or 0) for file in chosen]
+            return install_shards(store, name, shards, lambda i: fetch(chosen[i]), emit)
+        file = chosen[0]
+        if file.sha256:
+            fetch_one = lambda: fetch(file)  # noqa: E731
+            return install_or_tag(store, name, file.sha256, file.size or 0, fetch_one, emit)
+        # A non-LFS file: its digest is known only once it is here.
+        staged = fetch(file)
+        from .fileio import sha256_file
+
+        model_id = sha256_file(staged)
         emit(PullProgress("verifying sha256 digest"))
         if store.has_model(model_id):
             staged.unlink(missing_ok=True)
-            return store.tag(name, model_id), size
-        return store.install(name, staged, model_id), size
-    finally:
-        # huggingface_hub keeps unfinished downloads (to resume) and metadata in the workdir
-        if not any(workdir.rglob("*.incomplete")):
-            shutil.rmtree(workdir, ignore_errors=True)
+            return store.tag(name, model_id), file.size or 0
+        return store.install(name, staged, model_id), file.size or 0

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from .digests import is_sha256_hex
 from .errors import StoreError
 from .gguf_meta import GGUFMetadata
 
 INDEX_VERSION = 1
-_MODEL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 Index = dict[str, Any]
-"""{"version": 1, "seeded": bool, "tags": {tag: id}, "models": {id: {size, created, metadata}}}"""
+"""{"version": 1, "seeded": bool, "tags": {tag: id}, "models": {id: {size, created, metadata}},
+"configs": {tag: {...}}}"""
 
 
 class ModelEntry(BaseModel):
@@ -50,13 +50,13 @@ class Removed:
 
 def check_model_id(model_id: str) -> str:
     """`model_id` if it is a full sha256 hex digest; it becomes part of file names."""
-    if not isinstance(model_id, str) or not _MODEL_ID.match(model_id):
+    if not is_sha256_hex(model_id):
         raise StoreError(f"invalid model id {model_id!r}: expected 64 hex characters")
     return model_id
 
 
 def empty_index() -> Index:
-    return {"version": INDEX_VERSION, "seeded": False, "tags": {}, "models": {}}
+    return {"version": INDEX_VERSION, "seeded": False, "tags": {}, "models": {}, "configs": {}}
 
 
 def validate_index(raw: Any, where: Path) -> Index:
@@ -65,10 +65,17 @@ def validate_index(raw: Any, where: Path) -> Index:
         raise StoreError(f"{where}: unsupported or corrupt store index")
     raw.setdefault("tags", {})
     raw.setdefault("models", {})
-    if not isinstance(raw["tags"], dict) or not isinstance(raw["models"], dict):
+    raw.setdefault("configs", {})
+    if not all(isinstance(raw[key], dict) for key in ("tags", "models", "configs")):
         raise StoreError(f"{where}: corrupt store index")
+    # A config is only ever a name's: one for a name the index lacks is dropped.
+    raw["configs"] = {
+        tag: config
+        for tag, config in raw["configs"].items()
+        if tag in raw["tags"] and isinstance(config, dict)
+    }
     for model_id in [*raw["models"], *raw["tags"].values()]:
-        if not isinstance(model_id, str) or not _MODEL_ID.match(model_id):
+        if not is_sha256_hex(model_id):
             raise StoreError(f"{where}: corrupt store index (bad id {model_id!r})")
     return raw
 
@@ -85,6 +92,8 @@ def retag(index: Index, tag: str, model_id: str) -> list[str]:
     """Point `tag` at `model_id`; returns the ids of models left with no tags (to delete)."""
     old = index["tags"].get(tag)
     index["tags"][tag] = model_id
+    if old != model_id:  # the name means another file now: its settings were for the old one
+        index["configs"].pop(tag, None)
     if old and old != model_id and old not in index["tags"].values():
         index["models"].pop(old, None)
         return [old]
@@ -95,6 +104,7 @@ def untag(index: Index, tags: list[str], model_id: str) -> list[str]:
     """Drop `tags`; returns [model_id] if that left the model with no tags (to delete)."""
     for tag in tags:
         index["tags"].pop(tag, None)
+        index["configs"].pop(tag, None)
     if model_id in index["tags"].values():
         return []
     index["models"].pop(model_id, None)

@@ -1,9 +1,11 @@
 """A small client for the OCI distribution API: manifests and blobs, pull and push.
 
-`https` everywhere except loopback registries (`localhost`, `127.0.0.1`, `[::1]`) and hosts
-listed in `RUNNER_INSECURE_REGISTRIES` (comma-separated), which are spoken to over `http`,
-as Docker does for its insecure registries. Docker Hub (`docker.io`) is served by
-`registry-1.docker.io`.
+`https` everywhere except the registries listed in the settings' `insecure_registries`
+(`RUNNER_INSECURE_REGISTRIES`, host or host:port), which are spoken to over `http`, as Docker
+does for its insecure registries. Only a listed registry may be on a loopback, link-local or
+private address (a registry's own blob redirects included). Docker Hub (`docker.io`) is
+served by `registry-1.docker.io`. Manifests and configs are read with a size cap while they
+stream in.
 """
 
 from __future__ import annotations
@@ -11,44 +13,54 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ..config import Settings
 from .artifact import DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX
-from .download import raise_for_status, unreachable
+from .digests import oci_digest
+from .download import raise_for_status, read_capped, unreachable
 from .errors import DigestMismatch, PullError, RemoteUnauthorized
 from .fileio import CHUNK
+from .netguard import INSECURE_REGISTRIES_SETTING, AddressPolicy, guarded_client
 from .refs import DOCKER_HUB, OciSource
-from .registry_auth import RegistryAuth, RegistryAuthError, credentials_for
-
-_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+from .registry_auth import RegistryAuth, RegistryAuthError, credentials_for, registry_key
 
 
-def registry_url(registry: str) -> str:
+def is_insecure(registry: str, settings: Settings) -> bool:
+    """Whether the operator listed `registry` (by host:port or by host) as insecure."""
+    listed = {registry_key(item) for item in settings.insecure_registries}
+    key = registry_key(registry)
+    host = key.rsplit(":", 1)[0] if not key.endswith("]") else key
+    return key in listed or host in listed
+
+
+def registry_url(registry: str, settings: Settings) -> str:
     if registry == DOCKER_HUB:
         return "https://registry-1.docker.io"
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    insecure = {
-        h.strip().lower()
-        for h in os.environ.get("RUNNER_INSECURE_REGISTRIES", "").split(",")
-        if h.strip()
-    }
-    plain = host in _LOOPBACK or registry in insecure or host in insecure
-    return f"{'http' if plain else 'https'}://{registry}"
+    return f"{'http' if is_insecure(registry, settings) else 'https'}://{registry}"
 
 
 class Registry:
     """One registry; use as a context manager (it owns an HTTP connection pool)."""
 
-    def __init__(self, registry: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, registry: str, settings: Settings | None = None, *, timeout: float = 30.0
+    ) -> None:
+        settings = settings or Settings()
         self.registry = registry
-        self.base = registry_url(registry)
-        self.auth = RegistryAuth(credentials_for(registry), timeout=timeout)
-        self.client = httpx.Client(
+        self.base = registry_url(registry, settings)
+        policy = AddressPolicy(
+            allow_private=is_insecure(registry, settings),
+            setting=f"{INSECURE_REGISTRIES_SETTING} to {registry}",
+        )
+        credentials = credentials_for(registry, settings)
+        self.auth = RegistryAuth(credentials, self.base, policy=policy, timeout=timeout)
+        self.client = guarded_client(
+            policy,
             auth=self.auth,
             follow_redirects=True,  # blobs are often redirected to a CDN; httpx drops auth there
             timeout=httpx.Timeout(timeout, read=120.0),
@@ -78,11 +90,7 @@ class Registry:
         reference = source.reference
         for _ in range(2):  # at most one index level, as Docker's model images have
             url = f"{self.base}/v2/{source.repository}/manifests/{reference}"
-            response = self._send("GET", url, what, headers={"Accept": MANIFEST_ACCEPT})
-            raise_for_status(response, what)
-            body = response.content
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise PullError(f"{what}: manifest too large ({len(body)} bytes)")
+            response, body = self._get_small(url, what, {"Accept": MANIFEST_ACCEPT})
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
             if reference.startswith("sha256:") and digest != reference:
                 raise DigestMismatch(f"{what}: manifest digest {digest} != {reference}")
@@ -97,27 +105,38 @@ class Registry:
                 entries = data.get("manifests") or []
                 if not entries or not isinstance(entries[0], dict):
                     raise PullError(f"{what}: an empty image index")
-                reference = str(entries[0].get("digest", ""))
+                reference = oci_digest(entries[0].get("digest"), f"{what}: an index entry")
                 continue
             return data, digest
         raise PullError(f"{what}: an image index nested in an index")
 
     def blob_bytes(self, repository: str, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """A small blob (a config, a chat template), verified against its digest."""
+        digest = oci_digest(digest, "blob")
         what = f"blob {digest[:19]}"
-        response = self._send("GET", f"{self.base}/v2/{repository}/blobs/{digest}", what)
-        raise_for_status(response, what)
-        if len(response.content) > limit:
-            raise PullError(f"{what}: larger than {limit} bytes")
-        if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
+        _, body = self._get_small(f"{self.base}/v2/{repository}/blobs/{digest}", what, {}, limit)
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
             raise DigestMismatch(f"{what}: content does not match its digest")
-        return response.content
+        return body
+
+    def _get_small(
+        self, url: str, what: str, headers: dict[str, str], limit: int = MAX_MANIFEST_BYTES
+    ) -> tuple[httpx.Response, bytes]:
+        """GET a small document, refused as soon as more than `limit` bytes stream in."""
+        try:
+            with self.client.stream("GET", url, headers=headers) as response:
+                raise_for_status(response, what)
+                return response, read_capped(response, limit, what)
+        except RegistryAuthError as exc:
+            raise RemoteUnauthorized(f"{what}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise unreachable(f"{what} ({self.registry})", exc) from exc
 
     @contextlib.contextmanager
     def blob_stream(
         self, repository: str, digest: str, headers: dict[str, str]
     ) -> Iterator[httpx.Response]:
-        url = f"{self.base}/v2/{repository}/blobs/{digest}"
+        url = f"{self.base}/v2/{repository}/blobs/{oci_digest(digest, 'blob')}"
         try:
             with self.client.stream("GET", url, headers=headers) as response:
                 yield response

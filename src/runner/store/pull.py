@@ -15,21 +15,26 @@ Progress events use Ollama's pull statuses so an API can stream them as they are
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import Settings
 from .artifact import parse_manifest
-from .download import NO_SPACE, fetch_verified, raise_for_status, unreachable
-from .errors import DiskFull
+from .digests import staging_key
+from .download import NO_SPACE, fetch_verified, in_use, raise_for_status, unreachable
+from .errors import DiskFull, InvalidModelFile
 from .index import ModelEntry
 from .names import normalize
+from .netguard import AddressPolicy, guarded_client
 from .oci import Registry
 from .refs import HfSource, OciSource, Source, UrlSource, parse_source
 from .store import ModelStore
 
-ABANDONED_AFTER_S = 7 * 24 * 3600
+# An interrupted download is kept this long for the next pull to resume, then deleted.
+ABANDONED_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -62,40 +67,73 @@ def pull(
     *,
     tag: str | None = None,
     sha256: str | None = None,
+    settings: Settings | None = None,
 ) -> PullResult:
     """Pull `ref` into `store` as `tag` (default: the name the reference implies).
+    `settings` gives the registry credentials and address policy (default: from the
+    environment).
 
     Raises InvalidModelName for a malformed reference, and a PullError subclass for
-    everything that can go wrong remotely or on disk.
+    everything that can go wrong remotely or on disk (PullRefused for an address the
+    settings do not allow).
     """
     source = parse_source(ref, sha256=sha256)
     name = normalize(tag) if tag else source.local_name
+    settings = settings or Settings()
     emit = progress or _quiet
-    _sweep_abandoned(store)
+    sweep_partials(store, settings.partial_downloads_max)
     emit(PullProgress("pulling manifest"))
-    if isinstance(source, OciSource):
-        result = _pull_oci(store, source, name, emit)
-    elif isinstance(source, HfSource):
-        from .hf import pull_hf  # huggingface_hub is a large import; only pay for it here
+    try:
+        if isinstance(source, OciSource):
+            result = _pull_oci(store, source, name, emit, settings)
+        elif isinstance(source, HfSource):
+            from .hf import pull_hf
 
-        entry, downloaded = pull_hf(store, source, name, emit)
-        result = PullResult(name, entry, downloaded, str(source))
-    else:
-        result = _pull_url(store, source, name, emit)
+            entry, downloaded = pull_hf(store, source, name, emit, settings)
+            result = PullResult(name, entry, downloaded, str(source))
+        else:
+            result = _pull_url(store, source, name, emit, settings)
+    except InvalidModelFile:
+        # The store's message quotes the file's first bytes and its temp path: neither is
+        # for a remote's audience.
+        raise InvalidModelFile(f"{source}: the download is not a GGUF model file") from None
     emit(PullProgress("writing manifest"))
     emit(PullProgress("success"))
     return result
 
 
-def _sweep_abandoned(store: ModelStore) -> None:
-    """Delete downloads that no pull resumed for a week (a partial in use is fresh)."""
+def sweep_partials(store: ModelStore, max_bytes: int, now: float | None = None) -> None:
+    """Delete interrupted downloads no pull is writing: those older than a day, then the
+    oldest until the rest fit in `max_bytes`; and lock files left without a download."""
     if not store.tmp_dir.is_dir():
         return
-    cutoff = time.time() - ABANDONED_AFTER_S
-    for path in store.tmp_dir.glob("pull-*"):
+    cutoff = (time.time() if now is None else now) - ABANDONED_AFTER_S
+    kept: list[tuple[float, int, Path]] = []
+    for path in store.tmp_dir.glob("pull-*.partial"):
         with contextlib.suppress(OSError):
-            if path.is_file() and path.stat().st_mtime < cutoff:
+            stat = path.stat()
+            if not path.is_file() or in_use(path):
+                continue
+            if stat.st_mtime < cutoff:
                 path.unlink()
+            else:
+                kept.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in kept)
+    for _, size, path in sorted(kept):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
+    for lock in store.tmp_dir.glob("pull-*.lock"):
+        with contextlib.suppress(OSError):
+            if not lock.with_suffix(".partial").exists() and not in_use(lock):
+                lock.unlink()
+    # Left by an older runner that let huggingface_hub download into tmp/hf/.
+    with contextlib.suppress(OSError):
+        hf_dir = store.tmp_dir / "hf"
+        if hf_dir.is_dir() and hf_dir.stat().st_mtime < cutoff:
+            shutil.rmtree(hf_dir, ignore_errors=True)
 
 
 def blob_progress(emit: PullProgressFn, model_id: str) -> Callable[[int, int], None]:
@@ -126,8 +164,10 @@ def install_or_tag(
 
 
 def staging_path(store: ModelStore, key: str) -> Path:
+    """`tmp/pull-<key>.partial`; `key` is a digest (MalformedDigest otherwise), so the file
+    and its `.lock` stay inside the store's `tmp/`."""
     store.tmp_dir.mkdir(parents=True, exist_ok=True)
-    return store.tmp_dir / f"pull-{key}.partial"
+    return store.tmp_dir / f"pull-{staging_key(key)}.partial"
 
 
 def install_shards(
@@ -168,8 +208,10 @@ def install_shards(
     return entry, sum(size for _, size in shards)
 
 
-def _pull_oci(store: ModelStore, source: OciSource, name: str, emit: PullProgressFn) -> PullResult:
-    with Registry(source.registry) as registry:
+def _pull_oci(
+    store: ModelStore, source: OciSource, name: str, emit: PullProgressFn, settings: Settings
+) -> PullResult:
+    with Registry(source.registry, settings) as registry:
         manifest, digest = registry.manifest(source)
         artifact = parse_manifest(manifest)
         weights = artifact.weights
@@ -198,14 +240,18 @@ def _pull_oci(store: ModelStore, source: OciSource, name: str, emit: PullProgres
         else:
             shards = [(layer.hex, layer.size) for layer in weights]
             entry, downloaded = install_shards(store, name, shards, fetch_layer, emit)
-    if template is not None and "chat-template" not in store.get_config(entry.id):
-        config = store.get_config(entry.id)
+    if template is not None:
+        # The template came with this name, and stays with it: the same GGUF under other
+        # names (pulled from elsewhere, or bundled) renders with their own.
+        config = store.get_config(name)
         config["chat-template"] = template.decode("utf-8", "replace")
-        store.set_config(entry.id, config)
+        store.set_config(name, config)
     return PullResult(name, entry, downloaded, f"{source.registry}/{source.repository}@{digest}")
 
 
-def _pull_url(store: ModelStore, source: UrlSource, name: str, emit: PullProgressFn) -> PullResult:
+def _pull_url(
+    store: ModelStore, source: UrlSource, name: str, emit: PullProgressFn, settings: Settings
+) -> PullResult:
     import hashlib
 
     import httpx
@@ -216,7 +262,9 @@ def _pull_url(store: ModelStore, source: UrlSource, name: str, emit: PullProgres
     key = source.sha256 or "url-" + hashlib.sha256(source.url.encode()).hexdigest()
     partial = staging_path(store, key)
     what = source.url
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0)) as client:
+    policy = AddressPolicy(allow_private=settings.allow_private_pulls)
+    timeout = httpx.Timeout(30.0, read=120.0)
+    with guarded_client(policy, follow_redirects=True, timeout=timeout) as client:
         try:  # HEAD for the size, so an interrupted transfer can be detected and resumed
             head = client.head(source.url)
         except httpx.TransportError as exc:

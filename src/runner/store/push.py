@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import Settings
 from .artifact import (
     CHAT_TEMPLATE_LAYER,
     GGUF_LAYER,
@@ -52,6 +53,7 @@ def push(
     progress: Callable[[str, int, int], None] | None = None,
     *,
     licenses: Sequence[Path] = (),
+    settings: Settings | None = None,
 ) -> Pushed:
     """Push model `name` to `ref` (default: `name` itself). `progress(what, done, total)`."""
     entry = store.get(name)
@@ -59,7 +61,7 @@ def push(
     layers: list[tuple[str, str, int, bytes | Path]] = [
         (GGUF_LAYER, f"sha256:{entry.id}", entry.size, entry.path)
     ]
-    config = store.get_config(entry.id)
+    config = store.get_config(name)
     extras = (
         [(CHAT_TEMPLATE_LAYER, config["chat-template"].encode())]
         if isinstance(config.get("chat-template"), str)
@@ -72,7 +74,7 @@ def push(
     config_blob = model_config(entry.metadata, entry.size, [d for _, d, _, _ in layers], context)
     config_digest = "sha256:" + hashlib.sha256(config_blob).hexdigest()
     body = manifest((config_digest, len(config_blob)), [(m, d, s) for m, d, s, _ in layers])
-    with Registry(target.registry) as registry:
+    with Registry(target.registry, settings) as registry:
         for _, digest, _, data in layers:
             report = (lambda d, t, w=digest: progress(w, d, t)) if progress else None
             registry.upload_blob(target.repository, digest, data, report)
@@ -120,11 +122,11 @@ def package(
             joined.unlink(missing_ok=True)
     else:
         entry = store.add(target.local_name, gguf, progress=progress)
-    config = store.get_config(entry.id)
+    config = store.get_config(target.local_name)
     if chat_template is not None:
         config["chat-template"] = Path(chat_template).read_text(encoding="utf-8")
     if context_size is not None:
         config["context-size"] = int(context_size)
     if chat_template is not None or context_size is not None:
-        store.set_config(entry.id, config)
+        store.set_config(target.local_name, config)
     return entry

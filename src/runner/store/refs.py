@@ -18,14 +18,13 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from .digests import is_sha256_hex
 from .errors import InvalidModelName
 from .names import DEFAULT_ORG, DEFAULT_TAG, normalize
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 _HF_HOSTS = {"hf.co", "huggingface.co"}
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HF_QUANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -103,7 +102,7 @@ def parse_source(ref: str, *, sha256: str | None = None) -> Source:
     if not isinstance(ref, str) or not ref.strip():
         raise _invalid(str(ref), "empty")
     raw = ref.strip()
-    if sha256 is not None and not _SHA256.match(sha256.lower().removeprefix("sha256:")):
+    if sha256 is not None and not is_sha256_hex(sha256.lower().removeprefix("sha256:")):
         raise _invalid(raw, "sha256 must be 64 hex characters")
     pinned = sha256.lower().removeprefix("sha256:") if sha256 else None
     if re.match(r"^https?://", raw, re.IGNORECASE):
@@ -120,7 +119,7 @@ def _parse_url(raw: str, sha256: str | None) -> UrlSource:
     url, _, fragment = raw.partition("#")
     if fragment:
         key, _, value = fragment.partition("=")
-        if key.lower() != "sha256" or not _SHA256.match(value.lower()):
+        if key.lower() != "sha256" or not is_sha256_hex(value.lower()):
             raise _invalid(raw, "the only URL fragment understood is #sha256=<64 hex>")
         if sha256 and sha256 != value.lower():
             raise _invalid(raw, "two different sha256 digests given")
@@ -149,7 +148,7 @@ def _parse_oci(raw: str) -> OciSource:
     if "@" in raw:
         name, digest = raw.split("@", 1)
         digest = digest.lower()
-        if not _DIGEST.match(digest):
+        if not (digest.startswith("sha256:") and is_sha256_hex(digest[7:])):
             raise _invalid(raw, "a digest is @sha256:<64 hex characters>")
     lowered = name.lower()
     first, sep, rest = lowered.partition("/")

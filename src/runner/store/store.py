@@ -2,11 +2,16 @@
 
 Layout under `models_dir`:
 
-    index.json               {"version", "seeded", "tags": {tag: id}, "models": {id: {...}}}
+    index.json               {"version", "seeded", "tags": {tag: id}, "models": {id: {...}},
+                              "configs": {tag: {...}}}   per-name runtime config
     blobs/sha256-<id>.gguf   the model files (hard links or copies; never symlinks)
-    configs/<id>.json        per-model runtime config that must survive restarts
     tmp/                     staging, same filesystem as blobs/ so os.replace is atomic
     .lock                    flock'ed for every mutation (several processes may share a store)
+
+A name's config (what `_configure` set, the chat template its pull brought) belongs to the
+name, not to its file: the same GGUF under another name renders with that name's own
+template. It goes when the name is removed or re-pointed at another file, in the same
+atomic index write.
 
 The index is only ever replaced atomically, so readers take no lock. Blobs are written before
 the index names them and unlinked after it stops naming them, so a crash leaves at worst an
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +57,8 @@ from .index import (
     validate_index,
 )
 from .names import id_prefix, normalize, parse, resolve
+
+log = logging.getLogger(__name__)
 
 
 class ModelStore:
@@ -230,25 +239,71 @@ class ModelStore:
             self._write_index(index)
             return self._entry(index, model_id)
 
-    # ----- per-model config ----------------------------------------------------------------
+    # ----- per-name config -----------------------------------------------------------------
 
-    def get_config(self, model_id: str) -> dict[str, Any]:
-        """Persisted runtime config of a model ({} if none was set)."""
-        data = read_json(self._config_path(model_id), {})
-        return data if isinstance(data, dict) else {}
-
-    def set_config(self, model_id: str, config: dict[str, Any]) -> None:
-        """Persist `config` (JSON-serializable) for the model with full ID `model_id`."""
-        path = self._config_path(model_id)
-        if model_id not in self._read_index()["models"]:
-            raise ModelNotFound(model_id)
+    def get_config(self, name: str) -> dict[str, Any]:
+        """Persisted runtime config of model name `name` ({} if none was set or there is no
+        such name). A full-ID reference gives the config of the model's primary name."""
+        self._migrate_file_configs()
+        index = self._read_index()
         try:
-            json.dumps(config)
+            tags = self._config_tags(index, name)
+        except ModelNotFound:
+            return {}
+        config = index["configs"].get(tags[0]) if tags else None
+        return json.loads(json.dumps(config)) if isinstance(config, dict) else {}
+
+    def set_config(self, name: str, config: dict[str, Any]) -> None:
+        """Persist `config` (JSON-serializable) for model name `name`; a full-ID reference
+        sets it for every name of that model."""
+        try:
+            config = json.loads(json.dumps(config))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"model config is not JSON-serializable: {exc}") from exc
+        self._migrate_file_configs()
         with self._lock():
-            self.configs_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, config)
+            index = self._read_index()
+            for tag in self._config_tags(index, name):
+                index["configs"][tag] = config
+            self._write_index(index)
+
+    def _config_tags(self, index: Index, name: str) -> list[str]:
+        model_id, canonical = self._lookup(index, name)
+        if canonical != model_id:
+            return [canonical]
+        return sorted(t for t, i in index["tags"].items() if i == model_id)
+
+    def _migrate_file_configs(self) -> None:
+        """Configs used to belong to files (`configs/<id>.json`), so a template one name's
+        pull brought reached every name of that file. Each file's settings move to each of
+        its names, except a chat template: which name brought it cannot be told, so it is
+        dropped (and logged) rather than handed to all of them."""
+        if not self.configs_dir.is_dir():
+            return
+        with self._lock():
+            if not self.configs_dir.is_dir():
+                return
+            index = self._read_index()
+            for path in sorted(self.configs_dir.glob("*.json")):
+                try:
+                    config = read_json(path, {})
+                except (OSError, ValueError):
+                    continue
+                model_id = path.stem
+                if not isinstance(config, dict) or model_id not in index["models"]:
+                    continue
+                tags = sorted(t for t, i in index["tags"].items() if i == model_id)
+                if config.pop("chat-template", None) is not None:
+                    log.warning(
+                        "dropped the chat template stored for %s (a file's template is no "
+                        "longer shared by its names): pull it again or configure it",
+                        ", ".join(tags) or model_id[:12],
+                    )
+                for tag in tags:
+                    if config:
+                        index["configs"].setdefault(tag, dict(config))
+            self._write_index(index)
+            shutil.rmtree(self.configs_dir, ignore_errors=True)
 
     # ----- internals -----------------------------------------------------------------------
 
@@ -325,13 +380,9 @@ class ModelStore:
     def _delete_blobs(self, model_ids: list[str]) -> None:
         for model_id in model_ids:
             self._blob_path(model_id).unlink(missing_ok=True)
-            self._config_path(model_id).unlink(missing_ok=True)
 
     def _blob_path(self, model_id: str) -> Path:
         return self.blobs_dir / f"sha256-{check_model_id(model_id)}.gguf"
-
-    def _config_path(self, model_id: str) -> Path:
-        return self.configs_dir / f"{check_model_id(model_id)}.json"
 
     def _blob_ok(self, model_id: str) -> bool:
         blob = self._blob_path(model_id)
