@@ -12,17 +12,27 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# LangSmith's pytest plugin comes with a dependency and only slows each test run's start.
+PYTEST_QUIET_PLUGINS := -p no:langsmith_plugin
 RUNNER_GPU ?=
 RUNNER_CPU ?=
 export RUNNER_GPU RUNNER_CPU
 
-.PHONY: serve test lint format install clean gpu rebuild-llama smoke system-deps bench
+.PHONY: serve test test-fast lint format install clean gpu rebuild-llama smoke system-deps bench
 
 serve: $(STAMP)
 	$(PY) -m runner serve $(ARGS)
 
+# The whole suite, with the 25 slowest steps listed at the end (where the time goes).
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q $(PYTEST_QUIET_PLUGINS) --durations=25 $(ARGS)
+
+# The fast layer: every test that neither loads the model nor starts a server (tests/conftest.py
+# marks those `slow` by the fixtures they use), under a minute. schemathesis and hypothesis
+# serve only the fuzz test, which is slow: their plugins stay unloaded.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_QUIET_PLUGINS) -p no:hypothesispytest \
+		-p no:schemathesis $(ARGS)
 
 system-deps:
 	scripts/system-deps.sh

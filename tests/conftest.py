@@ -7,10 +7,15 @@ must not mutate that store -- use `empty_models_dir` for anything that adds or r
 
 API server fixtures: `start_server` (factory of `ServerHandle`s running
 `python -m runner serve` in a subprocess) and `server` (one shared, preloaded server).
+
+Layers: every test that requests one of `MODEL_FIXTURES`, directly or through another
+fixture, is marked `slow` at collection, so `pytest -m "not slow"` (`make test-fast`) never
+loads the model or starts a server, and a new test cannot forget the marker.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import socket
@@ -27,6 +32,41 @@ import numpy as np
 import pytest
 
 from runner.store import BUNDLED_TAGS, ModelStore
+
+# The fixtures that reach the real model: the bundled store (materialized on first use), its
+# GGUF, and servers (which load it). A fixture built on one of them (an engine, a private
+# store, a dialect's server) has it in its closure, so its tests count too.
+MODEL_FIXTURES = frozenset({"models_dir", "bundled_model_path", "start_server", "server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `slow` every test whose fixture closure reaches the model or a server."""
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m "not slow"`, skip importing modules marked slow as a whole: importing them
+    (Ray, schemathesis, the SDKs) was a good part of the fast layer's time."""
+    if collection_path.suffix != ".py" or "not slow" not in (config.option.markexpr or ""):
+        return None
+    return True if _module_marked_slow(collection_path) else None
+
+
+def _module_marked_slow(path: Path) -> bool:
+    """A top-level `pytestmark` naming `pytest.mark.slow` (read from the source, not run)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets):
+            return any(
+                isinstance(n, ast.Attribute) and n.attr == "slow" for n in ast.walk(node.value)
+            )
+    return False
 
 
 def _shared_models_dir() -> Path:
@@ -231,3 +271,4 @@ def server(start_server: Callable[..., ServerHandle]) -> ServerHandle:
     return start_server(
         "--model", "ai/gemma3", "--slots", "4", "--ctx-size", "2048", "--idle-timeout", "-1"
     )
+
