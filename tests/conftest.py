@@ -271,4 +271,3 @@ def server(start_server: Callable[..., ServerHandle]) -> ServerHandle:
     return start_server(
         "--model", "ai/gemma3", "--slots", "4", "--ctx-size", "2048", "--idle-timeout", "-1"
     )
-
