@@ -63,7 +63,7 @@ def test_prompts_are_cut_by_length_alone() -> None:
         for start in [0, *cuts(n, 16)[:-1]]:
             assert next_piece(n, start, 16) == pieces(n, start, 16)[0]
     # A prefix is reused only at a cut both runs made.
-    have = ExactPrefix(length=32, prompt_len=50)
+    have = ExactPrefix(length=46, cuts=(46,))  # what a 50-token prompt leaves
     assert reusable(have, common=50, n=50, block=16) == 46  # same prompt: all but the tail
     assert reusable(have, common=40, n=60, block=16) == 32
     assert reusable(have, common=31, n=60, block=16) == 16

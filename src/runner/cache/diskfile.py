@@ -19,6 +19,7 @@ from runner.cache.diskformat import (
     file_name,
     read_exact,
     read_header,
+    read_header_cuts,
     unlink_quietly,
     write_all,
 )
@@ -57,16 +58,19 @@ class EntryFiles:
         total, free = disk_space(self.dir)
         return free - (default_reserve(total) if reserve is None else reserve)
 
-    def size_of(self, n_tokens: int, state_len: int) -> int:
-        return HEADER.size + len(self._model_b) + len(self._layout_b) + 4 * n_tokens + state_len
+    def size_of(self, n_tokens: int, state_len: int, n_cuts: int = 0) -> int:
+        names = len(self._model_b) + len(self._layout_b)
+        return HEADER.size + names + 4 * (n_tokens + n_cuts) + state_len
 
     def path_of(self, tokens: tuple[int, ...]) -> Path:
         return self.dir / file_name(encode_tokens(tokens))
 
-    def write(self, tokens: tuple[int, ...], state: bytes) -> tuple[Path, int]:
+    def write(
+        self, tokens: tuple[int, ...], state: bytes, cuts: tuple[int, ...] = ()
+    ) -> tuple[Path, int]:
         """Write an entry atomically (tmp file, fsync, rename); raises OSError."""
         tok_bytes = encode_tokens(tokens)
-        head = entry_header(tok_bytes, state, self._model_b, self._layout_b)
+        head = entry_header(tok_bytes, state, self._model_b, self._layout_b, cuts=cuts)
         path = self.dir / file_name(tok_bytes)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
         try:
@@ -87,14 +91,14 @@ class EntryFiles:
         """Validate a file's header; return (token bytes, state length, digest)."""
         return read_header(f, file_size, self._model_b, self._layout_b)
 
-    def read_tokens(self, path: Path) -> tuple[bytes, int]:
-        """The token bytes and file size of an entry (header checks only)."""
+    def read_tokens(self, path: Path) -> tuple[bytes, int, tuple[int, ...]]:
+        """The token bytes, file size and decode cuts of an entry (header checks only)."""
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            tok_bytes, _, _ = self.read_head(f, size)
+            tok_bytes, _, _, cuts = read_header_cuts(f, size, self._model_b, self._layout_b)
         if file_name(tok_bytes) != path.name:
             raise InvalidEntry("tokens do not match file name")
-        return tok_bytes, size
+        return tok_bytes, size, cuts
 
     def read_state(self, path: Path, tokens: tuple[int, ...]) -> bytes:
         """The state of an entry, verified against its checksum; raises InvalidEntry/OSError."""

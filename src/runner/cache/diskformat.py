@@ -2,8 +2,10 @@
 helpers it needs.
 
 One file per entry (``<sha256(tokens)[:32]>.kvc``): a header (magic, format version, header
-length, n_tokens, state length, sha256 over tokens+state, model sha256, KV layout), then the
-tokens as little-endian int32, then the state. Slot files (``POST /slots/N?action=save``) use
+length, n_tokens, state length, sha256 over tokens+state, model sha256, KV layout, then the
+state's decode cuts that are not block multiples as little-endian int32, as many as the
+header length leaves room for: none in files written before cuts existed), then the tokens
+as little-endian int32, then the state. Slot files (``POST /slots/N?action=save``) use
 the same layout under their own magic, written and verified by `entry_header`/`read_entry`.
 """
 
@@ -89,18 +91,21 @@ def unlink_quietly(path: Path | None) -> None:
 
 
 def entry_header(
-    tok_bytes: bytes, state: bytes, model: bytes, layout: bytes, magic: bytes = MAGIC
-) -> bytes:
+    tok_bytes: bytes, state: bytes, model: bytes, layout: bytes, magic: bytes = MAGIC,
+    cuts: Sequence[int] = (),
+) -> bytes:  # fmt: skip
     """The header of an entry holding `tok_bytes` (from `encode_tokens`) and `state`."""
     digest = hashlib.sha256(tok_bytes)
     digest.update(state)
+    cut_bytes = encode_tokens(cuts)
     return (
         HEADER.pack(
-            magic, FORMAT_VERSION, HEADER.size + len(model) + len(layout),
+            magic, FORMAT_VERSION, HEADER.size + len(model) + len(layout) + len(cut_bytes),
             len(tok_bytes) // 4, len(state), digest.digest(), len(model), len(layout),
         )
         + model
         + layout
+        + cut_bytes
     )  # fmt: skip
 
 
@@ -109,6 +114,14 @@ def read_header(
 ) -> tuple[bytes, int, bytes]:
     """Check an entry's header and read its tokens: (token bytes, state length, checksum).
     Raises `InvalidEntry` saying why it cannot be used."""
+    tok_bytes, state_len, digest, _ = read_header_cuts(f, file_size, model, layout, magic)
+    return tok_bytes, state_len, digest
+
+
+def read_header_cuts(
+    f: BinaryIO, file_size: int, model: bytes, layout: bytes, magic: bytes = MAGIC
+) -> tuple[bytes, int, bytes, tuple[int, ...]]:
+    """`read_header`, and the decode cuts the header lists."""
     raw = f.read(HEADER.size)
     if len(raw) != HEADER.size:
         raise InvalidEntry("truncated header")
@@ -117,7 +130,8 @@ def read_header(
         raise InvalidEntry("not a file of this kind (wrong magic)")
     if version != FORMAT_VERSION:
         raise InvalidEntry(f"format version {version}, expected {FORMAT_VERSION}")
-    if head_len != HEADER.size + lm + ll or file_size != head_len + 4 * n_tok + state_len:
+    n_cuts, odd = divmod(head_len - HEADER.size - lm - ll, 4)
+    if n_cuts < 0 or odd or file_size != head_len + 4 * n_tok + state_len:
         raise InvalidEntry("size mismatch (truncated or padded)")
     names = read_exact(f, lm + ll)
     if names[:lm] != model:
@@ -127,7 +141,8 @@ def read_header(
             f"saved with another KV layout ({names[lm:].decode('ascii', 'replace')!r}, "
             f"this model runs {layout.decode('ascii', 'replace')!r})"
         )
-    return read_exact(f, 4 * n_tok), state_len, digest
+    cuts = decode_tokens(read_exact(f, 4 * n_cuts))
+    return read_exact(f, 4 * n_tok), state_len, digest, cuts
 
 
 def read_entry(

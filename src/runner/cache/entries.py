@@ -36,6 +36,9 @@ class CacheHit:
     entry_tokens: tuple[int, ...]  # the full token list the state was saved with
     _loader: Callable[[], bytes] = field(repr=False, compare=False)
     _release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    # The decode cuts the state was computed with that are not block multiples
+    # (engine/partition.py): a prefix is reused only up to cuts both runs made.
+    entry_cuts: tuple[int, ...] = ()
 
     def load(self) -> bytes:
         """The state bytes. Raises `CacheEntryCorrupt` (entry dropped) if unusable."""
@@ -53,6 +56,7 @@ class Entry:
     state: bytes | None = None  # RAM and pending tiers
     path: Path | None = None  # disk tier
     pins: int = 0  # disk reads in progress
+    cuts: tuple[int, ...] = ()  # see CacheHit.entry_cuts
 
 
 class TierIndex:
@@ -77,10 +81,23 @@ class TierIndex:
             self.nbytes -= e.nbytes
         return e
 
-    def pop_lru(self) -> Entry | None:
-        """The least recently used entry that no reader has pinned."""
-        victim = next((e for e in self.lru.values() if not e.pins), None)
-        return None if victim is None else self.discard(victim.tokens)
+    def pop_lru(
+        self, spare: Callable[[Entry], bool] | None = None, strict: bool = False
+    ) -> Entry | None:
+        """The least recently used entry that no reader has pinned; entries `spare` says to
+        keep (a client's pinned prefixes) go only when no other is left, and never if
+        `strict`."""
+        spared: Entry | None = None
+        for e in self.lru.values():
+            if e.pins:
+                continue
+            if spare is None or not spare(e):
+                return self.discard(e.tokens)
+            spared = spared or e
+        return None if spared is None or strict else self.discard(spared.tokens)
+
+    def spared_bytes(self, spare: Callable[[Entry], bool]) -> int:
+        return sum(e.nbytes for e in self.lru.values() if spare(e))
 
     def cover(self, key: tuple[int, ...]) -> Entry | None:
         """An entry whose tokens start with all of `key`, if any."""

@@ -27,6 +27,13 @@ filesystem has free, and the tier's bound shrinks so that a reserve stays free (
 max(1 GiB, 10% of the filesystem)): older entries are evicted to make room, and an entry
 that still does not fit is dropped, not written.
 
+Clients may pin prefixes for a while (`pin`, cache/pins.py): an entry holding a pinned
+prefix is evicted from either tier only when no unpinned entry is left to evict (and from
+disk never for an unpinned newcomer); past `pin_share` of the RAM tier pinned entries spill
+to disk (still pinned); pinned bytes past `pin_share` of the tier pins end up in (disk, or
+RAM without one) make the least recently used pin yield. Pins are saved in ``pins.json``
+by the writer thread.
+
 One cache directory belongs to one process: startup deletes stray ``*.tmp`` files.
 """
 
@@ -38,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,7 @@ from runner.cache.diskformat import (
     unlink_quietly,
 )
 from runner.cache.entries import CacheEntryCorrupt, CacheHit, CacheKey, Entry, Tier, TierIndex
+from runner.cache.pins import PINS_FILE, PinBook, read_pins_file, write_pins_file
 
 __all__ = ["CacheEntryCorrupt", "CacheHit", "CacheKey", "PromptCache", "FORMAT_VERSION"]
 
@@ -71,9 +79,13 @@ class PromptCache:
 
     def __init__(
         self, key: CacheKey, ram_bytes: int, disk_bytes: int, disk_dir: Path | None,
-        persist: bool = True, disk_reserve: int | None = None,
+        persist: bool = True, disk_reserve: int | None = None, pin_share: float = 0.5,
+        clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.key = key
+        self._pins = PinBook(clock)
+        self._pin_share = pin_share  # of each tier, that pinned prefixes may hold
+        self._per_token = 0.0  # KV bytes per token, learned from the states put here
         self._reserve = disk_reserve  # free bytes to leave on the filesystem (None: default)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -106,12 +118,15 @@ class PromptCache:
 
     # -- public API ----------------------------------------------------------------------
 
-    def put(self, tokens: Sequence[int], state: bytes) -> None:
-        """Cache `state` as the KV of `tokens` (RAM first; victims spill to disk)."""
+    def put(self, tokens: Sequence[int], state: bytes, cuts: Sequence[int] = ()) -> None:
+        """Cache `state` as the KV of `tokens`, computed with decode `cuts` besides the block
+        multiples (RAM first; victims spill to disk)."""
         key = tuple(tokens)
         if not key or not state:
             return
         with self._lock:
+            self._per_token = len(state) / len(key)
+            self._expire_pins()
             for tier in (self._ram, self._pending, self._disk):
                 if (cover := tier.cover(key)) is not None:  # redundant: keep the longer one
                     tier.lru.move_to_end(cover.tokens)
@@ -120,7 +135,7 @@ class PromptCache:
             tiers = (self._ram, self._pending, self._disk)
             olds = [(t, t.index.longest_prefix(key)) for t in tiers]
             state = state if type(state) is bytes else bytes(state)  # no aliasing buffers
-            entry = Entry(key, len(state) + 4 * len(key), state=state)
+            entry = Entry(key, len(state) + 4 * len(key), state=state, cuts=tuple(cuts))
             to_ram = entry.nbytes <= self._ram.capacity
             if not to_ram and not self._can_spill(entry):
                 return  # stored nowhere: keep what it would have replaced
@@ -134,10 +149,11 @@ class PromptCache:
                 self._ram.add(entry)
                 while self._ram.nbytes > self._ram.capacity:
                     self._ram.evictions += 1
-                    victim = self._ram.pop_lru()
+                    victim = self._ram.pop_lru(self._protected)
                     if victim is None:
                         break
                     self._spill(victim)
+                self._spill_pinned_past_share()
             else:
                 self._spill(entry)
 
@@ -169,12 +185,15 @@ class PromptCache:
                 return None
             n, name, tier, entry = best
             tier.lru.move_to_end(entry.tokens)
+            self._pins.refresh_within(key, n)
+            self._pins_changed()
             if entry.path is None:
                 loader = functools.partial(_identity, entry.state)
-                return CacheHit(n, name, entry.tokens, loader)
+                return CacheHit(n, name, entry.tokens, loader, entry_cuts=entry.cuts)
             entry.pins += 1
             loader = functools.partial(self._load_disk, entry)
-            return CacheHit(n, name, entry.tokens, loader, functools.partial(self._unpin, entry))
+            release = functools.partial(self._unpin, entry)
+            return CacheHit(n, name, entry.tokens, loader, release, entry_cuts=entry.cuts)
 
     def record_restore(self, n_tokens: int, tier: Tier) -> None:
         """Count tokens the engine restored from a hit in `tier` instead of recomputing."""
@@ -193,7 +212,7 @@ class PromptCache:
         """Wait until queued writes are done; False if some are still pending."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._pending.lru or self._unlinks or self._writing:
+            while self._pending.lru or self._unlinks or self._writing or self._pins_unsaved():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -249,13 +268,96 @@ class PromptCache:
                 "write_errors": self._write_errors, "load_errors": self._load_errors,
                 "dropped_files": self._dropped_files, "lost_entries": self._lost,
                 "no_room_drops": self._no_room,
+                "pins": {"count": len(self._pins), "pinned_tokens": self._pins.pinned_tokens(),
+                         "yielded": self._pins.yielded, "expired": self._pins.expired},
             }  # fmt: skip
+
+    # -- pins ----------------------------------------------------------------------------
+
+    def pin(self, tokens: Sequence[int], cuts: Sequence[int], ttl: float, hit: bool) -> int:
+        """Keep the KV of `tokens` (computed with `cuts`) for `ttl` seconds, or refresh its
+        pin; `hit`: the request read it back. Returns how many pins yielded to keep pinned
+        bytes within the bound (this one too, if it alone passes it)."""
+        key = tuple(tokens)
+        if not key or ttl <= 0:
+            return 0
+        with self._lock:
+            self._expire_pins()
+            pin = self._pins.pin(key, tuple(cuts), ttl, hit)
+            tier = self._disk if self._files is not None else self._ram
+            yielded = self._pins.fit(self._pin_share * tier.capacity, self._per_token, pin)
+            self._spill_pinned_past_share()
+            self._pins_changed()
+            return yielded
+
+    def unpin(self, pin_id: str) -> bool:
+        """Forget the pin named `pin_id` (its entry stays, as an ordinary one)."""
+        with self._lock:
+            pin = self._pins.by_id(pin_id)
+            if pin is not None:
+                self._pins.drop(pin.tokens)
+                self._pins_changed()
+            return pin is not None
+
+    def pins(self) -> list[dict[str, Any]]:
+        """The live pins: id, tokens, where their KV is (tier None: not in the cache, as
+        while a slot still holds it), its bytes, TTL, seconds left and hits."""
+        with self._lock:
+            self._expire_pins()
+            now = self._pins.now()
+            out = []
+            for p in self._pins:
+                tiers = (("ram", self._ram), ("ram", self._pending), ("disk", self._disk))
+                held = next(((n, e) for n, t in tiers if (e := t.cover(p.tokens))), None)
+                out.append({
+                    "id": p.id, "tokens": len(p.tokens), "tier": held[0] if held else None,
+                    "bytes": held[1].nbytes if held else round(self._per_token * len(p.tokens)),
+                    "ttl": p.ttl, "ttl_left": max(0.0, p.expires_at - now),
+                    "expires_at": p.expires_at, "hits": p.hits,
+                })  # fmt: skip
+            return out
+
+    def _protected(self, e: Entry) -> bool:
+        return self._pins.protects(e.tokens)
+
+    def _expire_pins(self) -> None:
+        if self._pins.expire():
+            self._pins_changed()
+
+    def _pins_unsaved(self) -> bool:
+        return self._pins.dirty and self._files is not None
+
+    def _pins_changed(self) -> None:
+        """Have the writer save the pins if they changed (lock held)."""
+        if self._pins_unsaved():
+            self._ensure_writer()
+
+    def _spill_pinned_past_share(self) -> None:
+        """Pinned entries past their share of RAM move to disk, oldest first (lock held)."""
+        limit = self._pin_share * self._ram.capacity
+        while self._files is not None and self._ram.spared_bytes(self._protected) > limit:
+            victim = next((e for e in self._ram.lru.values() if self._protected(e)), None)
+            if victim is None:
+                break
+            self._ram.discard(victim.tokens)
+            self._spill(victim)
+
+    def _write_pins(self, raw: bytes) -> None:
+        assert self._files is not None
+        try:
+            write_pins_file(self._files.dir / PINS_FILE, raw)
+        except OSError as exc:
+            log.warning("prompt cache: cannot save pins in %s: %s", self._files.dir, exc)
+            with self._lock:
+                self._write_errors += 1
 
     # -- the writer thread -----------------------------------------------------------------
 
     def _can_spill(self, e: Entry) -> bool:
         files = self._files
-        return files is not None and files.size_of(len(e.tokens), e.nbytes) <= self._disk.capacity
+        if files is None:
+            return False
+        return files.size_of(len(e.tokens), e.nbytes, len(e.cuts)) <= self._disk.capacity
 
     def _spill(self, e: Entry) -> None:
         """Queue `e` for the writer (lock held). Drops the oldest queued entries past the
@@ -265,7 +367,7 @@ class PromptCache:
             return
         self._pending.add(e)
         while self._pending.nbytes > max(self._pending.capacity, e.nbytes):
-            old = self._pending.pop_lru()
+            old = self._pending.pop_lru(self._protected)
             if old is None:
                 break
             self._lost += 1
@@ -283,7 +385,7 @@ class PromptCache:
         while True:
             with self._lock:
                 while True:
-                    if self._unlinks:
+                    if self._unlinks or self._pins_unsaved():
                         break
                     if self._closing or not self._pending.lru:
                         self._writer_running = False
@@ -294,13 +396,14 @@ class PromptCache:
                         break
                     self._changed.wait(wait)
                 unlinks, self._unlinks = self._unlinks, []
+                pins = self._pins.dump() if self._pins_unsaved() else None
                 entry = next(iter(self._pending.lru.values()), None) if not unlinks else None
                 victims: list[Entry] = []
                 if entry is not None:
                     need = self._files_size(entry)
                     bound = self._disk_bound()
                     if need <= bound:
-                        victims = self._make_room(need, bound)
+                        victims = self._make_room(need, bound, not self._protected(entry))
                     if self._disk.nbytes + need > bound:  # the filesystem is at its reserve
                         self._drop_no_room(entry)
                         entry = None
@@ -308,6 +411,9 @@ class PromptCache:
                         self._writing = True
             for path in unlinks:
                 unlink_quietly(path)
+            if pins is not None:
+                assert self._files is not None
+                self._write_pins(pins)
             for v in victims:
                 unlink_quietly(v.path)
             if entry is not None:
@@ -315,7 +421,7 @@ class PromptCache:
 
     def _files_size(self, e: Entry) -> int:
         assert self._files is not None
-        return self._files.size_of(len(e.tokens), len(e.state or b""))
+        return self._files.size_of(len(e.tokens), len(e.state or b""), len(e.cuts))
 
     def _disk_bound(self) -> int:
         """The disk tier's bound now (lock held): its capacity, or less where the
@@ -338,11 +444,13 @@ class PromptCache:
                         self._files.dir if self._files else "?", self._no_room)  # fmt: skip
         self._changed.notify_all()
 
-    def _make_room(self, need: int, bound: int | None = None) -> list[Entry]:
+    def _make_room(self, need: int, bound: int | None = None, spare: bool = False) -> list[Entry]:
+        """Evict disk entries until `need` more bytes fit `bound`, pinned ones last (never,
+        if `spare`: an unpinned newcomer does not push a pinned prefix out)."""
         bound = self._disk.capacity if bound is None else bound
         victims = []
         while self._disk.lru and self._disk.nbytes + need > bound:
-            victim = self._disk.pop_lru()
+            victim = self._disk.pop_lru(self._protected, strict=spare)
             if victim is None:
                 break
             self._disk.evictions += 1
@@ -352,7 +460,7 @@ class PromptCache:
     def _write_one(self, e: Entry) -> None:
         assert self._files is not None and e.state is not None
         try:
-            path, size = self._files.write(e.tokens, e.state)
+            path, size = self._files.write(e.tokens, e.state, e.cuts)
         except OSError as exc:
             with self._lock:
                 self._writing = False
@@ -377,7 +485,7 @@ class PromptCache:
                 old = self._disk.discard(e.tokens)
                 if old is not None and old.path != path:
                     self._unlinks.append(old.path)  # type: ignore[arg-type]
-                self._disk.add(Entry(e.tokens, size, path=path))
+                self._disk.add(Entry(e.tokens, size, path=path, cuts=e.cuts))
             self._changed.notify_all()
 
     # -- disk tier -----------------------------------------------------------------------
@@ -386,7 +494,7 @@ class PromptCache:
         """Rebuild the disk index from headers; delete what cannot be used."""
         files = self._files
         assert files is not None
-        found: list[tuple[int, tuple[int, ...], int, Path]] = []
+        found: list[tuple[int, tuple[int, ...], int, Path, tuple[int, ...]]] = []
         try:
             paths = list(files.dir.iterdir())
         except OSError as exc:
@@ -399,23 +507,25 @@ class PromptCache:
             if not p.name.endswith(SUFFIX):
                 continue  # not ours: leave it alone
             try:
-                tok_bytes, size = files.read_tokens(p)
-                found.append((p.stat().st_mtime_ns, decode_tokens(tok_bytes), size, p))
+                tok_bytes, size, cuts = files.read_tokens(p)
+                found.append((p.stat().st_mtime_ns, decode_tokens(tok_bytes), size, p, cuts))
             except (OSError, InvalidEntry) as exc:
                 log.info("prompt cache: dropping %s: %s", p, exc)
                 self._dropped_files += 1
                 unlink_quietly(p)
         # Longest first, so a file another one covers (left by a crash) meets it and goes.
         kept: list[tuple[int, tuple[int, ...]]] = []
-        for mtime, tokens, size, p in sorted(found, key=lambda t: -len(t[1])):
+        for mtime, tokens, size, p, cuts in sorted(found, key=lambda t: -len(t[1])):
             if self._disk.cover(tokens) is not None:
                 self._dropped_files += 1
                 unlink_quietly(p)
             else:
-                self._disk.add(Entry(tokens, size, path=p))
+                self._disk.add(Entry(tokens, size, path=p, cuts=cuts))
                 kept.append((mtime, tokens))
         for _, tokens in sorted(kept):  # file mtimes carry the LRU order across restarts
             self._disk.lru.move_to_end(tokens)
+        if (raw := read_pins_file(files.dir / PINS_FILE)) is not None:
+            self._pins.load(raw)
         # The bound, or the filesystem's free space, may have shrunk since they were written.
         for victim in self._make_room(0, self._disk_bound()):
             unlink_quietly(victim.path)

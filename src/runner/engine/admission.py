@@ -81,7 +81,9 @@ class Admission:
         slot.state = SlotState.FORKING
         job.t_prompt_start = time.perf_counter()
         try:
-            self.executor.open_sampler(job.id, job.request.sampling, _history(job.request))
+            self.executor.open_sampler(
+                job.id, job.request.sampling, _history(job.request), lambda: job.cancelled
+            )
         except EngineError as exc:
             self._end(job, "error", error=exc)
 
@@ -91,17 +93,18 @@ class Admission:
             slot = self.slots[req.id_slot]
             return None if slot.busy else slot
         return choose_slot(
-            self.slots, req.prompt_tokens, self.config.similarity, use_cache=req.cache_prompt
+            self.slots, req.prompt_tokens, self.config.similarity, req.cache_prompt, req.cache_key
         )
 
     def _start(self, job: Job, slot: Slot) -> None:
         slot.job = job
         slot.state = SlotState.PROMPT
+        slot.cache_key = job.request.cache_key
         job.t_prompt_start = time.perf_counter()
         req = job.request
         try:
-            self.executor.open_sampler(job.id, req.sampling, _history(req))
-            decision = self.prefix.prepare(slot, req.prompt_tokens, req.cache_prompt)
+            self.executor.open_sampler(job.id, req.sampling, _history(req), lambda: job.cancelled)
+            decision = self.prefix.prepare(slot, req.prompt_tokens, req.cache_prompt, req.marks)
         except EngineError as exc:
             self._end(job, "error", error=exc)
             return
@@ -116,6 +119,9 @@ class Admission:
         job.prompt_pos = decision.n_tokens
         job.timings.cache_n = decision.n_tokens
         job.timings.cache_source = decision.source if decision.n_tokens else "none"
+        if job.request.breakpoints:
+            written, yielded = self.prefix.pin(job.request, decision.n_tokens)
+            job.timings.cache_written, job.timings.pins_yielded = written, yielded
 
     def finish_loads(self) -> None:
         for job_id, load in list(self._loads.items()):
@@ -135,7 +141,10 @@ class Admission:
                 log.warning("prompt cache entry unusable (%s); recomputing", exc)
                 self._prompt_from(job, Decision(0, "none"))
                 continue
-            self._prompt_from(job, self.prefix.install(slot, job.request.prompt_tokens, state, hit))
+            req = job.request
+            self._prompt_from(
+                job, self.prefix.install(slot, req.prompt_tokens, state, hit, req.marks)
+            )
 
     def drop_cancelled(self) -> None:
         for job in [j for j in self.waiting if j.cancelled]:

@@ -5,6 +5,10 @@ Only prefixes that cannot change the answer are reused (`partition.reusable`). A
 reusable prefix is saved to the prompt cache before a new prompt overwrites it, so a prefix
 pushed out of the slots is restored later instead of recomputed. Disk hits are not read
 here: the planner hands them back and the scheduler reads them on an I/O thread.
+
+A request's cache breakpoints become pins of the prompt cache (`pin`): the prefix up to each
+one is kept for its TTL. The pin holds no state itself: the slot's state is saved when the
+slot is reused, and the entry holding the pinned prefix is the one eviction spares.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..cache import CacheEntryCorrupt, CacheHit, PromptCache
-from .partition import ExactPrefix, reusable, truncated
+from .partition import TAIL, ExactPrefix, computed_prefix, odd_cuts, reusable, truncated
 from .slots import Slot, common_prefix_length
-from .types import CacheSource, EngineConfig
+from .types import CacheSource, EngineConfig, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +55,17 @@ class PrefixPlanner:
         self._kv = kv
         self.cache = cache
 
-    def prepare(self, slot: Slot, prompt: list[int], use_cache: bool) -> Decision:
+    def prepare(
+        self, slot: Slot, prompt: list[int], use_cache: bool, marks: tuple[int, ...] = ()
+    ) -> Decision:
+        """`marks`: where the prompt is cut besides the block multiples (partition.py)."""
         if not use_cache:
             self._drop(slot, 0)
             return Decision(0, "none")
         block, n = self._config.prefill_block, len(prompt)
-        own = reusable(slot.exact, common_prefix_length(slot.tokens, prompt), n, block)
-        donor, shared = self._best_donor(slot, prompt)
-        hit, from_cache = self._cache_hit(prompt, max(own, shared))
+        own = reusable(slot.exact, common_prefix_length(slot.tokens, prompt), n, block, marks)
+        donor, shared = self._best_donor(slot, prompt, marks)
+        hit, from_cache = self._cache_hit(prompt, max(own, shared), marks)
         if from_cache > max(own, shared) and hit is not None:
             self._drop(slot, 0)
             if hit.tier == "disk":
@@ -68,50 +75,85 @@ class PrefixPlanner:
             except CacheEntryCorrupt as exc:
                 log.warning("prompt cache entry unusable (%s); recomputing", exc)
                 return Decision(0, "none")
-            return self._installed(slot, prompt, state, from_cache, hit)
+            return self._installed(slot, prompt, state, from_cache, hit, marks)
         if donor is not None and shared > own:
             self._drop(slot, 0)
             state = self._kv.seq_state(donor.id)
-            return self._installed(slot, prompt, state, shared, None)
+            return self._installed(slot, prompt, state, shared, None, marks)
         kept = self._drop(slot, own)
         return Decision(kept, "slot" if kept else "none")
 
-    def install(self, slot: Slot, prompt: list[int], state: bytes, hit: CacheHit) -> Decision:
+    def install(
+        self, slot: Slot, prompt: list[int], state: bytes, hit: CacheHit, marks: tuple[int, ...]
+    ) -> Decision:
         """Put a state read from disk into `slot` (engine thread)."""
-        n = reusable(ExactPrefix(len(hit.entry_tokens)), hit.n_tokens, len(prompt), self._block)
-        return self._installed(slot, prompt, state, n, hit)
+        entry = ExactPrefix(len(hit.entry_tokens), hit.entry_cuts)
+        n = reusable(entry, hit.n_tokens, len(prompt), self._block, marks)
+        return self._installed(slot, prompt, state, n, hit, marks)
+
+    def pin(self, req: GenerationRequest, cache_n: int) -> tuple[tuple[int, ...], int]:
+        """Pin the prefix up to each of `req`'s breakpoints, now that `cache_n` prompt tokens
+        are in place. Returns, per breakpoint, the prompt tokens this request computes up
+        to it from the breakpoint before (written to the cache there: 0 where it was read
+        back, or where nothing can be kept: no cache, or a prefix shorter than
+        `min_restore_tokens`), and how many pins yielded to the pinned-bytes bound."""
+        prompt, block = req.prompt_tokens, self._block
+        # The slot holds all but the last TAIL prompt tokens: a breakpoint past them pins
+        # what there is.
+        limit = max(0, len(prompt) - TAIL)
+        keep = self.cache is not None and req.cache_prompt
+        odd = odd_cuts(len(prompt), block, req.marks)
+        written: dict[int, int] = {}
+        yielded, before = 0, 0
+        for end in sorted({min(b.end, limit) for b in req.breakpoints}):
+            if not keep or end < max(1, self._config.min_restore_tokens):
+                written[end] = 0
+                continue
+            written[end] = max(0, end - max(before, cache_n))
+            before = end
+            ttl = max(b.ttl for b in req.breakpoints if min(b.end, limit) == end)
+            assert self.cache is not None
+            cuts = tuple(c for c in odd if c <= end)
+            yielded += self.cache.pin(prompt[:end], cuts, ttl, hit=cache_n >= end)
+        return tuple(written[min(b.end, limit)] for b in req.breakpoints), yielded
 
     @property
     def _block(self) -> int:
         return self._config.prefill_block
 
-    def _best_donor(self, slot: Slot, prompt: list[int]) -> tuple[Slot | None, int]:
+    def _best_donor(
+        self, slot: Slot, prompt: list[int], marks: tuple[int, ...]
+    ) -> tuple[Slot | None, int]:
         """The other slot (busy or idle) holding the longest reusable prefix of `prompt`."""
         best, best_len = None, 0
         for other in self._slots:
             if other is slot or not other.tokens:
                 continue
             common = common_prefix_length(other.tokens, prompt)
-            n = reusable(other.exact, common, len(prompt), self._block)
+            n = reusable(other.exact, common, len(prompt), self._block, marks)
             if n > best_len:
                 best, best_len = other, n
         if best_len < self._config.min_restore_tokens:
             return None, 0
         return best, best_len
 
-    def _cache_hit(self, prompt: list[int], have: int) -> tuple[CacheHit | None, int]:
+    def _cache_hit(
+        self, prompt: list[int], have: int, marks: tuple[int, ...]
+    ) -> tuple[CacheHit | None, int]:
         if self.cache is None:
             return None, 0
         floor = max(have + self._config.min_restore_tokens, 1)
         hit = self.cache.lookup(prompt, min_tokens=floor)
         if hit is None:
             return None, 0
-        entry = ExactPrefix(len(hit.entry_tokens))  # entries hold reusable prefixes only
-        return hit, reusable(entry, hit.n_tokens, len(prompt), self._block)
+        # Entries hold reusable prefixes only, with the cuts they were computed with.
+        entry = ExactPrefix(len(hit.entry_tokens), hit.entry_cuts)
+        return hit, reusable(entry, hit.n_tokens, len(prompt), self._block, marks)
 
     def _installed(
-        self, slot: Slot, prompt: list[int], state: bytes, n: int, hit: CacheHit | None
-    ) -> Decision:
+        self, slot: Slot, prompt: list[int], state: bytes, n: int, hit: CacheHit | None,
+        marks: tuple[int, ...],
+    ) -> Decision:  # fmt: skip
         source: CacheSource = hit.tier if hit is not None else "slot"
         if not self._kv.set_seq_state(slot.id, state):
             log.warning("slot %d: llama.cpp refused a saved state; recomputing", slot.id)
@@ -119,7 +161,8 @@ class PrefixPlanner:
             return Decision(0, "none")
         kept = self._kv.truncate(slot.id, n)
         slot.tokens = list(prompt[:kept])
-        slot.exact = ExactPrefix(kept)
+        # `reusable` allowed `kept` only where the source made this prompt's cuts.
+        slot.exact = computed_prefix(len(prompt), self._block, marks, upto=kept)
         if hit is not None and self.cache is not None and kept:
             self.cache.record_restore(kept, hit.tier)
         return Decision(kept, source if kept else "none")
@@ -153,6 +196,6 @@ class PrefixPlanner:
                 del slot.tokens[n:]
                 slot.exact = truncated(slot.exact, n)
             if n:
-                self.cache.put(slot.tokens[:n], self._kv.seq_state(slot.id))
+                self.cache.put(slot.tokens[:n], self._kv.seq_state(slot.id), slot.exact.cuts)
         except Exception:  # the cache is an optimization; never fail a request over it
             log.exception("could not save slot %d to the prompt cache", slot.id)

@@ -33,6 +33,8 @@ class Slot:
     job: Job | None = None
     # How much of `tokens` another prompt may reuse without changing its answer.
     exact: ExactPrefix = NOTHING
+    # The client's cache key of the request this slot last served (`choose_slot`).
+    cache_key: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -70,17 +72,27 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def choose_slot(
-    slots: Sequence[Slot], prompt: Sequence[int], threshold: float, use_cache: bool = True
+    slots: Sequence[Slot],
+    prompt: Sequence[int],
+    threshold: float,
+    use_cache: bool = True,
+    cache_key: str | None = None,
 ) -> Slot | None:
     """The idle slot a request should run in, or None when every slot is busy.
 
-    Like llama-server: the idle slot whose cache shares the largest fraction of the prompt,
-    if that fraction reaches `threshold`; otherwise the least recently used idle slot (which
-    keeps recently used prefixes alive for the clients that sent them).
+    A request with a cache key (OpenAI `prompt_cache_key`) gets the idle slot that last
+    served that key, the client's word being better than a guess. Otherwise, like
+    llama-server: the idle slot whose cache shares the largest fraction of the prompt, if
+    that fraction reaches `threshold`; else the least recently used idle slot (which keeps
+    recently used prefixes alive for the clients that sent them).
     """
     idle = [s for s in slots if not s.busy]
     if not idle:
         return None
+    if use_cache and cache_key is not None:
+        keyed = [s for s in idle if s.cache_key == cache_key]
+        if keyed:
+            return max(keyed, key=lambda s: s.last_used)
     if use_cache and prompt:
         best, best_len = None, 0
         for slot in idle:

@@ -122,6 +122,15 @@ class SamplingParams:
         )
 
 
+@dataclass(frozen=True)
+class CacheBreakpoint:
+    """A client's cache breakpoint: keep the KV of prompt tokens [0, `end`) for `ttl`
+    seconds after each use (Anthropic `cache_control`, OpenAI `prompt_cache_retention`)."""
+
+    end: int
+    ttl: float
+
+
 @dataclass
 class GenerationRequest:
     """A prompt already tokenized, and how to continue it."""
@@ -136,6 +145,15 @@ class GenerationRequest:
     # Output special tokens as their text (tool-call markers such as [TOOL_CALLS] are special
     # tokens in some vocabularies); otherwise they render empty.
     render_special: bool = False
+    # Prefixes to pin (the prompt is also cut at their ends: engine/partition.py), and the
+    # client's cache key: a slot that last served the same key is preferred.
+    breakpoints: tuple[CacheBreakpoint, ...] = ()
+    cache_key: str | None = None
+
+    @property
+    def marks(self) -> tuple[int, ...]:
+        """Where the prompt must be cut besides the block multiples: its breakpoints."""
+        return tuple(sorted({b.end for b in self.breakpoints})) if self.breakpoints else ()
 
 
 @dataclass
@@ -150,6 +168,10 @@ class Timings:
     cache_source: CacheSource = "none"
     draft_n: int = 0  # speculative tokens verified
     draft_n_accepted: int = 0  # of those, kept
+    # Per breakpoint (in request order): prompt tokens computed this request up to it from
+    # the one before (written to the cache there); and pins that yielded to the bound.
+    cache_written: tuple[int, ...] = ()
+    pins_yielded: int = 0
 
     def to_dict(self) -> dict[str, float | int | str]:
         def per_token(ms: float, n: int) -> float:
@@ -171,6 +193,7 @@ class Timings:
             "cache_source": self.cache_source,
             "draft_n": self.draft_n,
             "draft_n_accepted": self.draft_n_accepted,
+            "pins_yielded": self.pins_yielded,
         }
 
 
