@@ -16,7 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .job import AnyJob, Outbox
+from .activity import ActivityLog
+from .job import AnyJob, Job, Outbox
 from .plan import DecodeFailed, Drafter, Executor
 from .scheduler import Scheduler
 from .stats import EngineStats
@@ -34,6 +35,7 @@ class EngineCore:
         prompt_cache: Any = None,
         stats: EngineStats | None = None,
         drafter: Drafter | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
@@ -42,7 +44,14 @@ class EngineCore:
         # Disk reads of cached prefixes run here, never on the step.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-read")
         self.scheduler = Scheduler(
-            config, executor, self.stats, self.outbox, prompt_cache, self._read_async, drafter
+            config,
+            executor,
+            self.stats,
+            self.outbox,
+            prompt_cache,
+            self._read_async,
+            drafter,
+            activity,
         )
         self._cond = threading.Condition()
         self._intake: deque[AnyJob] = deque()
@@ -146,6 +155,7 @@ class EngineCore:
             self.outbox.flush()
             self._publish()
             if plan is None:
+                sched.activity.idle()
                 if self._wait_for_work():
                     return
                 continue
@@ -166,6 +176,14 @@ class EngineCore:
                     sched.update_embed(plan.embed, vectors)
             self.outbox.flush()
             self.stats.step_seconds_total += time.perf_counter() - started
+            self._log_activity()
+
+    def _log_activity(self) -> None:
+        sched = self.scheduler
+        if sched.activity.interval <= 0:
+            return
+        running = [s.job for s in sched.slots if isinstance(s.job, Job)]
+        sched.activity.tick(self.stats, running, len(sched.waiting) + len(sched.embeds))
 
     def _take_intake(self) -> bool:
         """Move new jobs into the scheduler; True when the loop must end now."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..cache import PromptCache
 from . import slot_files
+from .activity import ActivityLog
 from .context import LlamaContext
 from .core import EngineCore
 from .draft import DraftModel
@@ -95,7 +96,10 @@ class Engine:
         )
         self.stats = EngineStats()
         self._executor = LlamaExecutor(self._model, ctx, config, self.stats)
-        self._core = EngineCore(config, self._executor, prompt_cache, self.stats, self._draft)
+        activity = ActivityLog(self.name, config.log_interval, config.log_text, self.detokenize)
+        self._core = EngineCore(
+            config, self._executor, prompt_cache, self.stats, self._draft, activity
+        )
         self._closed = False
         self._thread = threading.Thread(
             target=self._core.run, name=f"engine:{self.name}", daemon=True

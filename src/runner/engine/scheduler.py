@@ -17,10 +17,11 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..cache import PromptCache
+from .activity import ActivityLog
 from .admission import Admission
 from .drafting import Drafting
 from .job import AnyJob, EmbedJob, Job, Outbox
-from .partition import computed_prefix, next_piece
+from .partition import TAIL, ExactPrefix, computed_prefix, next_piece
 from .plan import BatchEntry, DecodeFailed, Drafter, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
@@ -53,11 +54,13 @@ class Scheduler:
         prompt_cache: PromptCache | None,
         read_async: Reader,
         drafter: Drafter | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.config = config
         self.executor = executor
         self.stats = stats
         self.outbox = outbox
+        self.activity = activity or ActivityLog()
         self.slots = [Slot(id=i, n_ctx=config.ctx_per_slot) for i in range(config.slots)]
         self.prefix = PrefixPlanner(self.slots, config, executor, prompt_cache)
         self.admission = Admission(
@@ -121,8 +124,7 @@ class Scheduler:
             job = slot.job
             assert job is not None
             prompt = job.request.prompt_tokens
-            marks = job.request.marks
-            a, b = next_piece(len(prompt), job.prompt_pos, self.config.prefill_block, marks)
+            a, b = next_piece(len(prompt), job.prompt_pos, self.config.prefill_block)
             if b - a > budget:
                 break
             budget -= b - a
@@ -233,10 +235,11 @@ class Scheduler:
         job.prompt_pos += n
         job.timings.prompt_n += n
         block, n = self.config.prefill_block, len(prompt)
-        # Pieces end at cuts: whole blocks, the request's marks and n - TAIL.
-        slot.exact = computed_prefix(n, block, job.request.marks, upto=job.prompt_pos)
         if job.prompt_pos < n:
+            # Pieces so far were whole blocks, but for the one that ends at n - TAIL.
+            slot.exact = ExactPrefix(min(job.prompt_pos, n - TAIL) // block * block)
             return
+        slot.exact = computed_prefix(len(prompt), block)
         job.timings.prompt_ms = (now - job.t_prompt_start) * 1e3
         job.t_gen_start = now
         slot.state = SlotState.GENERATING
@@ -328,18 +331,17 @@ class Scheduler:
             slot.last_used = time.monotonic()
             self.spec.release(slot.id)
         self.stats.count_finish(reason)
-        self.outbox.add(
-            job,
-            FinishEvent(
-                finish_reason=reason,
-                timings=job.timings,
-                prompt_tokens=len(job.request.prompt_tokens),
-                completion_tokens=job.timings.predicted_n,
-                slot_id=slot.id if slot else -1,
-                error=error,
-                stop_word=job.stream.stop_word,
-            ),
+        event = FinishEvent(
+            finish_reason=reason,
+            timings=job.timings,
+            prompt_tokens=len(job.request.prompt_tokens),
+            completion_tokens=job.timings.predicted_n,
+            slot_id=slot.id if slot else -1,
+            error=error,
+            stop_word=job.stream.stop_word,
         )
+        self.outbox.add(job, event)
+        self.activity.request_done(job, event)
 
     def _finish_embed(
         self, job: EmbedJob, reason: FinishReason, error: EngineError | None = None
@@ -349,6 +351,7 @@ class Scheduler:
         job.finished = True
         self.stats.count_finish(reason)
         ms = (time.perf_counter() - job.t_start) * 1e3 if job.t_start else 0.0
+        self.activity.embeddings_done(job, reason, ms)
         if reason != "stop":
             self.outbox.add(job, FinishEvent(reason, Timings(), job.n_tokens, 0, -1, error))
             return
