@@ -313,6 +313,16 @@ def build_zoo(out_dir: Path, tokenizer_source: Path, kinds: Iterable[str] = ZOO)
     return paths
 
 
+def zoo_store(root: Path, tokenizer_source: Path, kinds: Iterable[str] = ZOO) -> Path:
+    """A private model store under `root` holding the zoo as `zoo/<kind>`; its directory."""
+    from runner.store import ModelStore
+
+    store = ModelStore(root / "models", bundled_default=False)
+    for kind, path in build_zoo(root / "files", tokenizer_source, kinds).items():
+        store.add(f"zoo/{kind}", path)
+    return root / "models"
+
+
 def _bundled_path() -> Path:
     from runner.config import Settings
     from runner.store import BUNDLED_TAGS, ModelStore

@@ -16,6 +16,10 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
+# KV cache element types llama.cpp accepts (llama-server's `--cache-type-k/-v` list). The
+# quantized ones need flash attention for V and a head size that is a multiple of 32.
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
 
 def parse_duration(value: Any) -> float:
     """Seconds from `30s`, `5m`, `1h`, `250ms`, a bare number (seconds) or `-1` (never).
@@ -68,6 +72,14 @@ def parse_gpu_layers(value: Any) -> int:
     return layers
 
 
+def parse_cache_type(value: Any) -> str:
+    """A KV cache type name (`q8_0`, `F16`...) in llama.cpp's lower-case spelling."""
+    name = str(value).strip().lower()
+    if name not in KV_CACHE_TYPES:
+        raise ValueError(f"invalid KV cache type {value!r}: use one of {', '.join(KV_CACHE_TYPES)}")
+    return name
+
+
 def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -83,6 +95,7 @@ def default_home() -> Path:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 GpuLayers = Annotated[int, BeforeValidator(parse_gpu_layers)]
+CacheType = Annotated[str, BeforeValidator(parse_cache_type)]
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
@@ -165,6 +178,16 @@ class Settings(BaseSettings):
         "(0: 16 on CPU, 128 with GPU offload)",
     )
     max_embed_tokens: int = Field(65536, ge=1, description="tokens per embeddings request")
+    cache_type_k: CacheType = Field(
+        "f16",
+        description="KV cache type of keys: " + ", ".join(KV_CACHE_TYPES) + " (q8_0 halves "
+        "the memory of every slot and cached prefix)",
+    )
+    cache_type_v: CacheType = Field(
+        "f16",
+        description="KV cache type of values (as --cache-type-k; a quantized one turns on "
+        "flash attention)",
+    )
     draft_max: int = Field(
         48,
         ge=0,

@@ -37,6 +37,8 @@ def engine_config(
         max_embed_tokens=settings.max_embed_tokens,
         spec_draft_max=cfg.get("draft-max", settings.draft_max),
         draft_model=draft,
+        cache_type_k=cfg.get("cache-type-k") or settings.cache_type_k,
+        cache_type_v=cfg.get("cache-type-v") or settings.cache_type_v,
     )
     keep_alive = settings.idle_timeout
     if cfg.get("keep_alive") is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import psutil
 
 from .engine.types import EngineConfig
@@ -42,7 +43,8 @@ class MemoryEstimate:
 
 
 def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> MemoryEstimate:
-    """Weights (the file, mmapped) + f16 KV cache for every slot + compute/output buffers.
+    """Weights (the file, mmapped) + KV cache for every slot, in the configured K and V types,
+    + compute/output buffers.
 
     With `swa_full` every layer keeps the full context, so SWA layers are counted in full.
     Missing shape fields fall back to conservative guesses rather than to zero.
@@ -53,7 +55,9 @@ def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> Memory
     heads_kv = meta.head_count_kv or heads
     head_dim = meta.key_length or (embd // max(heads, 1))
     v_dim = meta.value_length or head_dim
-    kv_per_token = layers * heads_kv * (head_dim + v_dim) * 2  # K and V in f16
+    k_bytes = cache_type_bytes(config.cache_type_k)
+    v_bytes = cache_type_bytes(config.cache_type_v)
+    kv_per_token = int(layers * heads_kv * (head_dim * k_bytes + v_dim * v_bytes))
     kv = kv_per_token * config.n_ctx
     vocab = meta.vocab_size or 32000
     # Logits for a full batch of outputs plus the graph's scratch; measured ~1.3x of this
@@ -69,6 +73,12 @@ def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> Memory
         kv += int(kv * min(1.0, draft / max(file_size, 1)))
         outputs *= 2
     return MemoryEstimate(weights=weights, kv_cache=kv, compute=outputs + scratch)
+
+
+def cache_type_bytes(cache_type: str) -> float:
+    """Bytes per element of a KV cache type: 2 for f16, 34/32 for q8_0, 18/32 for q4_0."""
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cache_type.upper()]]
+    return size / block
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .chat import ChatTemplate, template_for
 from .chat.toolcalls import FORMATS
-from .config import parse_duration, parse_gpu_layers
+from .config import KV_CACHE_TYPES, parse_duration, parse_gpu_layers
 
 # Keys accepted by `_configure` (DMR spelling) and persisted per model.
 CONFIG_KEYS = {
@@ -21,7 +21,14 @@ CONFIG_KEYS = {
     "chat-template": str,
     "tool-format": str,  # a chat.toolcalls.FORMATS name; default: detected from the template
     "reasoning-format": str,  # "deepseek" (split <think> out, the default) or "none"
+    "cache-type-k": str,  # KV cache element type of keys (config.KV_CACHE_TYPES)
+    "cache-type-v": str,  # ... and of values (quantized: flash attention is turned on)
 }
+
+# Keys of a `_configure` body that are not settings: the model it names, llama-server flags
+# (translated into settings above) and DMR's mode, whose modes runner serves at once.
+REQUEST_KEYS = {"model", "runtime-flags", "mode"}
+MODES = ("completion", "embedding")
 
 
 # llama-server flags accepted in `runtime-flags`, and the config key each one sets.
@@ -38,6 +45,10 @@ RUNTIME_FLAGS = {
     "--draft-max": "draft-max",
     "-md": "draft-model",
     "--model-draft": "draft-model",
+    "-ctk": "cache-type-k",
+    "--cache-type-k": "cache-type-k",
+    "-ctv": "cache-type-v",
+    "--cache-type-v": "cache-type-v",
 }
 
 
@@ -96,8 +107,14 @@ def _coerce(key: str, value: Any) -> Any:
 
 def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
     """Check `_configure` values (DMR spelling; `runtime-flags` translated); raises
-    ValueError naming the bad key. Unknown keys are ignored; None clears a setting."""
+    ValueError naming the bad key, an unknown one included; None clears a setting."""
     items = {_config_key(k): v for k, v in changes.items()}
+    unknown = sorted(k for k in items if k not in CONFIG_KEYS and k not in REQUEST_KEYS)
+    if unknown:
+        known = ", ".join(sorted(CONFIG_KEYS) + ["runtime-flags"])
+        raise ValueError(f"unknown setting {unknown[0]!r} (settings: {known})")
+    if items.get("mode") not in (None, *MODES):
+        raise ValueError(f"'mode' must be one of {', '.join(MODES)}, got {items['mode']!r}")
     merged: dict[str, Any] = {}
     if items.get("runtime-flags") is not None:
         merged.update(parse_runtime_flags(items["runtime-flags"]))
@@ -116,6 +133,11 @@ def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"'{key}' must be {kind}, got {value!r}") from None
     if clean.get("tool-format") is not None and clean["tool-format"] not in FORMATS:
         raise ValueError(f"'tool-format' must be one of {', '.join(sorted(FORMATS))}")
+    for key in ("cache-type-k", "cache-type-v"):
+        if clean.get(key) is not None:
+            clean[key] = clean[key].lower()
+            if clean[key] not in KV_CACHE_TYPES:
+                raise ValueError(f"'{key}' must be one of {', '.join(KV_CACHE_TYPES)}")
     if clean.get("reasoning-format") not in (None, "deepseek", "none"):
         raise ValueError("'reasoning-format' must be 'deepseek' or 'none'")
     size = clean.get("context-size")

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 
+import gguf
 import llama_cpp
 import numpy as np
 
@@ -14,6 +15,15 @@ from .model import LlamaModel, ModelLoadError
 
 class DecodeError(RuntimeError):
     pass
+
+
+def ggml_type(cache_type: str) -> int:
+    """llama.cpp's `ggml_type` of a KV cache type name (`f16`, `q8_0`, `iq4_nl`...)."""
+    return int(gguf.GGMLQuantizationType[cache_type.upper()])
+
+
+def is_quantized(cache_type: str) -> bool:
+    return cache_type not in ("f32", "f16", "bf16")
 
 
 class Batch:
@@ -88,9 +98,17 @@ class LlamaContext:
         kv_unified: bool,
         swa_full: bool,
         embeddings: bool = False,
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
     ) -> None:
         self.model = model
         params = llama_cpp.llama_context_default_params()
+        params.type_k = ggml_type(cache_type_k)
+        params.type_v = ggml_type(cache_type_v)
+        if is_quantized(cache_type_v):
+            # llama.cpp reads a quantized V only inside its flash-attention kernel; say so
+            # rather than leave it to "auto", which could resolve to off on some device.
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = min(n_ubatch, n_batch)
@@ -106,9 +124,15 @@ class LlamaContext:
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not self._ctx:
+            types = ""
+            if (cache_type_k, cache_type_v) != ("f16", "f16"):
+                types = (
+                    f" with a {cache_type_k}/{cache_type_v} K/V cache (quantized types need "
+                    "head sizes that are multiples of their block, and flash attention for V)"
+                )
             raise ModelLoadError(
-                f"llama.cpp could not create a context of {n_ctx} tokens for {model.path.name} "
-                "(out of memory?)"
+                f"llama.cpp could not create a context of {n_ctx} tokens for {model.path.name}"
+                f"{types} (out of memory?)"
             )
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)

@@ -64,6 +64,12 @@ class LlamaModel:
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        # A recurrent state (Mamba, RWKV, the recurrent layers of LFM2, Jamba, Granite hybrid)
+        # keeps no per-token history: it cannot be cut back to an earlier position.
+        self.trimmable = not (
+            llama_cpp.llama_model_is_recurrent(self._model)
+            or llama_cpp.llama_model_is_hybrid(self._model)
+        )
         self._piece_cache: dict[int, bytes] = {}
         self._special_piece_cache: dict[int, bytes] = {}
 

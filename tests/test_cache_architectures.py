@@ -1,0 +1,91 @@
+"""Every prompt-cache path on every kind of architecture (tests/model_zoo.py): the answer
+with the cache is the answer without it.
+
+Two servers load the same tiny models: `reference` computes every prompt from scratch
+(`cache_prompt: false`), `cached` goes through the cache paths in order: a prefix reused in
+its slot, copied to another slot, restored from the RAM tier, seeded sampling with `n`
+choices, speculation, and after a restart from the disk tier. Greedy and seeded answers must
+match the reference's token for token. Models whose state can be cut back (attention KV)
+must also show the reuse (`cache_n`, `cache_source`); for recurrent and hybrid ones the
+cache may fall back to recomputing, but never to another answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from model_zoo import ZOO, zoo_store
+
+# ~300 tokens of ordinary text: past the minimum restored prefix (64) by several blocks.
+SHARED = (
+    "The harbour town woke before the sun. Fishermen checked their nets, bakers pulled the "
+    "first loaves from stone ovens, and the ferry captain counted crates of apples, wool and "
+    "copper wire bound for the islands. Along the quay, gulls argued over scraps while a "
+    "schoolteacher walked her class toward the lighthouse to learn how lenses bend light. "
+) * 4
+TAILS = ["Question one: who", "Question two: what", "Question three: where", "Four: why"]
+
+
+def complete(server: Any, model: str, prompt: str, **extra: Any) -> dict[str, Any]:
+    body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    body |= {"ignore_eos": True, **extra}
+    r = httpx.post(server.base_url + "/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def texts(answer: dict[str, Any]) -> list[str]:
+    return [c["text"] for c in sorted(answer["choices"], key=lambda c: c["index"])]
+
+
+@pytest.fixture(scope="module")
+def servers(
+    start_server: Callable[..., Any],
+    bundled_model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Any, Any]]:
+    models = zoo_store(tmp_path_factory.mktemp("zoo"), bundled_model_path)
+    env = {"RUNNER_MODELS_DIR": str(models)}
+    common = ("--slots", "2", "--ctx-size", "1024", "--max-models", "4")
+    reference = start_server(*common, "--no-persist", "--draft-max", "0", env=env)
+    cached = start_server(*common, env=env)
+    yield reference, cached
+    reference.stop()
+    cached.stop()
+
+
+@pytest.mark.parametrize("kind", list(ZOO))
+def test_cached_answers_equal_uncached(kind: str, servers: tuple[Any, Any]) -> None:
+    reference, cached = servers
+    model, trimmable = f"zoo/{kind}", ZOO[kind].trimmable
+    prompts = [SHARED + tail for tail in TAILS]
+    expected = [texts(complete(reference, model, p, cache_prompt=False)) for p in prompts]
+
+    def check(i: int, source: str, **extra: Any) -> dict[str, Any]:
+        answer = complete(cached, model, prompts[i], **extra)
+        assert texts(answer) == expected[i], f"{kind}: prompt {i} via {source}"
+        timings = answer["timings"]
+        if trimmable and source != "any":
+            assert timings["cache_source"] == source, (kind, i, timings)
+            assert timings["cache_n"] >= 256, (kind, i, timings)
+        return answer
+
+    complete(cached, model, SHARED + "Warm up.", id_slot=0)
+    check(0, "slot", id_slot=0)  # the prefix, in its own slot
+    check(1, "slot", id_slot=1)  # copied from slot 0
+    # Push the prefix out of both slots: each slot's prefix goes to the RAM tier.
+    complete(cached, model, "Unrelated one. " * 30, id_slot=0)
+    complete(cached, model, "Unrelated two. " * 30, id_slot=1)
+    check(2, "ram", id_slot=0)
+
+    seeded = {"temperature": 0.9, "seed": 11, "n": 2}
+    want = texts(complete(reference, model, prompts[3], cache_prompt=False, **seeded))
+    got = complete(cached, model, prompts[3], **seeded)
+    assert texts(got) == want, f"{kind}: seeded n=2"
+
+    cached.restart()
+    check(0, "disk")
