@@ -21,7 +21,7 @@ from .activity import ActivityLog
 from .admission import Admission
 from .drafting import Drafting
 from .job import AnyJob, EmbedJob, Job, Outbox
-from .partition import TAIL, ExactPrefix, computed_prefix, next_piece
+from .partition import computed_prefix, next_piece
 from .plan import BatchEntry, DecodeFailed, Drafter, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
@@ -124,7 +124,8 @@ class Scheduler:
             job = slot.job
             assert job is not None
             prompt = job.request.prompt_tokens
-            a, b = next_piece(len(prompt), job.prompt_pos, self.config.prefill_block)
+            marks = job.request.marks
+            a, b = next_piece(len(prompt), job.prompt_pos, self.config.prefill_block, marks)
             if b - a > budget:
                 break
             budget -= b - a
@@ -235,11 +236,10 @@ class Scheduler:
         job.prompt_pos += n
         job.timings.prompt_n += n
         block, n = self.config.prefill_block, len(prompt)
+        # Pieces end at cuts: whole blocks, the request's marks and n - TAIL.
+        slot.exact = computed_prefix(n, block, job.request.marks, upto=job.prompt_pos)
         if job.prompt_pos < n:
-            # Pieces so far were whole blocks, but for the one that ends at n - TAIL.
-            slot.exact = ExactPrefix(min(job.prompt_pos, n - TAIL) // block * block)
             return
-        slot.exact = computed_prefix(len(prompt), block)
         job.timings.prompt_ms = (now - job.t_prompt_start) * 1e3
         job.t_gen_start = now
         slot.state = SlotState.GENERATING

@@ -71,10 +71,6 @@ class EngineConfig:
     spec_adaptive: bool = True
     # A draft model's GGUF (same vocabulary): it guesses where prompt lookup has no guess.
     draft_model: str | None = None
-    # KV cache element types (config.KV_CACHE_TYPES): a saved state only fits a context of
-    # the same types, so they are part of `kv_key`.
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
     # The engine's log line while busy: every this many seconds (0: never); and whether
     # request lines include prompt and answer text (a debug aid: prompts are users' data).
     log_interval: float = 10.0
@@ -88,7 +84,7 @@ class EngineConfig:
         """Everything that makes a saved sequence state incompatible with another context."""
         return (
             f"ctx{self.n_ctx}-u{int(self.kv_unified)}-swa{int(self.swa_full)}-s{self.slots}"
-            f"-b{self.prefill_block}-k{self.cache_type_k}-v{self.cache_type_v}"
+            f"-b{self.prefill_block}"
         )
 
 
@@ -130,6 +126,15 @@ class SamplingParams:
         )
 
 
+@dataclass(frozen=True)
+class CacheBreakpoint:
+    """A client's cache breakpoint: keep the KV of prompt tokens [0, `end`) for `ttl`
+    seconds after each use (Anthropic `cache_control`, OpenAI `prompt_cache_retention`)."""
+
+    end: int
+    ttl: float
+
+
 @dataclass
 class GenerationRequest:
     """A prompt already tokenized, and how to continue it."""
@@ -146,6 +151,15 @@ class GenerationRequest:
     render_special: bool = False
     # Which API asked (openai, ollama, anthropic, ...): only for the request's log line.
     dialect: str = ""
+    # Prefixes to pin (the prompt is also cut at their ends: engine/partition.py), and the
+    # client's cache key: a slot that last served the same key is preferred.
+    breakpoints: tuple[CacheBreakpoint, ...] = ()
+    cache_key: str | None = None
+
+    @property
+    def marks(self) -> tuple[int, ...]:
+        """Where the prompt must be cut besides the block multiples: its breakpoints."""
+        return tuple(sorted({b.end for b in self.breakpoints})) if self.breakpoints else ()
 
 
 @dataclass
@@ -160,6 +174,10 @@ class Timings:
     cache_source: CacheSource = "none"
     draft_n: int = 0  # speculative tokens verified
     draft_n_accepted: int = 0  # of those, kept
+    # Per breakpoint (in request order): prompt tokens computed this request up to it from
+    # the one before (written to the cache there); and pins that yielded to the bound.
+    cache_written: tuple[int, ...] = ()
+    pins_yielded: int = 0
 
     def to_dict(self) -> dict[str, float | int | str]:
         def per_token(ms: float, n: int) -> float:
@@ -181,6 +199,7 @@ class Timings:
             "cache_source": self.cache_source,
             "draft_n": self.draft_n,
             "draft_n_accepted": self.draft_n_accepted,
+            "pins_yielded": self.pins_yielded,
         }
 
 
