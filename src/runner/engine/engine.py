@@ -61,6 +61,12 @@ class Engine:
         self.config = config
         started = time.perf_counter()
         self._model = LlamaModel(model_path, config.gpu_layers)
+        if not self._model.trimmable and (config.spec_draft_max or config.draft_model):
+            # Rejected guesses are dropped by cutting the sequence back: a recurrent state
+            # cannot be, so such a model decodes without speculation.
+            log.info("%s: recurrent state, speculative decoding off", self.name)
+            config = dataclasses.replace(config, spec_draft_max=0, draft_model=None)
+            self.config = config
         ctx: LlamaContext | None = None
         try:
             ctx = LlamaContext(
@@ -72,6 +78,8 @@ class Engine:
                 threads=config.threads,
                 kv_unified=config.kv_unified,
                 swa_full=config.swa_full,
+                cache_type_k=config.cache_type_k,
+                cache_type_v=config.cache_type_v,
             )
             self._draft = (
                 DraftModel(config.draft_model, self._model, config) if config.draft_model else None

@@ -71,6 +71,10 @@ class EngineConfig:
     spec_adaptive: bool = True
     # A draft model's GGUF (same vocabulary): it guesses where prompt lookup has no guess.
     draft_model: str | None = None
+    # KV cache element types (config.KV_CACHE_TYPES): a saved state only fits a context of
+    # the same types, so they are part of `kv_key`.
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
     # The engine's log line while busy: every this many seconds (0: never); and whether
     # request lines include prompt and answer text (a debug aid: prompts are users' data).
     log_interval: float = 10.0
@@ -84,7 +88,7 @@ class EngineConfig:
         """Everything that makes a saved sequence state incompatible with another context."""
         return (
             f"ctx{self.n_ctx}-u{int(self.kv_unified)}-swa{int(self.swa_full)}-s{self.slots}"
-            f"-b{self.prefill_block}"
+            f"-b{self.prefill_block}-k{self.cache_type_k}-v{self.cache_type_v}"
         )
 
 
