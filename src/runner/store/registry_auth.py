@@ -177,8 +177,9 @@ class RegistryAuth(httpx.Auth):
         scheme), or Docker Hub's token service for Docker Hub."""
         if self._docker_hub:
             return realm.scheme == "https" and realm.host == _DOCKER_HUB_TOKEN_HOST
-        scheme, host, _ = self._origin
-        return realm.host == host and (realm.scheme == scheme or realm.scheme == "https")
+        scheme, host, port = self._origin
+        realm_scheme, realm_host, realm_port = _origin(realm)
+        return realm_host == host and realm_port == port and realm_scheme == scheme
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
