@@ -84,6 +84,7 @@ class PromptCache:
     ) -> None:  # fmt: skip
         self.key = key
         self._pins = PinBook(clock)
+        self._saving_pins = False  # the writer is saving them
         self._pin_share = pin_share  # of each tier, that pinned prefixes may hold
         self._per_token = 0.0  # KV bytes per token, learned from the states put here
         self._reserve = disk_reserve  # free bytes to leave on the filesystem (None: default)
@@ -212,7 +213,10 @@ class PromptCache:
         """Wait until queued writes are done; False if some are still pending."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._pending.lru or self._unlinks or self._writing or self._pins_unsaved():
+            while (
+                self._pending.lru or self._unlinks or self._writing
+                or self._pins_unsaved() or self._saving_pins
+            ):  # fmt: skip
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -350,6 +354,9 @@ class PromptCache:
             log.warning("prompt cache: cannot save pins in %s: %s", self._files.dir, exc)
             with self._lock:
                 self._write_errors += 1
+        with self._lock:
+            self._saving_pins = False
+            self._changed.notify_all()
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -397,6 +404,7 @@ class PromptCache:
                     self._changed.wait(wait)
                 unlinks, self._unlinks = self._unlinks, []
                 pins = self._pins.dump() if self._pins_unsaved() else None
+                self._saving_pins = pins is not None
                 entry = next(iter(self._pending.lru.values()), None) if not unlinks else None
                 victims: list[Entry] = []
                 if entry is not None:
