@@ -220,6 +220,19 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = None
     persist: bool = True
+    cache_pins: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of each prompt-cache tier that pinned prefixes (cache breakpoints, "
+        "24h retention) may hold; past it in RAM they move to disk, past it on disk the least "
+        "recently used pin of the model yields",
+    )
+    cache_pin_ttl: Duration = Field(
+        300.0,
+        gt=0,
+        description="lifetime of a cache breakpoint that names none (Anthropic's default: 5m)",
+    )
 
     # stored OpenAI Responses (previous_response_id); kept in memory with --no-persist
     responses_dir: Path | None = None

@@ -185,6 +185,7 @@ class Loader:
             disk_dir=settings.resolved_cache_dir if settings.persist else None,
             persist=settings.persist,
             disk_reserve=settings.cache_disk_reserve,
+            pin_share=settings.cache_pins,
         )
         return cache
 
