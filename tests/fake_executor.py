@@ -63,7 +63,13 @@ class FakeExecutor:
     def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
         return [[float(len(x)), float(sum(x))] for x in inputs]
 
-    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None:
+    def open_sampler(
+        self,
+        job_id: int,
+        params: SamplingParams,
+        history: list[int],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         self.samplers.add(job_id)
 
     def close_sampler(self, job_id: int) -> None:

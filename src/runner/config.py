@@ -178,6 +178,15 @@ class Settings(BaseSettings):
         "(0: 16 on CPU, 128 with GPU offload)",
     )
     max_embed_tokens: int = Field(65536, ge=1, description="tokens per embeddings request")
+    max_grammar_bytes: ByteSize = Field(
+        128 << 10, ge=1, description="largest grammar (GBNF, also from a JSON schema) accepted"
+    )
+    grammar_step_budget: Duration = Field(
+        0.5,
+        gt=0,
+        description="CPU seconds of grammar work one constrained request may take per token "
+        "before it fails (an ambiguous or huge grammar)",
+    )
     cache_type_k: CacheType = Field(
         "f16",
         description="KV cache type of keys: " + ", ".join(KV_CACHE_TYPES) + " (q8_0 halves "

@@ -35,6 +35,8 @@ def engine_config(
         queue_size=settings.queue_size,
         prefill_block=prefill_block(settings, gpu_layers),
         max_embed_tokens=settings.max_embed_tokens,
+        max_grammar_bytes=settings.max_grammar_bytes,
+        grammar_step_budget=settings.grammar_step_budget,
         spec_draft_max=cfg.get("draft-max", settings.draft_max),
         draft_model=draft,
         cache_type_k=cfg.get("cache-type-k") or settings.cache_type_k,

@@ -6,7 +6,10 @@ JSON schemas are converted by llama-cpp-python's port of llama.cpp's converter
 JSON grammar (``grammars/json.gbnf``: an object at top level). Every problem is a
 `GrammarError` (HTTP 400). Schemas are checked first for what would make the converter (or
 llama.cpp) blow up: nesting depth and repetition counts (``minItems``, ``maxLength``,
-``{m,n}`` in patterns...) above llama.cpp's own threshold of 2000.
+``{m,n}`` in patterns...) above llama.cpp's own threshold of 2000. Grammars are bounded in
+size before llama.cpp parses them (its parser's work grows with the square of a rule's
+alternatives: a 1 MB grammar of 100,000 takes seconds), and the engine bounds their work
+per token (``engine/grammar_guard.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 MAX_REPETITIONS = 2000  # llama.cpp's MAX_REPETITION_THRESHOLD (src/llama-grammar.cpp)
 MAX_SCHEMA_DEPTH = 64
 MAX_SCHEMA_CHARS = 1024 * 1024
-MAX_GRAMMAR_CHARS = 4 * 1024 * 1024
+MAX_GRAMMAR_BYTES = 128 << 10  # the default of --max-grammar-bytes
 
 _COUNT_KEYS = (
     "minItems",
@@ -103,7 +106,7 @@ def schema_to_grammar(schema: Any) -> str:
     except Exception as exc:  # the converter signals unsupported input with assert/ValueError/...
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise GrammarError(f"unsupported JSON schema: {detail}") from exc
-    if not grammar.strip() or len(grammar) > MAX_GRAMMAR_CHARS:
+    if not grammar.strip() or _too_large(grammar, MAX_GRAMMAR_BYTES):
         raise GrammarError("JSON schema produced an empty or oversized grammar")
     return grammar
 
@@ -149,20 +152,27 @@ def grammar_for(
     if grammar is not None:
         if not isinstance(grammar, str):
             raise GrammarError("grammar must be a string")
-        if len(grammar) > MAX_GRAMMAR_CHARS:
-            raise GrammarError("grammar is too large")
+        if _too_large(grammar, MAX_GRAMMAR_BYTES):
+            raise GrammarError(f"grammar is larger than {MAX_GRAMMAR_BYTES} bytes")
         return grammar if grammar.strip() else None
     if json_schema is not None:
         return schema_to_grammar(json_schema)
     return from_format
 
 
-def validate_gbnf(gbnf: str, vocab: Any = None) -> None:
-    """Parse `gbnf` with llama.cpp itself; raise `GrammarError` if it is rejected.
+def _too_large(grammar: str, max_bytes: int) -> bool:
+    return len(grammar) > max_bytes or len(grammar.encode("utf-8")) > max_bytes
+
+
+def validate_gbnf(gbnf: str, vocab: Any = None, max_bytes: int = MAX_GRAMMAR_BYTES) -> None:
+    """Parse `gbnf` with llama.cpp itself; raise `GrammarError` if it is rejected or larger
+    than `max_bytes` (checked first: parsing a huge grammar is itself the cost).
 
     Without a `vocab` (a ``llama_vocab_p``), grammars naming tokens by their text
     (``<|im_end|>``) are rejected; token ids (``<[106]>``) parse either way.
     """
+    if _too_large(gbnf, max_bytes):
+        raise GrammarError(f"grammar is larger than {max_bytes} bytes (--max-grammar-bytes)")
     import llama_cpp
 
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")

@@ -151,6 +151,12 @@ class Engine:
         bad = [t for t in request.sampling.logit_bias if not 0 <= t < n_vocab]
         if bad:
             raise InvalidRequest(f"logit_bias token {bad[0]} is outside the vocabulary")
+        grammar = request.sampling.grammar
+        if grammar and len(grammar.encode("utf-8")) > self.config.max_grammar_bytes:
+            raise InvalidRequest(
+                f"the grammar is larger than {self.config.max_grammar_bytes} bytes "
+                "(--max-grammar-bytes)"
+            )
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request; iterate the returned handle (on this event loop) for its events.

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import llama_cpp
 import numpy as np
 
 from .context import Batch, LlamaContext
+from .grammar_guard import GrammarWork
 from .model import LlamaModel
 from .plan import BatchEntry, DecodeFailed
 from .sampling import Sampler
 from .stats import EngineStats
-from .types import EngineConfig, SamplingParams, TokenLogprob
+from .types import EngineConfig, EngineError, SamplingParams, TokenLogprob
+
+# The token a step returns for a job whose sampler failed; `take_failure` says why.
+SAMPLE_FAILED = -1
 
 
 class LlamaExecutor:
@@ -30,6 +34,7 @@ class LlamaExecutor:
         self._samplers: dict[int, Sampler] = {}
         self._n_probs: dict[int, int] = {}
         self._logprobs: dict[int, TokenLogprob] = {}
+        self._failures: dict[int, EngineError] = {}
         self._where: list[int] = []  # batch index of each entry of the last step
         self._embed_ctx: LlamaContext | None = None
         self._embed_batch: Batch | None = None
@@ -64,13 +69,18 @@ class LlamaExecutor:
                 out.append([])
                 continue
             sampler = self._samplers[e.job_id]
-            tokens = [sampler.sample(handle, i)]
-            # Verify guesses in order with the request's own sampler: a guess stays only if
-            # the sampler drew it (for a fixed guess that is speculative sampling's rule).
-            for j, guess in enumerate(e.tokens[len(e.tokens) - e.draft :], start=1):
-                if tokens[-1] != guess:
-                    break
-                tokens.append(sampler.sample(handle, i + j))
+            try:
+                tokens = [sampler.sample(handle, i)]
+                # Verify guesses in order with the request's own sampler: a guess stays only
+                # if the sampler drew it (for a fixed guess that is speculative sampling's rule).
+                for j, guess in enumerate(e.tokens[len(e.tokens) - e.draft :], start=1):
+                    if tokens[-1] != guess:
+                        break
+                    tokens.append(sampler.sample(handle, i + j))
+            except EngineError as exc:  # this request only (its grammar ran over its budget...)
+                self._failures[e.job_id] = exc
+                out.append([SAMPLE_FAILED])
+                continue
             out.append(tokens)
             n_top = self._n_probs.get(e.job_id)
             if n_top is not None:  # such requests are never given guesses (one token)
@@ -120,7 +130,11 @@ class LlamaExecutor:
     def sample_at(self, job_id: int, entry: int) -> int:
         """Draw for `job_id` from the logits of the last step's `entry` (n > 1 choices)."""
         index = self._where[entry]
-        token = self._samplers[job_id].sample(self.ctx.handle, index)
+        try:
+            token = self._samplers[job_id].sample(self.ctx.handle, index)
+        except EngineError as exc:
+            self._failures[job_id] = exc
+            return SAMPLE_FAILED
         n_top = self._n_probs.get(job_id)
         if n_top is not None:
             self._logprobs[job_id] = self._logprob(index, token, n_top)
@@ -130,11 +144,21 @@ class LlamaExecutor:
         """The log-probability of the token last drawn for `job_id`, if it asked for them."""
         return self._logprobs.pop(job_id, None)
 
-    def open_sampler(self, job_id: int, params: SamplingParams, history: list[int]) -> None:
+    def take_failure(self, job_id: int) -> EngineError:
+        return self._failures.pop(job_id, None) or EngineError("sampling failed")
+
+    def open_sampler(
+        self,
+        job_id: int,
+        params: SamplingParams,
+        history: list[int],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         # The penalty window: -1 means the whole context, and nothing beyond it exists.
         # llama.cpp allocates the window up front, so an unchecked value is a memory bomb.
         window = penalty_window(params.repeat_last_n, self.config.ctx_per_slot)
-        sampler = Sampler(self.model, dataclasses.replace(params, repeat_last_n=window))
+        work = GrammarWork(self.config.grammar_step_budget, cancelled) if params.grammar else None
+        sampler = Sampler(self.model, dataclasses.replace(params, repeat_last_n=window), work)
         for token in history:
             sampler.accept(token)
         self._samplers[job_id] = sampler
@@ -142,6 +166,7 @@ class LlamaExecutor:
             self._n_probs[job_id] = params.n_probs
 
     def close_sampler(self, job_id: int) -> None:
+        self._failures.pop(job_id, None)
         self._n_probs.pop(job_id, None)
         self._logprobs.pop(job_id, None)
         sampler = self._samplers.pop(job_id, None)

@@ -29,7 +29,7 @@ import random
 import llama_cpp
 import numpy as np
 
-from .grammar_guard import TriggerGuard
+from .grammar_guard import GrammarWork, TriggerGuard
 from .model import LlamaModel
 from .types import InvalidRequest, SamplingParams
 
@@ -148,7 +148,9 @@ class Sampler:
     The grammar, if any, is a separate sampler (see the module docstring).
     """
 
-    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+    def __init__(
+        self, model: LlamaModel, params: SamplingParams, grammar_work: GrammarWork | None = None
+    ) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain = llama_cpp.llama_sampler_chain_init(chain_params)
@@ -162,6 +164,8 @@ class Sampler:
         self._needed = 0  # allowed shortlist tokens that make a shortlist draw exact
         self.grammar_resamples = 0  # steps where the grammar rejected the chain's first pick
         self.grammar_full_passes = 0  # ...and the shortlist was not enough
+        # Bounds the grammar's work per token (grammar_guard.py); unbounded when not given.
+        self._work = grammar_work or GrammarWork(float("inf"))
         try:
             self._build(model, params)
             if params.grammar:
@@ -215,6 +219,7 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Draw a token from the logits at batch `index` (and record it as generated)."""
+        self._work.begin_token()
         if self._budget is not None:
             forced = self._budget.next_forced()
             if forced is not None and self._allowed(forced):
@@ -252,23 +257,23 @@ class Sampler:
         assert candidates is not None and self._grammar is not None
         llama_cpp.llama_sampler_apply(self._chain, candidates.fill(ctx, index))
         token = candidates.selected()
-        if candidates.allows(self._grammar, token):
+        if self._work.allows(candidates.allows, self._grammar, token):
             return token
         self.grammar_resamples += 1
         if self._shortlist is not None:  # the grammar on the likeliest tokens first
             cur = candidates.fill(ctx, index)
             llama_cpp.llama_sampler_apply(self._shortlist, cur)
-            llama_cpp.llama_sampler_apply(self._grammar, cur)
+            self._work.filter(self._grammar, candidates.array)
             if candidates.keep_allowed() >= self._needed:
                 llama_cpp.llama_sampler_apply(self._chain, cur)
                 return candidates.selected()
         # Filter the whole vocabulary by the grammar, then draw again.
         self.grammar_full_passes += 1
         cur = candidates.fill(ctx, index)
-        llama_cpp.llama_sampler_apply(self._grammar, cur)
+        self._work.filter(self._grammar, candidates.array)
         llama_cpp.llama_sampler_apply(self._chain, cur)
         token = candidates.selected()
-        if candidates.allows(self._grammar, token):
+        if self._work.allows(candidates.allows, self._grammar, token):
             return token
         # The grammar allows nothing the chain can draw (it is complete and only an end of
         # generation fits, or every allowed token was cut by the chain). Accepting a token
@@ -286,7 +291,7 @@ class Sampler:
         if self._grammar is not None and not self._exhausted:
             assert self._candidates is not None
             if self._guard is None or self._guard.safe_to_accept(token, self._candidates.allows):
-                llama_cpp.llama_sampler_accept(self._grammar, token)
+                self._work.accept(self._candidates.allows, self._grammar, token)
             else:  # the trigger's text does not fit the grammar: go on without it
                 llama_cpp.llama_sampler_free(self._grammar)
                 self._grammar = None

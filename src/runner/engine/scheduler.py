@@ -271,6 +271,9 @@ class Scheduler:
 
     def _sampled(self, slot: Slot, job: Job, token: int, now: float, position: int) -> None:
         """`token` was sampled; it would be decoded at `position` of the slot's sequence."""
+        if token < 0:  # the job's sampler failed (a grammar over its budget...): say why
+            self._finish(job, "error", error=self.executor.take_failure(job.id))
+            return
         job.timings.predicted_n += 1
         req = job.request
         if self.executor.is_eog(token) and not req.ignore_eos:

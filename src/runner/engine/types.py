@@ -64,6 +64,10 @@ class EngineConfig:
     min_restore_tokens: int = 64
     # Tokens one embeddings request may hold in all its inputs together.
     max_embed_tokens: int = 65536
+    # Grammars (grammar_guard.py): the largest accepted, in bytes, and the CPU seconds of
+    # grammar work one request may take per token before it fails.
+    max_grammar_bytes: int = 128 << 10
+    grammar_step_budget: float = 0.5
     # Speculative decoding by prompt lookup (engine/speculation.py): at most this many guessed
     # tokens per slot and step (0: off). `spec_adaptive` drafts only where the measured cost
     # and acceptance say it pays; without it every guess found is verified (tests, benches).
