@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 
 import httpx
@@ -125,27 +126,57 @@ def test_non_streaming_disconnect_cancels(server) -> None:
     _wait_released(server)
 
 
-def _document(nonce: str) -> str:
-    # About 1,700 tokens, all new: the nonce comes first, so no cached prefix is shared.
-    return f"{nonce}\n" + " ".join(f"Line {i} of a long document." for i in range(210))
+# Long enough that a quarter of it dwarfs HTTP and polling delays on any machine.
+PREFILL_TARGET_S = 3.0
+BASE_LINES = 210  # about 1,700 tokens
+MODEL_CONTEXT = 32768  # Gemma 3 270M's
+SHARED_SLOT_CONTEXT = 2048  # the shared `server` fixture's --ctx-size
 
 
-def test_disconnect_during_a_long_prompt_frees_the_slot_within_a_block(server) -> None:
-    url = server.base_url + "/completions"
-    # How long this prompt's prefill takes here, run to its end.
-    measured = httpx.post(
-        url,
-        json={"model": MODEL, "prompt": _document("zebra quartz"), "max_tokens": 1},
-        timeout=300,
-    )
-    assert measured.status_code == 200, measured.text
-    prefill_s = measured.json()["timings"]["prompt_ms"] / 1e3
-    assert measured.json()["timings"]["prompt_n"] > 1200
-    if prefill_s < 1.0:
-        pytest.skip(f"a {prefill_s:.2f}s prefill is too short to cancel half way on this machine")
+def _document(nonce: str, lines: int = BASE_LINES) -> str:
+    # All new tokens: the nonce comes first, so no cached prefix is shared.
+    return f"{nonce}\n" + " ".join(f"Line {i} of a long document." for i in range(lines))
+
+
+def _prefill(url: str, prompt: str) -> dict:
+    """Run `prompt` to its end; its timings (how long its prefill took here)."""
+    r = httpx.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 1}, timeout=600)
+    assert r.status_code == 200, r.text
+    return r.json()["timings"]
+
+
+def test_disconnect_during_a_long_prompt_frees_the_slot_within_a_block(
+    server, start_server
+) -> None:
+    # The prompt is sized to this machine's prefill speed: about PREFILL_TARGET_S seconds of
+    # prefill on a slow CPU and a fast GPU alike (a GPU needs a longer prompt, and a server
+    # whose slot holds it).
+    base = _prefill(server.base_url + "/completions", _document("zebra quartz"))
+    assert base["prompt_n"] > 1200
+    per_line_s = base["prompt_ms"] / 1e3 / BASE_LINES
+    tokens_per_line = base["prompt_n"] / BASE_LINES
+    max_lines = int((MODEL_CONTEXT - 64) / tokens_per_line)
+    lines = min(max(BASE_LINES, math.ceil(PREFILL_TARGET_S / per_line_s)), max_lines)
+    n_tokens = int(lines * tokens_per_line) + 64
+    target = server
+    if lines > BASE_LINES and n_tokens > SHARED_SLOT_CONTEXT:
+        ctx = str(min(MODEL_CONTEXT, n_tokens + 256))
+        target = start_server("--model", MODEL, "--slots", "1", "--ctx-size", ctx)
+    url = target.base_url + "/completions"
+    try:
+        timings = base if lines == BASE_LINES else _prefill(url, _document("zebra quartz", lines))
+        prompt = _document("walrus onyx", lines)
+        print(f"prompt of {n_tokens} tokens: {timings['prompt_ms'] / 1e3:.2f} s of prefill")
+        _cancel_a_quarter_into_the_prompt(target, url, prompt, timings["prompt_ms"] / 1e3)
+    finally:
+        if target is not server:
+            target.stop()
+
+
+def _cancel_a_quarter_into_the_prompt(server, url: str, prompt: str, prefill_s: float) -> None:
     with httpx.Client(base_url=server.url) as client:
         cancelled_before = metric(client, "runner:requests_finished_total", reason="cancelled")
-    body = {"model": MODEL, "prompt": _document("walrus onyx"), "max_tokens": 4, "stream": True}
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": True}
 
     async def main() -> float:
         async with httpx.AsyncClient(timeout=120) as client:

@@ -222,11 +222,21 @@ def test_content_parts_and_extras(client: openai.OpenAI) -> None:
 
 def test_curl_style_form_content_type(server) -> None:
     # `curl -d '{...}'` without -H sends application/x-www-form-urlencoded; accept it as JSON.
-    body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 1})
+    fields = {"model": MODEL, "messages": MESSAGES, "max_tokens": 3, "ignore_eos": True}
+    url = server.base_url + "/chat/completions"
+    as_json = httpx.post(url, json=fields, timeout=120)
+    assert as_json.status_code == 200, as_json.text
     r = httpx.post(
-        server.base_url + "/chat/completions",
-        content=body,
+        url,
+        content=json.dumps(fields),
         headers={"content-type": "application/x-www-form-urlencoded"},
         timeout=120,
     )
     assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["object"] == "chat.completion"
+    # Every field of the body was read: the same messages make the same prompt, and
+    # max_tokens with ignore_eos makes exactly that many tokens.
+    assert answer["usage"]["prompt_tokens"] == as_json.json()["usage"]["prompt_tokens"]
+    assert answer["usage"]["completion_tokens"] == 3
+    assert answer["choices"][0]["finish_reason"] == "length"
