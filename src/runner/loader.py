@@ -398,6 +398,10 @@ class Loader:
     def resident(self) -> list[ResidentModel]:
         return list(self._models.values())
 
+    def prompt_caches(self) -> list[PromptCache]:
+        """Every model's prompt cache opened since start (each outlives unloads)."""
+        return list(self._caches.values())
+
     def get_resident(self, name: str) -> ResidentModel | None:
         return next((m for m in self._models.values() if self.matches(m, name)), None)
 
