@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from oci_registry import RegistryProcess
-from server_proc import chat, http, running
+from server_proc import FAST_FLAGS, chat, http
 
 from runner.store import ModelStore
 from runner.store.bundled import expected_sha256
@@ -40,6 +40,7 @@ def _cli(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DOCKER_"))}
     env["RUNNER_MODELS_DIR"] = str(store)
     env["DOCKER_CONFIG"] = str(store.parent / "no-docker-config")
+    env["RUNNER_INSECURE_REGISTRIES"] = "127.0.0.1"  # the test registry is on loopback
     done = subprocess.run(
         [sys.executable, "-m", "runner", "models", *args],
         env=env,
@@ -73,7 +74,9 @@ def test_round_trip_through_registry_then_serve(
     assert "nothing downloaded" in again.stdout
 
     serving = _empty_store(tmp_path / "serving")
-    with running(start_server, serving) as server, http(server) as client:
+    env = {"RUNNER_MODELS_DIR": str(serving), "RUNNER_INSECURE_REGISTRIES": "127.0.0.1"}
+    server = start_server(*FAST_FLAGS, env=env)  # stopped by the fixture
+    with http(server) as client:
         missing = client.post("/models/create", json={"from": f"{registry.host}/test/nothing:1"})
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "remote_model_not_found"

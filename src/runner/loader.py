@@ -29,6 +29,7 @@ from .resident import (
     ResidentKey,
     ResidentModel,
     format_keep_alive,
+    template_key,
 )
 from .store import ModelEntry, ModelStore
 
@@ -88,16 +89,18 @@ class Loader:
 
     async def _acquire(self, name: str, context_size: int | None = None) -> ResidentModel:
         entry = await asyncio.to_thread(self.store.get, name)  # may materialize the bundle
-        draft = await asyncio.to_thread(self._draft_file, entry)
         tag = name if name in entry.tags else self._canonical(name, entry)
+        cfg = await asyncio.to_thread(self.store.get_config, tag)  # this name's, not the file's
+        draft = await asyncio.to_thread(self._draft_file, entry, cfg)
         async with self._lock:
             if self._closing:
                 raise LoadFailed("the server is shutting down")
             for stale in [m for m in self._models.values() if m.name == tag]:
                 if stale.entry.id != entry.id:  # the tag was moved to another file
                     await self._retire_locked(stale, "its name now refers to another file")
-            config, keep_alive = self._load_settings(entry, draft, context_size)
-            model = self._models.get((entry.id, config))
+            config, keep_alive = engine_config(self.settings, entry, cfg, draft, context_size)
+            rendering = template_key(cfg)
+            model = self._models.get((entry.id, config, rendering))
             if model is not None and model.engine is not None and model.engine.dead:
                 # A failed engine refuses work; replace it, as DMR evicts a defunct runner.
                 reason = model.engine.dead
@@ -107,6 +110,7 @@ class Loader:
                 model = None
             if model is None:
                 model = self._new_resident(tag, entry, config, keep_alive)
+                model.template_key = rendering
                 self._models[model.key] = model
                 log.info("loading %s (%s)", tag, entry.short_id)
                 self._spawn(self._load(model))
@@ -147,16 +151,11 @@ class Loader:
 
     # -- loading -------------------------------------------------------------------------
 
-    def _draft_file(self, entry: ModelEntry) -> str | None:
+    def _draft_file(self, entry: ModelEntry, cfg: dict[str, Any]) -> str | None:
         try:
-            return draft_file(self.settings, self.store, self.model_config(entry))
+            return draft_file(self.settings, self.store, cfg)
         except ValueError as exc:
             raise LoadFailed(f"cannot load {entry.name}: {exc}") from None
-
-    def _load_settings(
-        self, entry: ModelEntry, draft: str | None = None, context_size: int | None = None
-    ) -> tuple[EngineConfig, float]:
-        return engine_config(self.settings, entry, self.model_config(entry), draft, context_size)
 
     def _new_resident(
         self, tag: str, entry: ModelEntry, config: EngineConfig, keep_alive: float
@@ -234,7 +233,7 @@ class Loader:
 
     def _template(self, model: ResidentModel) -> ChatTemplate:
         meta = model.entry.metadata
-        config = self.model_config(model.entry)
+        config = self.store.get_config(model.name)
         template_file = self.settings.chat_template_file
         return chat_template(meta.architecture, meta.chat_template, config, template_file)
 
@@ -409,8 +408,9 @@ class Loader:
         """Every resident (and retired) copy of the file with ID `model_id`."""
         return [m for m in self._all_locked() if m.entry.id == model_id]
 
-    def model_config(self, entry: ModelEntry) -> dict[str, Any]:
-        return self.store.get_config(entry.id)
+    def model_config(self, entry: ModelEntry, name: str | None = None) -> dict[str, Any]:
+        """The per-name config of `name` (default: the entry's primary name)."""
+        return self.store.get_config(name or entry.name)
 
     async def configure(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Persist per-model settings (applied at the next load). Raises ModelBusy while
@@ -424,9 +424,10 @@ class Loader:
             holders = self.holders_of(entry.id)
             if any(m.busy or m.loading for m in holders):
                 raise ModelBusy(f"{entry.name} is serving requests; try again when it is idle")
-            merged = {**self.store.get_config(entry.id), **clean}
+            tag = name if name in entry.tags else self._canonical(name, entry)
+            merged = {**self.store.get_config(tag), **clean}
             merged = {k: v for k, v in merged.items() if v is not None}
-            await asyncio.to_thread(self.store.set_config, entry.id, merged)
+            await asyncio.to_thread(self.store.set_config, tag, merged)
             for model in holders:
                 await self._unload_locked(model, "reconfigured")
         log.info("configured %s: %s", entry.name, merged)

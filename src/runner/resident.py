@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,8 +16,20 @@ from .engine import Engine, EngineConfig
 from .memory import MemoryEstimate
 from .store import ModelEntry
 
-# What makes two loads the same: the file (sha256) and how it is loaded.
-ResidentKey = tuple[str, EngineConfig]
+# What makes two loads the same: the file (sha256), how it is loaded, and how its chat is
+# rendered (names of one file with different templates never share an engine).
+ResidentKey = tuple[str, EngineConfig, str]
+
+# The per-name config keys that change how a chat is rendered.
+TEMPLATE_KEYS = ("chat-template", "tool-format", "reasoning-format")
+
+
+def template_key(config: dict[str, Any]) -> str:
+    """A fingerprint of a name's rendering settings ("" when it has none of its own)."""
+    chosen = {k: config[k] for k in TEMPLATE_KEYS if config.get(k) is not None}
+    if not chosen:
+        return ""
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
 
 
 class LoaderError(Exception):
@@ -38,10 +52,11 @@ class LoadFailed(LoaderError):
 class ResidentModel:
     """A model in memory (or on its way there).
 
-    Residents are keyed by the file's sha256 and the load settings (`key`): every tag of one
-    file shares one engine (one copy of the weights, one prompt cache). Per-model settings
-    belong to the file, so its tags always agree on them. `name` is the tag it was first
-    loaded under; `aliases` are the other tags it has served since.
+    Residents are keyed by the file's sha256, the load settings and the rendering settings
+    (`key`): the tags of one file that agree on them share one engine (one copy of the
+    weights, one prompt cache). Per-model settings belong to each name, so a template one
+    name brought never renders another's chats. `name` is the tag it was first loaded under;
+    `aliases` are the other tags it has served since.
     """
 
     name: str
@@ -64,10 +79,11 @@ class ResidentModel:
     # Replaced in the name table (its tag now names another file): unload once idle.
     retired: bool = False
     aliases: list[str] = field(default_factory=list)
+    template_key: str = ""
 
     @property
     def key(self) -> ResidentKey:
-        return (self.entry.id, self.config)
+        return (self.entry.id, self.config, self.template_key)
 
     def drop_name(self, tag: str, remaining: list[str]) -> None:
         """Tag `tag` is being removed from the store; the file keeps `remaining` tags."""
