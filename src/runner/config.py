@@ -6,7 +6,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -155,7 +155,18 @@ class Settings(BaseSettings):
         default_factory=list,
         description="directories POST /models/create may import from (default: home and cwd)",
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="debug, info, warning, error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines for people (text) or machines (json, one object a line)"
+    )
+    log_interval: Duration = Field(
+        10.0,
+        description="while a model is busy, log its running and waiting requests, tokens/s "
+        "and cache hit rate this often (0: never)",
+    )
+    log_text: bool = Field(
+        False, description="debug: log each request's prompt and answer text (users' data)"
+    )
     ui: bool = Field(True, description="serve the web page at /")
 
     # engine

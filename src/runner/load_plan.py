@@ -39,6 +39,8 @@ def engine_config(
         grammar_step_budget=settings.grammar_step_budget,
         spec_draft_max=cfg.get("draft-max", settings.draft_max),
         draft_model=draft,
+        log_interval=max(settings.log_interval, 0.0),
+        log_text=settings.log_text,
         cache_type_k=cfg.get("cache-type-k") or settings.cache_type_k,
         cache_type_v=cfg.get("cache-type-v") or settings.cache_type_v,
     )
