@@ -10,7 +10,11 @@ import gguf
 import llama_cpp
 import numpy as np
 
+from .checkpoints import Checkpoints
 from .model import LlamaModel, ModelLoadError
+
+# llama.cpp's state flag for "only the part that cannot be trimmed" (the recurrent state).
+_PARTIAL = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
 
 
 class DecodeError(RuntimeError):
@@ -49,6 +53,7 @@ class Batch:
             self._seq_ptrs.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))
         )
         self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct._owner = self  # what a decode of the struct may read back (checkpoints)
         self.n = 0
 
     def clear(self) -> None:
@@ -100,8 +105,13 @@ class LlamaContext:
         embeddings: bool = False,
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
+        checkpoint_block: int = 0,
     ) -> None:
         self.model = model
+        # With a recurrent state: snapshot it after prompt pieces that end on a multiple of
+        # `checkpoint_block`, so `truncate` can go back there (engine/checkpoints.py).
+        self.checkpoint_block = checkpoint_block if not model.trimmable else 0
+        self.checkpoints = Checkpoints()
         params = llama_cpp.llama_context_default_params()
         params.type_k = ggml_type(cache_type_k)
         params.type_v = ggml_type(cache_type_v)
@@ -143,7 +153,22 @@ class LlamaContext:
         return self._ctx
 
     def decode(self, batch: llama_cpp.llama_batch) -> int:
-        return llama_cpp.llama_decode(self._ctx, batch)
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        owner = getattr(batch, "_owner", None)
+        if status == 0 and self.checkpoint_block and isinstance(owner, Batch):
+            self._checkpoint(owner)
+        return status
+
+    def _checkpoint(self, batch: Batch) -> None:
+        """Snapshot the recurrent state of each sequence whose prompt piece in `batch` ended
+        on a block boundary. A piece is several tokens of one sequence (a generated token
+        comes alone and is never a cut the prompt partition makes)."""
+        seqs, pos = batch.seq_id[: batch.n], batch.pos[: batch.n]
+        for seq in np.unique(seqs).tolist():
+            mine = pos[seqs == seq]
+            end = int(mine.max()) + 1
+            if len(mine) >= 2 and end % self.checkpoint_block == 0:
+                self.checkpoints.add(seq, end, self._seq_state(seq, _PARTIAL))
 
     # -- KV cache per sequence ---------------------------------------------------------
 
@@ -157,30 +182,56 @@ class LlamaContext:
         (engine-facts.md), so the result is checked rather than trusted.
         """
         if keep <= 0:
-            llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            self.clear_seq(seq)
             return 0
         ok = llama_cpp.llama_memory_seq_rm(self.mem, seq, keep, -1)
         if ok and self.pos_max(seq) == keep - 1:
+            self.checkpoints.keep_up_to(seq, keep)
             return keep
-        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        # A recurrent state refuses the cut (unchanged): go back to a snapshot instead.
+        back = self._rollback(seq, keep) if not ok else 0
+        if back:
+            return back
+        self.clear_seq(seq)
         return 0
+
+    def _rollback(self, seq: int, keep: int) -> int:
+        """Restore the newest checkpoint at or below `keep` and trim the attention KV (if
+        any) to it; returns its position, or 0 when there is none or it failed."""
+        snapshot = self.checkpoints.best(seq, keep)
+        if snapshot is None:
+            return 0
+        at, state = snapshot
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if not llama_cpp.llama_state_seq_set_data_ext(self._ctx, buf, len(state), seq, _PARTIAL):
+            return 0
+        ok = llama_cpp.llama_memory_seq_rm(self.mem, seq, at, -1)
+        if not ok or self.pos_max(seq) != at - 1:
+            return 0
+        self.checkpoints.keep_up_to(seq, at)
+        return at
 
     def clear_seq(self, seq: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        self.checkpoints.drop(seq)
 
     def clear_all(self) -> None:
         llama_cpp.llama_memory_clear(self.mem, True)
+        self.checkpoints.drop()
 
     # -- sequence state (for the RAM/disk prompt cache) -------------------------------
 
     def seq_state(self, seq: int) -> bytes:
-        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
+        return self._seq_state(seq, 0)
+
+    def _seq_state(self, seq: int, flags: int) -> bytes:
+        size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
         buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, seq)
+        written = llama_cpp.llama_state_seq_get_data_ext(self._ctx, buf, size, seq, flags)
         return bytes(memoryview(buf)[:written])
 
     def set_seq_state(self, seq: int, data: bytes) -> bool:
-        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        self.clear_seq(seq)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         read = llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), seq)
         if read == 0:
@@ -193,7 +244,7 @@ class LlamaContext:
         return llama_cpp.llama_state_seq_save_file(self._ctx, path.encode(), seq, arr, len(tokens))
 
     def load_seq_file(self, seq: int, path: str, capacity: int) -> list[int] | None:
-        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        self.clear_seq(seq)
         arr = (llama_cpp.llama_token * capacity)()
         count = ctypes.c_size_t(0)
         read = llama_cpp.llama_state_seq_load_file(

@@ -80,6 +80,7 @@ class Engine:
                 swa_full=config.swa_full,
                 cache_type_k=config.cache_type_k,
                 cache_type_v=config.cache_type_v,
+                checkpoint_block=config.prefill_block,
             )
             self._draft = (
                 DraftModel(config.draft_model, self._model, config) if config.draft_model else None
