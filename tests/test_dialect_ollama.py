@@ -23,8 +23,8 @@ from oci_registry import RegistryProcess
 from server_proc import MODEL, private_store, wait_for
 from weather_tool import WEATHER_TOOL as WEATHER
 
-from runner.api.errors import APIError
-from runner.api.ollama import parse_keep_alive
+from runner.api.errors.table import APIError
+from runner.api.ollama.routes import parse_keep_alive
 from runner.store import ModelStore
 from runner.store.push import package, push
 

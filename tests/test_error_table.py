@@ -10,14 +10,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from runner.api.errors import (
+from runner.api.errors.table import (
     APIError,
     ErrorInfo,
     describe,
     install_error_handlers,
     openai_body,
 )
-from runner.api.middleware import BodyLimitMiddleware
+from runner.api.http.middleware import BodyLimitMiddleware
 from runner.chat import GrammarError
 from runner.engine import EngineError, PromptTooLong, QueueFull
 from runner.engine.slot_files import SlotFileNoSpace

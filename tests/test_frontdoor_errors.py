@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from runner.api.anthropic_stream import _event as anthropic_event
-from runner.api.dialect_errors import (
+from runner.api.anthropic.stream import _event as anthropic_event
+from runner.api.core.sse import sse_event as openai_event
+from runner.api.errors.renderers import (
     anthropic_body,
     error_response,
     is_stream,
     ollama_body,
     stream_error_event,
 )
-from runner.api.errors import ErrorInfo, openai_body
-from runner.api.ollama_stream import line as ollama_line
-from runner.api.streaming import _event as openai_event
+from runner.api.errors.table import ErrorInfo, openai_body
+from runner.api.ollama.stream import line as ollama_line
 
 INFO = ErrorInfo(502, "replica_failed", "the replica serving this request failed")
 BUSY = ErrorInfo(503, "replica_unavailable", "no replica could take the request: gone")

@@ -38,7 +38,7 @@ import httpx
 import pytest
 from server_proc import private_store
 
-from runner.api.schemas import MODEL_NAME_SCHEMA
+from runner.api.core.schemas import MODEL_NAME_SCHEMA
 from runner.store.names import parse
 
 schemathesis = pytest.importorskip("schemathesis")

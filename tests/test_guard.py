@@ -14,11 +14,12 @@ import pytest
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
-from runner.api import access, create_app
-from runner.api.errors import APIError
-from runner.api.guard import MAX_DEPTH, MAX_ITEMS, check_body, outside_strings
-from runner.api.inference import check_token_limit
-from runner.api.schemas import ChatCompletionRequest
+from runner.api import create_app
+from runner.api.core.inference import check_token_limit
+from runner.api.errors.table import APIError
+from runner.api.http import access
+from runner.api.http.json_guard import MAX_DEPTH, MAX_ITEMS, check_body, outside_strings
+from runner.api.openai.schemas import ChatCompletionRequest
 from runner.config import Settings, parse_duration
 from runner.engine.executor import penalty_window
 from runner.model_config import validate_config

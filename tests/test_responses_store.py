@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.api.responses_store import ResponseStore
+from runner.api.responses.store import ResponseStore
 
 
 def _record(size: int = 10) -> dict[str, object]:

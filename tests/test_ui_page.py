@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from runner.api.app import create_app
-from runner.api.ui import STATIC_DIR
+from runner.api.ui.page import STATIC_DIR
 from runner.cli import build_parser, settings_from
 from runner.config import Settings
 from runner.store import ModelStore

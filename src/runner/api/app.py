@@ -14,12 +14,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from runner import __version__
-from runner.config import Settings
-from runner.loader import Loader
-from runner.store import ModelStore
-
-from . import anthropic, extras, ollama, ollama_models, openai_routes, responses
-from .access import (
+from runner.api.anthropic import routes as anthropic_routes
+from runner.api.core.dialect_common import OPENAI_PREFIXES
+from runner.api.dmr import routes as dmr_routes
+from runner.api.errors.renderers import RENDERERS
+from runner.api.errors.table import install_error_handlers
+from runner.api.http.access import (
     LOCALHOST_ORIGINS,
     ApiKeyMiddleware,
     HostMiddleware,
@@ -28,15 +28,20 @@ from .access import (
     normalize_origin,
     warn_if_exposed,
 )
-from .dialect_errors import RENDERERS
-from .errors import install_error_handlers
-from .guard import JsonGuardMiddleware
-from .management import router as management_router
-from .metrics import make_registry
-from .middleware import BodyLimitMiddleware, FormAsJsonMiddleware
-from .openapi import true_openapi
-from .responses_store import ResponseStore
-from .ui import install_ui
+from runner.api.http.json_guard import JsonGuardMiddleware
+from runner.api.http.middleware import BodyLimitMiddleware, FormAsJsonMiddleware
+from runner.api.http.openapi import true_openapi
+from runner.api.llama_server import routes as llama_server_routes
+from runner.api.llama_server.metrics import make_registry
+from runner.api.ollama import models as ollama_models
+from runner.api.ollama import routes as ollama_routes
+from runner.api.openai import routes as openai_routes
+from runner.api.responses import routes as responses_routes
+from runner.api.responses.store import ResponseStore
+from runner.api.ui.page import install_ui
+from runner.config import Settings
+from runner.loader import Loader
+from runner.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +91,19 @@ def create_app(
 
     install_error_handlers(app, renderers=RENDERERS)
     true_openapi(app)
-    app.include_router(extras.router)
-    for prefix in openai_routes.PREFIXES:
+    app.include_router(llama_server_routes.router)
+    for prefix in OPENAI_PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)
-    app.include_router(management_router)
-    app.include_router(ollama.router)
-    app.include_router(anthropic.router)
-    app.include_router(responses.router)
+    app.include_router(dmr_routes.router)
+    app.include_router(ollama_routes.router)
+    app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(ollama_models.router)
     if settings.ui:
         install_ui(app, api_key_required=bool(settings.api_key))
 
     # Added last = outermost. Request path: body cap -> Host -> Origin -> CORS -> API key ->
-    # JSON guard -> form-as-JSON -> routes (see access.py and guard.py).
+    # JSON guard -> form-as-JSON -> routes (see http/access.py and http/json_guard.py).
     app.add_middleware(FormAsJsonMiddleware)
     app.add_middleware(JsonGuardMiddleware)
     if settings.api_key:

@@ -2,7 +2,7 @@
 
 Shutdown order: uvicorn stops accepting connections and waits for in-flight requests; streams
 may run for `--shutdown-grace`, after which those still going are ended with an error event
-and `[DONE]` (`streaming.py`). Then the lifespan calls `loader.shutdown(grace)`, which lets
+and `[DONE]` (`core/sse.py`). Then the lifespan calls `loader.shutdown(grace)`, which lets
 engines finish what they hold and frees llama.cpp.
 """
 
@@ -14,11 +14,10 @@ from types import FrameType
 
 import uvicorn
 
+from runner.api.app import create_app
+from runner.api.core.sse import STREAM_END_MARGIN
+from runner.api.http.connections import uvicorn_limits
 from runner.config import Settings
-
-from .app import create_app
-from .connections import uvicorn_limits
-from .streaming import STREAM_END_MARGIN
 
 log = logging.getLogger("runner")
 
@@ -47,7 +46,7 @@ def serve(settings: Settings) -> int:
         log_level=level,
         lifespan="on",
         # More than the stream grace: streams still running when it ends get an error
-        # event and [DONE] (streaming.py) before uvicorn would drop their connections.
+        # event and [DONE] (core/sse.py) before uvicorn would drop their connections.
         timeout_graceful_shutdown=settings.shutdown_grace + STREAM_END_MARGIN + 3,
         **uvicorn_limits(
             settings.read_timeout, settings.keep_alive_timeout, settings.max_connections

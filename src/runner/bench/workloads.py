@@ -17,7 +17,7 @@ from .client import BenchClient, BenchError, Result, percentile
 
 Tick = Callable[[int], object]
 
-# Counter names in runner's /metrics (see runner.api.metrics); llama-server has n_decode only.
+# Counter names in runner's /metrics (runner.api.llama_server.metrics); llama-server: n_decode only.
 DECODE_SECONDS = "runner:decode_seconds_total"
 STEP_SECONDS = "runner:step_seconds_total"
 N_DECODE = "llamacpp:n_decode_total"

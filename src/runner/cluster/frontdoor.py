@@ -25,8 +25,8 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from runner.api.dialect_errors import error_response, is_stream, stream_error_event
-from runner.api.errors import ErrorInfo
+from runner.api.errors.renderers import error_response, is_stream, stream_error_event
+from runner.api.errors.table import ErrorInfo
 from runner.config import Settings
 
 from .forward import ForwardedRequest, prompt_text

@@ -19,9 +19,9 @@ from typing import Any
 
 import llama_cpp
 
-from runner.api.chat_output import ChatPlan
-from runner.api.dialect_common import chat_plan
-from runner.api.schemas import ChatCompletionRequest, CompletionRequest
+from runner.api.core.chat_plan import ChatPlan
+from runner.api.core.dialect_common import chat_plan
+from runner.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from runner.cache.radix import RadixIndex
 from runner.chat import ChatTemplate
 from runner.config import Settings
@@ -102,7 +102,7 @@ class PromptKeys:
     def _chat(self, raw: Any) -> list[int]:
         body = ChatCompletionRequest.model_validate(raw)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        return self._render(body.model, messages, ChatPlan.from_body(body), body.chat_template_kwargs)  # fmt: skip
+        return self._render(body.model, messages, body.chat_plan(), body.chat_template_kwargs)  # fmt: skip
 
     def _completion(self, raw: Any) -> list[int]:
         body = CompletionRequest.model_validate(raw)
@@ -115,13 +115,13 @@ class PromptKeys:
     # own functions, so the rendered prompt is the one their route renders.
 
     def _anthropic(self, raw: Any) -> list[int]:
-        from runner.api import anthropic
+        from runner.api.anthropic import routes as anthropic
 
         body = anthropic.MessagesRequest.model_validate(raw)
         return self._render(body.model, anthropic.chat_messages(body), anthropic._plan(body))
 
     def _responses(self, raw: Any) -> list[int] | None:
-        from runner.api import responses
+        from runner.api.responses import routes as responses
 
         body = responses.ResponsesRequest.model_validate(raw)
         history: list[dict[str, Any]] = []
@@ -137,14 +137,14 @@ class PromptKeys:
         return self._render(body.model, [*system, *history], plan)
 
     def _responses_store(self) -> Any:
-        from runner.api.responses_store import ResponseStore
+        from runner.api.responses.store import ResponseStore
 
         s = self.settings
         directory = s.resolved_responses_dir if s.persist else None
         return ResponseStore(directory, max_bytes=s.responses_disk, max_age=s.responses_ttl)
 
     def _ollama_chat(self, raw: Any) -> list[int]:
-        from runner.api import ollama
+        from runner.api.ollama import routes as ollama
 
         messages = ollama._messages(raw.get("messages") or [])
         plan = chat_plan(raw.get("tools"), raw.get("tool_choice"))

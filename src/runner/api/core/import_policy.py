@@ -1,0 +1,60 @@
+"""Which local files `POST /models/create {"from": PATH}` may import over HTTP.
+
+The server reads whatever its user can read, so a request must not turn it into a file
+oracle: `from` must resolve (symlinks followed) inside an allowed directory (`--allow-import`,
+default: the user's home and the server's working directory), and every way a file can fail
+to be a model (missing, unreadable, not GGUF, truncated or corrupt) gets one and the same
+answer that quotes nothing from the file. The details go to the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner.api.errors.table import APIError
+from runner.config import Settings
+
+log = logging.getLogger(__name__)
+
+NOT_A_MODEL = "invalid_model_file"
+
+
+def allowed_import_dirs(settings: Settings) -> list[Path]:
+    """`--allow-import` directories, resolved; by default the home and working directories."""
+    dirs = settings.allow_import or [str(Path.home()), os.getcwd()]
+    return [Path(os.path.realpath(Path(d).expanduser())) for d in dirs]
+
+
+def import_source(source: str, allowed: Sequence[Path]) -> Path:
+    """The real path of a local file to import: 400 unless absolute, 403 unless inside
+    `allowed`. Whether the file exists is not checked here (see `not_a_model`)."""
+    if "\x00" in source:
+        raise APIError(400, "'from' holds a NUL character", "invalid_request", param="from")
+    path = Path(source).expanduser()
+    if not path.is_absolute():  # relative to what? The server's cwd is no one's business
+        raise APIError(400, "'from' must be an absolute path", "invalid_request", param="from")
+    real = Path(os.path.realpath(path))
+    if not any(real == d or real.is_relative_to(d) for d in allowed):
+        raise APIError(
+            403,
+            f"'from' is outside the directories this server imports from ({len(allowed)} "
+            "allowed; the operator sets them with --allow-import)",
+            "import_not_allowed",
+            param="from",
+        )
+    return real
+
+
+def not_a_model(source: str, reason: Exception) -> APIError:
+    """The one error for a `from` that is not a usable GGUF file, whatever the reason."""
+    log.info("models/create: %s is not importable: %s", source, reason)
+    return APIError(
+        400,
+        f"{source[:500]!r} is not a readable GGUF model file (missing, unreadable, not GGUF, "
+        "or truncated/corrupt)",
+        NOT_A_MODEL,
+        param="from",
+    )

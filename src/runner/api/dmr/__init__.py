@@ -1,0 +1,1 @@
+"""Docker Model Runner's management routes: models in the store, loads, configuration."""

@@ -1,0 +1,1 @@
+"""The one error table (`table`) and its rendering in each dialect's shape (`renderers`)."""

@@ -1,0 +1,1 @@
+"""HTTP hardening and plumbing: access rules, body limits and the JSON guard, connections, OpenAPI."""

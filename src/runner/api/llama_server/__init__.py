@@ -1,0 +1,1 @@
+"""llama-server's extra routes: /health, /slots, /tokenize, /detokenize, /metrics."""

@@ -1,0 +1,1 @@
+"""OpenAI's API: chat and text completions, embeddings, models, under DMR's prefixes."""

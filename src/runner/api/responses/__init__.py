@@ -1,0 +1,1 @@
+"""OpenAI's Responses API: the routes, the output items and events, the response store."""
