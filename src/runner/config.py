@@ -81,8 +81,11 @@ def parse_cache_type(value: Any) -> str:
 
 
 def _split_list(value: Any) -> Any:
+    """`a,b` -> [a, b]; a list (a repeated flag) has each of its items split the same way."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list | tuple):
+        return [part for item in value for part in _split_list(item)]
     return value
 
 
@@ -105,7 +108,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore")
 
     # store
-    models_dir: Path = Field(default_factory=lambda: default_home() / "models")
+    models_dir: Path = Field(
+        default_factory=lambda: default_home() / "models", description="model store directory"
+    )
 
     # pulls and pushes: registries, Hugging Face, URLs
     registry_host: str = Field(
@@ -137,19 +142,24 @@ class Settings(BaseSettings):
     )
 
     # server
-    host: str = "127.0.0.1"
-    port: int = Field(12434, ge=0, le=65535)
-    model: CommaList = Field(default_factory=list, description="models to preload")
-    api_key: str | None = None
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(12434, ge=0, le=65535, description="TCP port")
+    model: CommaList = Field(
+        default_factory=list, description="models to preload (repeat the flag, or a,b)"
+    )
+    api_key: str | None = Field(None, description="require this bearer token")
     cors_origins: CommaList = Field(
         default_factory=list,
+        description="browser origins allowed to call the API (comma-separated)",
         validation_alias=AliasChoices("cors_origins", "RUNNER_ORIGINS", "RUNNER_CORS_ORIGINS"),
     )
-    max_body_bytes: ByteSize = 10 << 20
+    max_body_bytes: ByteSize = Field(10 << 20, description="largest request body")
     read_timeout: Duration = Field(
         30.0, gt=0, description="seconds a client has to send a whole request"
     )
-    keep_alive_timeout: Duration = Field(30.0, gt=0, description="idle keep-alive connections")
+    keep_alive_timeout: Duration = Field(
+        30.0, gt=0, description="close idle keep-alive connections after"
+    )
     max_connections: int = Field(1000, ge=1, description="open connections before 503")
     allow_import: CommaList = Field(
         default_factory=list,
@@ -170,13 +180,15 @@ class Settings(BaseSettings):
     ui: bool = Field(True, description="serve the web page at /")
 
     # engine
-    slots: int = Field(4, ge=1, le=256)
+    slots: int = Field(4, ge=1, le=256, description="parallel sequences per model")
     ctx_size: int = Field(4096, ge=64, description="context tokens per slot")
-    similarity: float = Field(0.5, ge=0.0, le=1.0)
-    gpu_layers: GpuLayers = -1
-    threads: int | None = Field(None, ge=1)
-    batch_size: int = Field(2048, ge=32)
-    ubatch_size: int = Field(512, ge=32)
+    similarity: float = Field(
+        0.5, ge=0.0, le=1.0, description="least prompt-prefix similarity to reuse a slot"
+    )
+    gpu_layers: GpuLayers = Field(-1, description="layers to offload to the GPU (all or a count)")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's)")
+    batch_size: int = Field(2048, ge=32, description="logical batch size")
+    ubatch_size: int = Field(512, ge=32, description="physical batch size")
     queue_size: int = Field(64, ge=0, description="requests waiting for a slot before 503")
     max_tokens_default: int = Field(
         -1, ge=-1, description="tokens to generate when a request sets no limit (-1: no limit)"
@@ -220,26 +232,28 @@ class Settings(BaseSettings):
         description="speculative decoding with a draft model (a model name or a GGUF path of "
         "the same vocabulary), where prompt lookup has no guess",
     )
-    chat_template_file: Path | None = None
+    chat_template_file: Path | None = Field(None, description="Jinja chat template override")
 
     # lifecycle
-    idle_timeout: Duration = 300.0
-    max_models: int | None = Field(None, ge=1)
-    memory_budget: ByteSize | None = None
+    idle_timeout: Duration = Field(
+        300.0, description="unload a model idle this long (30s, 5m; -1: never)"
+    )
+    max_models: int | None = Field(None, ge=1, description="most models loaded at once")
+    memory_budget: ByteSize | None = Field(None, description="memory for loaded models (8GiB)")
     shutdown_grace: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = Field(
         30.0, description="how long streams may run on after SIGTERM before they are ended"
     )
 
     # prompt cache tiers
-    cache_ram: ByteSize = 1 << 30
-    cache_disk: ByteSize = 8 << 30
+    cache_ram: ByteSize = Field(1 << 30, description="prompt-cache RAM tier size")
+    cache_disk: ByteSize = Field(8 << 30, description="prompt-cache disk tier size")
     cache_disk_reserve: ByteSize | None = Field(
         None,
         description="free space the disk tier leaves on its filesystem "
         "(default: max(1 GiB, 10% of the filesystem))",
     )
-    cache_dir: Path | None = None
-    persist: bool = True
+    cache_dir: Path | None = Field(None, description="prompt-cache disk tier directory")
+    persist: bool = Field(True, description="keep the prompt cache on disk across restarts")
     cache_pins: float = Field(
         0.5,
         ge=0.0,
@@ -255,9 +269,9 @@ class Settings(BaseSettings):
     )
 
     # stored OpenAI Responses (previous_response_id); kept in memory with --no-persist
-    responses_dir: Path | None = None
-    responses_disk: ByteSize = 256 << 20
-    responses_ttl: Duration = 30 * 86400.0
+    responses_dir: Path | None = Field(None, description="stored Responses API responses")
+    responses_disk: ByteSize = Field(256 << 20, description="size bound of stored responses")
+    responses_ttl: Duration = Field(30 * 86400.0, description="age bound of stored responses")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
