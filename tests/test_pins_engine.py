@@ -64,6 +64,10 @@ def test_written_tokens_per_breakpoint(make_core, tmp_path: Path) -> None:
     # Past the prompt's last reusable token: pinned up to it (all but the last 4).
     b = run(core, prompt_of(50, 5000), breakpoints=(CacheBreakpoint(50, 300.0),))
     assert b.timings.cache_written == (46,)
+    # Two breakpoints at one place: its tokens are written once.
+    twice = (CacheBreakpoint(40, 300.0), CacheBreakpoint(40, 3600.0))
+    c = run(core, prompt_of(60, 7000), breakpoints=twice)
+    assert c.timings.cache_written == (40, 0)
 
 
 def test_a_cache_key_brings_the_request_back_to_its_slot(make_core) -> None:

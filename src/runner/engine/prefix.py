@@ -115,7 +115,9 @@ class PrefixPlanner:
             assert self.cache is not None
             cuts = tuple(c for c in odd if c <= end)
             yielded += self.cache.pin(prompt[:end], cuts, ttl, hit=cache_n >= end)
-        return tuple(written[min(b.end, limit)] for b in req.breakpoints), yielded
+        # Two breakpoints at one place wrote its tokens once: the first of them counts them.
+        counted = [written.pop(min(b.end, limit), 0) for b in req.breakpoints]
+        return tuple(counted), yielded
 
     @property
     def _block(self) -> int:
