@@ -185,7 +185,9 @@ class PrefixPlanner:
             # Expected with a recurrent state (it goes back to a checkpoint, or to nothing);
             # with attention KV alone, a trim that fails is worth a warning.
             level = logging.DEBUG if kept else logging.WARNING
-            log.log(level, "slot %d: KV trim to %d tokens kept %d; recomputing", slot.id, keep, kept)
+            log.log(
+                level, "slot %d: KV trim to %d tokens kept %d; recomputing", slot.id, keep, kept
+            )
         del slot.tokens[kept:]
         slot.exact = truncated(slot.exact, kept)
         return kept
