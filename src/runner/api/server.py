@@ -18,15 +18,9 @@ from runner.api.app import create_app
 from runner.api.core.sse import STREAM_END_MARGIN
 from runner.api.http.connections import uvicorn_limits
 from runner.config import Settings
+from runner.logs import configure_logging
 
 log = logging.getLogger("runner")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _swallow(signum: int, frame: FrameType | None) -> None:
@@ -37,13 +31,15 @@ def _swallow(signum: int, frame: FrameType | None) -> None:
 def serve(settings: Settings) -> int:
     """Serve until a signal; 0 after a clean shutdown, 1 if the app failed to start."""
     level = settings.log_level.lower()
-    _configure_logging(level)
+    configure_logging(level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=level,
+        # uvicorn's own lines go through the root handler, in --log-format too.
+        log_config=None,
         lifespan="on",
         # More than the stream grace: streams still running when it ends get an error
         # event and [DONE] (core/sse.py) before uvicorn would drop their connections.

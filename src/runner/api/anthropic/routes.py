@@ -198,7 +198,9 @@ async def messages(request: Request) -> Response:
     plan = _plan(body)
     prompt_n = [0]
     builder = _counting(chat_prompt(chat_messages(body), plan), prompt_n)
-    gen = await start(request, body.model, builder, fields, "msg_", plan.customize)
+    gen = await start(
+        request, body.model, builder, fields, "msg_", plan.customize, dialect="anthropic"
+    )
     if body.stream:
         cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
         parser = plan.parser()

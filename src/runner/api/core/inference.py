@@ -225,10 +225,12 @@ async def start(
     id_prefix: str,
     customize: Callable[[GenerationRequest], None] | None = None,
     context_size: int | None = None,
+    dialect: str = "",
 ) -> Generation:
     """Hold `name`, build the prompt with `await prompt_of(model)` -> (tokens, extra stops),
     let `customize` adjust the engine request (tool grammars...), and submit. Every error
-    before the stream starts is raised here, as an HTTP error."""
+    before the stream starts is raised here, as an HTTP error. `dialect` names the API that
+    asked, in the request's log line."""
     stack = contextlib.AsyncExitStack()
     try:
         model = await stack.enter_async_context(hold_model(request, name, context_size))
@@ -236,6 +238,7 @@ async def start(
         check_token_limit(body, engine, model.name)
         tokens, stops = await prompt_of(model, engine)
         engine_request = generation_request(body, tokens, stops)
+        engine_request.dialect = dialect
         apply_default_limit(engine_request, body, settings_of(request).max_tokens_default)
         if customize is not None:
             customize(engine_request)

@@ -224,7 +224,9 @@ async def _run(
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     name = requested_model(body)
     customize = plan.customize if plan is not None else None
-    gen = await start(request, name, prompt_of, fields, "", customize, context_size_of(body))
+    gen = await start(
+        request, name, prompt_of, fields, "", customize, context_size_of(body), dialect="ollama"
+    )
     load_ns = time.perf_counter_ns() - started
     apply_keep_alive(request, gen.model, keep_alive)
 

@@ -109,7 +109,7 @@ async def chat_completions(request: Request, body: ChatCompletionBody) -> Respon
         stops = model.template.stop_strings if model.template else ()
         return tokens, stops
 
-    gen = await start(request, name, prompt_of, body, "chatcmpl-", plan.customize)
+    gen = await start(request, name, prompt_of, body, "chatcmpl-", plan.customize, dialect="openai")
     if body.stream:
         grace = settings_of(request).shutdown_grace
         return chat_stream(gen, body.include_usage, grace, plan.parser, bool(body.logprobs))
@@ -147,7 +147,7 @@ async def completions(request: Request, body: CompletionBody) -> Response:
             return await tokenize(engine, body.prompt), ()
         return list(body.prompt), ()
 
-    gen = await start(request, name, prompt_of, body, "cmpl-")
+    gen = await start(request, name, prompt_of, body, "cmpl-", dialect="openai")
     if body.stream:
         grace = settings_of(request).shutdown_grace
         return completion_stream(gen, body.include_usage, grace, body.logprobs is not None)

@@ -259,7 +259,7 @@ async def create(request: Request) -> Response:
     )
     name = model_name(request, body.model)
     prompt_of = chat_prompt([*system, *history], plan, free_grammar=fmt is None)
-    gen = await start(request, name, prompt_of, fields, "", plan.customize)
+    gen = await start(request, name, prompt_of, fields, "", plan.customize, dialect="responses")
     obj = response_object(new_id("resp_"), int(time.time()), body.model or name, body)
 
     async def store(response: dict[str, Any]) -> None:
