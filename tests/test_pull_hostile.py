@@ -23,7 +23,8 @@ from runner.store import ModelStore
 from runner.store.digests import MalformedDigest, oci_digest, safe_remote_path, sha256_hex
 from runner.store.download import _locked
 from runner.store.errors import PullError
-from runner.store.pull import pull, staging_path, sweep_partials
+from runner.store.pull import pull, sweep_partials
+from runner.store.staging import staging_path
 
 LOOPBACK = Settings(insecure_registries=["127.0.0.1"], allow_private_pulls=True)
 
@@ -200,21 +201,22 @@ def test_a_zero_byte_model_layer_is_a_clear_refusal(remote: HostileServer, tmp_p
 def test_partials_are_pruned_by_age_and_total_but_not_while_in_use(tmp_path: Path) -> None:
     store = _store(tmp_path / "models")
     now = time.time()
-    ages = {"old": 2 * 86400, "older-busy": 3 * 86400, "a": 300, "b": 200, "c": 100}
+    ages = {"old": 2 * 86400, "older-busy": 3 * 86400, "a": 3000, "b": 2000, "c": 1000}
+    ages["active"] = 10  # written to seconds ago: maybe a merge, which holds no lock
     paths = {}
-    for i, (label, age) in enumerate(ages.items()):
+    for label, age in ages.items():
         path = staging_path(store, hashlib.sha256(label.encode()).hexdigest())
         path.write_bytes(bytes(1 << 20))
         os.utime(path, (now - age, now - age))
         paths[label] = path
-        assert i >= 0
     orphan_lock = staging_path(store, "f" * 64).with_suffix(".lock")
     orphan_lock.write_bytes(b"")
     with _locked(paths["older-busy"]):  # a pull is writing it right now
         sweep_partials(store, int(2.5 * (1 << 20)), now=now)
     kept = {label for label, path in paths.items() if path.exists()}
-    # Past a day: gone (unless in use); then the oldest until the rest fit in 2.5 MiB.
-    assert kept == {"older-busy", "b", "c"}
+    # Past a day: gone (unless in use); then the oldest idle ones until the rest fit in
+    # 2.5 MiB (or only active ones are left).
+    assert kept == {"older-busy", "c", "active"}
     assert not orphan_lock.exists()
 
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from .errors import PullError
+from .errors import MalformedDigest
+
+__all__ = ["MalformedDigest", "is_sha256_hex", "oci_digest", "safe_remote_path", "sha256_hex"]
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _STAGING_KEY = re.compile(r"(?:[a-z]+-)?[0-9a-f]{64}")
-
-
-class MalformedDigest(PullError):
-    """A remote named a blob by something that is not a sha256 digest (or a file name that
-    would leave its folder); nothing was written."""
 
 
 def is_sha256_hex(value: object) -> bool:

@@ -75,3 +75,13 @@ class DigestMismatch(PullError):
 
 class DiskFull(PullError):
     """The store's filesystem ran out of space (or a file size limit) while downloading."""
+
+
+class PullRefused(RemoteForbidden):
+    """The pull would connect to an address the server does not pull from (loopback,
+    private, link-local, multicast...); the message names the setting that allows it."""
+
+
+class MalformedDigest(PullError):
+    """A remote named a blob by something that is not a sha256 digest (or a file by a name
+    that would leave its folder); nothing was written."""

@@ -22,17 +22,14 @@ from typing import Any
 import httpcore
 import httpx
 
-from .errors import RemoteForbidden
+from .errors import PullRefused
+
+__all__ = ["AddressPolicy", "PullRefused", "guarded_client", "is_public_address"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALLOW_PRIVATE_SETTING = "RUNNER_ALLOW_PRIVATE_PULLS=1 (--allow-private-pulls)"
 INSECURE_REGISTRIES_SETTING = "RUNNER_INSECURE_REGISTRIES (--insecure-registries)"
-
-
-class PullRefused(RemoteForbidden):
-    """The pull would connect to an address the server does not pull from (loopback,
-    private, link-local, multicast...); the message names the setting that allows it."""
 
 
 def is_public_address(address: str | IPAddress) -> bool:

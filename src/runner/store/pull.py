@@ -35,6 +35,9 @@ from .store import ModelStore
 
 # An interrupted download is kept this long for the next pull to resume, then deleted.
 ABANDONED_AFTER_S = 24 * 3600
+# A partial written to within this long may be a pull that holds no lock on it (a merge of
+# shards): the total bound leaves it alone.
+ACTIVE_WITHIN_S = 600
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,12 @@ def pull(
 
 def sweep_partials(store: ModelStore, max_bytes: int, now: float | None = None) -> None:
     """Delete interrupted downloads no pull is writing: those older than a day, then the
-    oldest until the rest fit in `max_bytes`; and lock files left without a download."""
+    oldest idle ones until the rest fit in `max_bytes`; and lock files left without a
+    download."""
     if not store.tmp_dir.is_dir():
         return
-    cutoff = (time.time() if now is None else now) - ABANDONED_AFTER_S
+    now = time.time() if now is None else now
+    cutoff = now - ABANDONED_AFTER_S
     kept: list[tuple[float, int, Path]] = []
     for path in store.tmp_dir.glob("pull-*.partial"):
         with contextlib.suppress(OSError):
@@ -119,8 +124,8 @@ def sweep_partials(store: ModelStore, max_bytes: int, now: float | None = None) 
             else:
                 kept.append((stat.st_mtime, stat.st_size, path))
     total = sum(size for _, size, _ in kept)
-    for _, size, path in sorted(kept):
-        if total <= max_bytes:
+    for mtime, size, path in sorted(kept):
+        if total <= max_bytes or mtime > now - ACTIVE_WITHIN_S:
             break
         with contextlib.suppress(OSError):
             path.unlink()

@@ -170,28 +170,38 @@ async def engines_configure(request: Request) -> JSONResponse:
         config = await loader.configure(name, body)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_config") from exc
+    configured = await asyncio.to_thread(_configured_name, request, name, entry)
     return JSONResponse(
-        {"model": entry.name, "id": f"sha256:{entry.id}", "config": config}, status_code=202
+        {"model": configured, "id": f"sha256:{entry.id}", "config": config}, status_code=202
     )
+
+
+def _configured_name(request: Request, name: str, entry: ModelEntry) -> str:
+    """The name a config belongs to: the tag `name` resolves to (a full ID: the primary)."""
+    resolved = store_of(request).resolve(name)
+    return resolved if resolved in entry.tags else entry.name
 
 
 @router.get("/engines/_configure")
 @router.get("/engines/llama.cpp/_configure", include_in_schema=False)
 async def engines_configs(request: Request, model: ModelQuery = None) -> Any:
-    """Every model's persisted configuration, or `?model=NAME`'s alone."""
+    """Every model name's persisted configuration, or `?model=NAME`'s alone (a config
+    belongs to a name: other names of the same file have their own)."""
     store = store_of(request)
     if model:
         entry = await _entry(request, model)
         return {
-            "model": entry.name,
+            "model": await asyncio.to_thread(_configured_name, request, model, entry),
             "id": f"sha256:{entry.id}",
-            "config": store.get_config(entry.id),
+            "config": await asyncio.to_thread(store.get_config, model),
         }
     entries = await asyncio.to_thread(store.list)
+    named = [(tag, e) for e in entries for tag in e.tags]
+    configs = await asyncio.to_thread(lambda: [store.get_config(tag) for tag, _ in named])
     return [
-        {"model": e.name, "id": f"sha256:{e.id}", "config": store.get_config(e.id)}
-        for e in entries
-        if store.get_config(e.id)
+        {"model": tag, "id": f"sha256:{e.id}", "config": config}
+        for (tag, e), config in zip(named, configs, strict=True)
+        if config
     ]
 
 
@@ -202,7 +212,7 @@ async def engines_configs(request: Request, model: ModelQuery = None) -> Any:
 async def models_list(request: Request) -> list[dict[str, Any]]:
     store = store_of(request)
     entries = await asyncio.to_thread(store.list)
-    return [model_json(e, store.get_config(e.id)) for e in entries]
+    return [model_json(e, store.get_config(e.name)) for e in entries]
 
 
 @router.post("/models/create", openapi_extra=json_body(CreateModelRequest))
@@ -255,7 +265,7 @@ async def _pull(request: Request, body: dict[str, Any], source: str) -> Streamin
 async def models_get(request: Request, name: ModelPath) -> dict[str, Any]:
     """One model by name; partial names match (`gemma3` finds `ai/gemma3:latest`)."""
     entry = await _entry(request, name)
-    return model_json(entry, store_of(request).get_config(entry.id))
+    return model_json(entry, await asyncio.to_thread(store_of(request).get_config, name))
 
 
 @router.delete("/models/{name:path}")

@@ -103,7 +103,8 @@ async def ps(request: Request) -> dict[str, Any]:
 @router.post("/show", openapi_extra=json_body(OllamaModelRequest))
 async def show(request: Request) -> dict[str, Any]:
     body = await read_json(request)
-    entry = await _entry(request, requested_model(body))
+    name = requested_model(body)
+    entry = await _entry(request, name)
     meta = entry.metadata
     arch = meta.architecture
     info: dict[str, Any] = {
@@ -118,7 +119,7 @@ async def show(request: Request) -> dict[str, Any]:
         info[f"{arch}.attention.head_count"] = meta.head_count
     if meta.head_count_kv is not None:
         info[f"{arch}.attention.head_count_kv"] = meta.head_count_kv
-    config = store_of(request).get_config(entry.id)
+    config = await asyncio.to_thread(store_of(request).get_config, name)  # this name's
     parameters = "\n".join(f"{k} {v}" for k, v in sorted(config.items()))
     template = _template_source(entry, config)
     # Every chat template gets tool calls (runner's per-family formats, generic otherwise);
