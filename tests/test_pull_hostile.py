@@ -23,8 +23,7 @@ from runner.store import ModelStore
 from runner.store.digests import MalformedDigest, oci_digest, safe_remote_path, sha256_hex
 from runner.store.download import _locked
 from runner.store.errors import PullError
-from runner.store.pull import pull, sweep_partials
-from runner.store.staging import staging_path
+from runner.store.pull import pull, staging_path, sweep_partials
 
 LOOPBACK = Settings(insecure_registries=["127.0.0.1"], allow_private_pulls=True)
 
