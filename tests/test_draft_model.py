@@ -26,6 +26,7 @@ from runner.engine import Engine, EngineConfig, ModelLoadError
 from runner.engine.draft import check_vocabulary
 from runner.engine.job import Completion
 from runner.engine.partition import TAIL
+from runner.engine.scheduler import Scheduler
 from runner.engine.types import GenerationRequest, SamplingParams
 
 FREE = "The history of the Roman empire"
@@ -69,11 +70,11 @@ def generate(engine: Engine, prompt: str, draft_max: int, **kw) -> Completion:
     """Greedy unless `sampling` says otherwise; guesses from the draft model alone (prompt
     lookup, which goes first when a draft model is set, is turned off)."""
 
-    def set_draft_max() -> None:
-        engine.scheduler_for_slot_files.spec.draft_max = draft_max
-        engine.scheduler_for_slot_files.spec.lookup = False
+    def set_draft_max(scheduler: Scheduler) -> None:
+        scheduler.spec.draft_max = draft_max
+        scheduler.spec.lookup = False
 
-    engine.run_on_engine(set_draft_max).result(10)
+    engine.call_with_scheduler(set_draft_max).result(10)
     sampling = kw.pop("sampling", SamplingParams(temperature=0.0))
     kw.setdefault("id_slot", 0)
     request = GenerationRequest(engine.tokenize(prompt), sampling, **kw)

@@ -21,6 +21,7 @@ from spec_cases import ASK_COPY, assert_same_greedy_output, greedy_cases
 from runner.engine import Engine, EngineConfig
 from runner.engine.job import Completion
 from runner.engine.partition import TAIL
+from runner.engine.scheduler import Scheduler
 from runner.engine.types import GenerationRequest, SamplingParams
 
 
@@ -33,10 +34,10 @@ def engine(bundled_model_path: Path) -> Iterator[Engine]:
 
 
 def speculate(engine: Engine, draft_max: int) -> None:
-    def set_draft_max() -> None:
-        engine.scheduler_for_slot_files.spec.draft_max = draft_max
+    def set_draft_max(scheduler: Scheduler) -> None:
+        scheduler.spec.draft_max = draft_max
 
-    engine.run_on_engine(set_draft_max).result(10)
+    engine.call_with_scheduler(set_draft_max).result(10)
 
 
 def generate(engine: Engine, prompt: str, draft_max: int, **kw) -> Completion:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from runner.cli import _SERVE_FLAGS, _common, add_setting, settings_from
+from runner.cli.common import SERVE_FLAGS, add_setting, common_parser, settings_from
 
 
 def cmd_cluster_serve(args: argparse.Namespace) -> int:
@@ -46,8 +46,8 @@ def cmd_cluster_serve(args: argparse.Namespace) -> int:
 def configure(p: argparse.ArgumentParser) -> None:
     """Fill in the `cluster` parser (called by runner.cli's registrar)."""
     csub = p.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
-    s = csub.add_parser("serve", parents=[_common()], help="deploy replicas behind one URL")
-    for field, kwargs in _SERVE_FLAGS:
+    s = csub.add_parser("serve", parents=[common_parser()], help="deploy replicas behind one URL")
+    for field, kwargs in SERVE_FLAGS:
         add_setting(s, field, **kwargs)
     s.add_argument("--replicas", type=int, default=2, metavar="N", help="runner replicas")
     s.add_argument(

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -254,14 +254,13 @@ class Engine:
             raise InvalidRequest(f"action {action} needs a filename")
         key = slot_files.SlotFileKey(model_sha256, self.config.kv_key())
         file = None if path is None else Path(path)
-        return await slot_files.slot_action(self, slot_id, action, file, key)
+
+        def on_engine(step: Callable[[Any], Any]) -> asyncio.Future[Any]:
+            return asyncio.wrap_future(self.call_with_scheduler(step))
+
+        return await slot_files.slot_action(on_engine, slot_id, action, file, key)
 
     # -- state ----------------------------------------------------------------------------
-
-    @property
-    def scheduler_for_slot_files(self) -> Any:
-        """The scheduler, for the slot-file commands (they run on the engine thread)."""
-        return self._core.scheduler
 
     @property
     def vocab(self) -> Any:
@@ -281,8 +280,11 @@ class Engine:
         except Exception:
             return []
 
-    def run_on_engine(self, fn: Any) -> Future[Any]:
-        return self._core.call(fn)
+    def call_with_scheduler(self, fn: Callable[[Any], Any]) -> Future[Any]:
+        """Runs `fn(scheduler)` on the engine thread (slot files; tests tuning speculation).
+        The scheduler is lent to `fn` there and never handed out, so nothing else touches it
+        from another thread."""
+        return self._core.call(lambda: fn(self._core.scheduler))
 
     def slots(self) -> list[dict[str, Any]]:
         """The slots as the engine thread last saw them (a snapshot, never torn)."""

@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +40,10 @@ from .partition import ExactPrefix, truncated
 from .types import EngineError, InvalidRequest
 
 if TYPE_CHECKING:
-    from .engine import Engine
     from .scheduler import Scheduler
+
+# Runs a step on the engine thread, lending it the scheduler there (`Engine.call_with_scheduler`).
+OnEngine = Callable[[Callable[["Scheduler"], Any]], Awaitable[Any]]
 
 # Out of space (or over a quota / file size limit): the client can free space and retry.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -175,21 +178,17 @@ def read_slot_file(path: Path, key: SlotFileKey) -> tuple[list[int], bytes, int]
 
 
 async def slot_action(
-    engine: Engine, slot_id: int, action: str, path: Path | None, key: SlotFileKey
+    on_engine: OnEngine, slot_id: int, action: str, path: Path | None, key: SlotFileKey
 ) -> dict[str, Any]:
-    """`save` an idle slot to `path`, `restore` it from there (verified), or `erase` it."""
+    """`save` an idle slot to `path`, `restore` it from there (verified), or `erase` it; the
+    slot's snapshot, install and erase run on the engine thread through `on_engine`."""
     started = time.perf_counter()
-    scheduler = engine.scheduler_for_slot_files
-
-    def on_engine(fn: Any) -> asyncio.Future[Any]:
-        return asyncio.wrap_future(engine.run_on_engine(fn))
-
     if action == "erase":
-        n = await on_engine(lambda: _erase(scheduler, slot_id))
+        n = await on_engine(lambda scheduler: _erase(scheduler, slot_id))
         return {"id_slot": slot_id, "n_erased": n}
     assert path is not None
     if action == "save":
-        tokens, state = await on_engine(lambda: _snapshot(scheduler, slot_id))
+        tokens, state = await on_engine(lambda scheduler: _snapshot(scheduler, slot_id))
         written = await asyncio.to_thread(write_slot_file, path, key, tokens, state)
         return {
             "id_slot": slot_id,
@@ -199,7 +198,7 @@ async def slot_action(
             "timings": {"save_ms": (time.perf_counter() - started) * 1e3},
         }
     tokens, state, size = await asyncio.to_thread(read_slot_file, path, key)
-    await on_engine(lambda: _install(scheduler, slot_id, tokens, state))
+    await on_engine(lambda scheduler: _install(scheduler, slot_id, tokens, state))
     return {
         "id_slot": slot_id,
         "filename": path.name,

@@ -40,7 +40,8 @@ from .errors import (
 )
 from .index import ModelEntry
 from .netguard import AddressPolicy, guarded_client
-from .pull import (
+from .refs import HfSource
+from .staging import (
     PullProgress,
     PullProgressFn,
     blob_progress,
@@ -48,7 +49,6 @@ from .pull import (
     install_shards,
     staging_path,
 )
-from .refs import HfSource
 from .store import ModelStore
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q4_0", "Q8_0")

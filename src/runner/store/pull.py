@@ -17,20 +17,26 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
 from .artifact import parse_manifest
-from .digests import staging_key
-from .download import NO_SPACE, fetch_verified, in_use, raise_for_status, unreachable
-from .errors import DiskFull, InvalidModelFile
+from .download import fetch_verified, in_use, raise_for_status, unreachable
+from .errors import InvalidModelFile
 from .index import ModelEntry
 from .names import normalize
 from .netguard import AddressPolicy, guarded_client
 from .oci import Registry
 from .refs import HfSource, OciSource, Source, UrlSource, parse_source
+from .staging import (
+    PullProgress,
+    PullProgressFn,
+    blob_progress,
+    install_or_tag,
+    install_shards,
+    staging_path,
+)
 from .store import ModelStore
 
 # An interrupted download is kept this long for the next pull to resume, then deleted.
@@ -38,17 +44,6 @@ ABANDONED_AFTER_S = 24 * 3600
 # A partial written to within this long may be a pull that holds no lock on it (a merge of
 # shards): the total bound leaves it alone.
 ACTIVE_WITHIN_S = 600
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    status: str
-    digest: str = ""
-    total: int = 0
-    completed: int = 0
-
-
-PullProgressFn = Callable[[PullProgress], None]
 
 
 @dataclass(frozen=True)
@@ -139,78 +134,6 @@ def sweep_partials(store: ModelStore, max_bytes: int, now: float | None = None) 
         hf_dir = store.tmp_dir / "hf"
         if hf_dir.is_dir() and hf_dir.stat().st_mtime < cutoff:
             shutil.rmtree(hf_dir, ignore_errors=True)
-
-
-def blob_progress(emit: PullProgressFn, model_id: str) -> Callable[[int, int], None]:
-    status = f"pulling {model_id[:12]}"
-
-    def report(done: int, total: int) -> None:
-        emit(PullProgress(status, f"sha256:{model_id}", total, done))
-
-    return report
-
-
-def install_or_tag(
-    store: ModelStore,
-    name: str,
-    model_id: str,
-    size: int,
-    fetch: Callable[[], object],
-    emit: PullProgressFn,
-) -> tuple[ModelEntry, int]:
-    """Skip the download when the store has `model_id`; else run `fetch`, which must leave
-    the verified file at `staging_path(store, model_id)`, and move it in."""
-    if store.has_model(model_id):
-        blob_progress(emit, model_id)(size, size)
-        return store.tag(name, model_id), 0
-    fetch()
-    emit(PullProgress("verifying sha256 digest"))
-    return store.install(name, staging_path(store, model_id), model_id), size
-
-
-def staging_path(store: ModelStore, key: str) -> Path:
-    """`tmp/pull-<key>.partial`; `key` is a digest (MalformedDigest otherwise), so the file
-    and its `.lock` stay inside the store's `tmp/`."""
-    store.tmp_dir.mkdir(parents=True, exist_ok=True)
-    return store.tmp_dir / f"pull-{staging_key(key)}.partial"
-
-
-def install_shards(
-    store: ModelStore,
-    name: str,
-    shards: list[tuple[str, int]],
-    fetch: Callable[[int], Path],
-    emit: PullProgressFn,
-) -> tuple[ModelEntry, int]:
-    """A split GGUF: `shards` are (sha256 hex, size) in order; `fetch(i)` downloads shard i
-    and returns its verified file. The shards are merged into one model (see `shards.py`)."""
-    from .shards import merge, merged_model, remember_merged, shards_key
-
-    key = shards_key([digest for digest, _ in shards])
-    known = merged_model(store, key)
-    if known:
-        for digest, size in shards:
-            blob_progress(emit, digest)(size, size)
-        return store.tag(name, known), 0
-    files = [fetch(i) for i in range(len(shards))]
-    emit(PullProgress("verifying sha256 digest"))
-    emit(PullProgress(f"merging {len(files)} shards"))
-    merged = staging_path(store, f"merge-{key}")
-    try:
-        model_id = merge(files, merged)
-    except OSError as exc:
-        merged.unlink(missing_ok=True)
-        if exc.errno in NO_SPACE:
-            raise DiskFull(f"{name}: no space left to merge the shards ({exc})") from exc
-        raise
-    except BaseException:
-        merged.unlink(missing_ok=True)
-        raise
-    entry = store.install(name, merged, model_id)
-    remember_merged(store, key, model_id)
-    for path in files:
-        path.unlink(missing_ok=True)
-    return entry, sum(size for _, size in shards)
 
 
 def _pull_oci(

@@ -1,6 +1,6 @@
 """`runner models pull | push | package`: move models between the store and registries.
 
-Registered under `runner models` by `cli.add_models`; progress is a tqdm bar per blob on
+Registered under `runner models` by `cli.main.add_models`; progress is a tqdm bar per blob on
 stderr (hidden when stderr is not a terminal).
 """
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from runner.cli.common import open_store
 
 
 class _Bars:
@@ -38,7 +40,6 @@ class _Bars:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from runner.cli import _open_store
     from runner.store.pull import PullProgress, pull
 
     bars = _Bars()
@@ -48,7 +49,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             bars.update(event.digest.removeprefix("sha256:")[:12], event.completed, event.total)
 
     try:
-        result = pull(_open_store(args), args.name, progress, tag=args.tag, sha256=args.sha256)
+        result = pull(open_store(args), args.name, progress, tag=args.tag, sha256=args.sha256)
     finally:
         bars.close()
     state = "downloaded" if result.downloaded else "up to date, nothing downloaded"
@@ -57,13 +58,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from runner.cli import _open_store
     from runner.store.push import push
 
     bars = _Bars()
     try:
         pushed = push(
-            _open_store(args),
+            open_store(args),
             args.name,
             args.target,
             lambda digest, done, total: bars.update(digest[7:19], done, total),
@@ -76,11 +76,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from runner.cli import _open_store
     from runner.store import TqdmProgress
     from runner.store.push import package, push
 
-    store = _open_store(args)
+    store = open_store(args)
     entry = package(
         store,
         Path(args.gguf),

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from runner.cli_format import table
+from runner.cli.format import table
 from runner.config import format_size
 
 DEFAULT_URL = "http://127.0.0.1:12434"
