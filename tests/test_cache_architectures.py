@@ -21,6 +21,10 @@ import httpx
 import pytest
 from model_zoo import ZOO, zoo_store
 
+from runner.engine import EngineConfig
+from runner.memory import estimate
+from runner.store import ModelStore
+
 # ~300 tokens of ordinary text: past the minimum restored prefix (64) by several blocks.
 SHARED = (
     "The harbour town woke before the sun. Fishermen checked their nets, bakers pulled the "
@@ -44,13 +48,13 @@ def texts(answer: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def servers(
-    start_server: Callable[..., Any],
-    bundled_model_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Any, Any]]:
-    models = zoo_store(tmp_path_factory.mktemp("zoo"), bundled_model_path)
-    env = {"RUNNER_MODELS_DIR": str(models)}
+def zoo_models(bundled_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return zoo_store(tmp_path_factory.mktemp("zoo"), bundled_model_path)
+
+
+@pytest.fixture(scope="module")
+def servers(start_server: Callable[..., Any], zoo_models: Path) -> Iterator[tuple[Any, Any]]:
+    env = {"RUNNER_MODELS_DIR": str(zoo_models)}
     common = ("--slots", "2", "--ctx-size", "1024", "--max-models", "4")
     reference = start_server(*common, "--no-persist", "--draft-max", "0", env=env)
     cached = start_server(*common, env=env)
@@ -92,3 +96,21 @@ def test_cached_answers_equal_uncached(kind: str, servers: tuple[Any, Any]) -> N
 
     cached.restart()
     check(0, "disk")
+
+
+def test_memory_estimate_counts_recurrent_state_not_kv(zoo_models: Path) -> None:
+    store = ModelStore(zoo_models, bundled_default=False)
+    meta = {kind: store.get(f"zoo/{kind}").metadata for kind in ZOO}
+    # llama.cpp's sizes (f32): Mamba 2 keeps (d_conv - 1) x (d_inner + 2 x groups x d_state)
+    # conv columns and d_state x d_inner scan state per layer; LFM2 (L - 1) x n_embd per
+    # convolution layer; attention-only models none.
+    assert meta["recurrent"].recurrent_state_bytes == 2 * 4 * (3 * (128 + 2 * 16) + 16 * 128)
+    assert meta["hybrid"].recurrent_state_bytes == 2 * 4 * 2 * 64
+    assert meta["dense"].recurrent_state_bytes is None
+    assert (meta["hybrid"].attention_layers, meta["recurrent"].attention_layers) == (2, 0)
+    small, large = EngineConfig(slots=2, ctx_per_slot=512), EngineConfig(slots=2, ctx_per_slot=8192)
+    recurrent = [estimate(meta["recurrent"], 1, c).kv_cache for c in (small, large)]
+    assert recurrent[0] == recurrent[1] == 2 * 9 * meta["recurrent"].recurrent_state_bytes
+    hybrid = [estimate(meta["hybrid"], 1, c).kv_cache for c in (small, large)]
+    dense = [estimate(meta["dense"], 1, c).kv_cache for c in (small, large)]
+    assert hybrid[1] - hybrid[0] == dense[1] - dense[0]  # 2 attention layers of 1 KV head

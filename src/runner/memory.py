@@ -13,6 +13,7 @@ from typing import Any
 import gguf
 import psutil
 
+from .engine.checkpoints import Checkpoints
 from .engine.types import EngineConfig
 from .store.gguf_meta import GGUFMetadata
 
@@ -57,8 +58,12 @@ def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> Memory
     v_dim = meta.value_length or head_dim
     k_bytes = cache_type_bytes(config.cache_type_k)
     v_bytes = cache_type_bytes(config.cache_type_v)
-    kv_per_token = int(layers * heads_kv * (head_dim * k_bytes + v_dim * v_bytes))
+    kv_layers = layers if meta.attention_layers is None else meta.attention_layers
+    kv_per_token = int(kv_layers * heads_kv * (head_dim * k_bytes + v_dim * v_bytes))
     kv = kv_per_token * config.n_ctx
+    if meta.recurrent_state_bytes:
+        # One state per slot, plus the checkpoints each slot may hold (engine/checkpoints.py).
+        kv += meta.recurrent_state_bytes * config.slots * (1 + Checkpoints().limit)
     vocab = meta.vocab_size or 32000
     # Logits for a full batch of outputs plus the graph's scratch; measured ~1.3x of this
     # on the bundled model, so it errs on the safe side for larger ones.

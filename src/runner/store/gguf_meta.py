@@ -34,6 +34,10 @@ class GGUFMetadata(BaseModel):
     value_length: int | None = None
     sliding_window: int | None = None
     vocab_size: int | None = None
+    # Layers with attention KV when only some have it (hybrid models); None: all of them.
+    attention_layers: int | None = None
+    # Bytes of recurrent state (Mamba/RWKV/short-convolution layers) per sequence, in f32.
+    recurrent_state_bytes: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     tensor_count: int = 0
@@ -51,6 +55,35 @@ def _int(fields: dict[str, Any], key: str) -> int | None:
         nums = [v for v in value.values or [] if isinstance(v, int | float)]
         value = max(nums) if nums else None
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _attention_layers(fields: dict[str, Any], arch: str) -> int | None:
+    """Layers with KV heads, when `head_count_kv` is per layer (hybrids give 0 elsewhere)."""
+    value = fields.get(f"{arch}.attention.head_count_kv")
+    if isinstance(value, GGUFArray) and value.values is not None:
+        return sum(1 for v in value.values if v)
+    return None
+
+
+def _recurrent_state(fields: dict[str, Any], arch: str, layers: int, attention: int) -> int | None:
+    """f32 bytes of one sequence's recurrent state: SSM (conv + scan state), LFM2's short
+    convolution or RWKV's WKV state, on every layer without attention."""
+    n = layers - attention
+    embd = _int(fields, f"{arch}.embedding_length") or 0
+    inner = _int(fields, f"{arch}.ssm.inner_size")
+    if inner and n > 0:
+        d_conv = _int(fields, f"{arch}.ssm.conv_kernel") or 4
+        d_state = _int(fields, f"{arch}.ssm.state_size") or 16
+        groups = _int(fields, f"{arch}.ssm.group_count") or 0
+        conv = (d_conv - 1) * (inner + 2 * groups * d_state)
+        return 4 * n * (conv + d_state * inner)
+    l_cache = _int(fields, f"{arch}.shortconv.l_cache")
+    if l_cache and n > 0:
+        return 4 * n * (l_cache - 1) * embd
+    head = _int(fields, f"{arch}.wkv.head_size")
+    if head and n > 0:
+        return 4 * n * (embd * head + 2 * embd)
+    return None
 
 
 def _str(fields: dict[str, Any], key: str) -> str | None:
@@ -81,6 +114,10 @@ def read_metadata(path: str | Path) -> GGUFMetadata:
         raise InvalidModelFile(f"{path}: GGUF file has no general.architecture")
     tokens = f.get("tokenizer.ggml.tokens")
     file_type = _int(f, "general.file_type")
+    layers = _int(f, f"{arch}.block_count") or 0
+    attention = _attention_layers(f, arch)
+    if attention is None and not _int(f, f"{arch}.attention.head_count"):
+        attention = 0  # no attention heads at all: a purely recurrent model
     return GGUFMetadata(
         architecture=arch,
         name=_str(f, "general.name"),
@@ -99,6 +136,8 @@ def read_metadata(path: str | Path) -> GGUFMetadata:
         sliding_window=_int(f, f"{arch}.attention.sliding_window"),
         vocab_size=_int(f, f"{arch}.vocab_size")
         or (tokens.length if isinstance(tokens, GGUFArray) else None),
+        attention_layers=attention,
+        recurrent_state_bytes=_recurrent_state(f, arch, layers, attention or 0),
         bos_token_id=_int(f, "tokenizer.ggml.bos_token_id"),
         eos_token_id=_int(f, "tokenizer.ggml.eos_token_id"),
         tensor_count=len(tensors),
