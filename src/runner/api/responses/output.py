@@ -23,7 +23,7 @@ from sse_starlette import ServerSentEvent
 from runner.api.core.inference import Generation
 from runner.api.core.sse import ShutdownCutoff
 from runner.api.errors.renderers import stream_failure
-from runner.api.errors.table import openai_body
+from runner.api.errors.table import describe, openai_body
 from runner.chat.output import ChatOutputParser, OutputDelta
 from runner.chat.reasoning import ReasoningDelta
 from runner.chat.toolcalls import ContentDelta, ToolCallDelta
@@ -277,6 +277,11 @@ async def response_events(
     for sse in tail + items.close():
         yield sse
     done = finish(obj, final, items.items)
-    await save(done)
+    try:
+        await save(done)
+    except Exception as exc:  # not stored (a full disk): the client must not think it was
+        failed = {**done, "status": "failed", "error": openai_body(describe(exc))["error"]}
+        yield items.event("response.failed", response=failed)
+        return
     kind = "response.completed" if done["status"] == "completed" else "response.incomplete"
     yield items.event(kind, response=done)

@@ -42,7 +42,14 @@ from runner.api.responses.output import (
     output_items,
     response_events,
 )
-from runner.api.responses.store import ResponseStore
+from runner.api.responses.record import (
+    check_metadata,
+    echoed_text,
+    echoed_tool_choice,
+    echoed_tools,
+    stored_items,
+)
+from runner.api.responses.store import ResponseStore, StoreFull
 from runner.api.state import settings_of
 
 router = APIRouter()
@@ -67,7 +74,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     store: bool = True
     previous_response_id: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None  # bounded by `record.check_metadata`
     parallel_tool_calls: bool | None = None
 
 
@@ -183,9 +190,10 @@ def response_object(
         "reasoning": {"effort": None, "summary": None},
         "store": body.store,
         "temperature": body.temperature,
-        "text": body.text or {"format": {"type": "text"}},
-        "tool_choice": body.tool_choice or "auto",
-        "tools": body.tools or [],
+        # Echoed (and stored) as runner reads them: unknown keys would cost store room only.
+        "text": echoed_text(body.text),
+        "tool_choice": echoed_tool_choice(body.tool_choice),
+        "tools": echoed_tools(body.tools),
         "top_p": body.top_p,
         "truncation": "disabled",
         "usage": None,
@@ -211,22 +219,32 @@ async def save(
     history: list[dict[str, Any]],
     items: list[dict[str, Any]],
 ) -> None:
-    """Store `response` (with its input and the conversation so far) when `store` is on."""
+    """Store `response` (with its input and the conversation so far) when `store` is on;
+    507 when the disk has no room for it (the answer is lost: it was asked to be stored)."""
     if not body.store:
         return
     record = {
         "response": response,
-        "input_items": items,
+        "input_items": stored_items(items),
         "messages": [*history, assistant_message(response["output"])],
     }
-    await asyncio.to_thread(store_of(request).put, response["id"], record)
+    try:
+        await asyncio.to_thread(store_of(request).put, response["id"], record)
+    except StoreFull as exc:
+        raise APIError(
+            507,
+            f"the response could not be stored: {exc}; free disk space or send store: false",
+            "insufficient_storage",
+        ) from exc
 
 
 # ----- routes ------------------------------------------------------------------------------
 
 
 async def create(request: Request) -> Response:
-    body: ResponsesRequest = validated(ResponsesRequest, await read_json(request))
+    raw = await read_json(request)
+    check_metadata(raw.get("metadata") if isinstance(raw, dict) else None)
+    body: ResponsesRequest = validated(ResponsesRequest, raw)
     history: list[dict[str, Any]] = []
     if body.previous_response_id:
         previous = await asyncio.to_thread(store_of(request).get, body.previous_response_id)
