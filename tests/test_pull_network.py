@@ -6,6 +6,9 @@ here, both on loopback)."""
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,3 +277,23 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(
         assert remote.authorizations() == []  # a challenge from elsewhere is not answered
     finally:
         elsewhere.close()
+
+
+def test_the_cli_refuses_a_loopback_url_until_told_to_allow_it(
+    remote: HostileServer, tmp_path: Path
+) -> None:
+    remote.routes["/secret.gguf"] = Reply(200, SECRET)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env["RUNNER_MODELS_DIR"] = str(tmp_path / "models")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "runner", "models", "pull", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    refused = cli(f"{remote.url}/secret.gguf")
+    assert refused.returncode == 1 and "--allow-private-pulls" in refused.stderr
+    assert remote.seen == []
+    allowed = cli(f"{remote.url}/secret.gguf", "--allow-private-pulls")
+    assert allowed.returncode == 1 and "not a GGUF model file" in allowed.stderr
+    assert "AWS_" not in allowed.stderr and str(tmp_path) not in allowed.stderr
+    assert [s.path for s in remote.seen if s.method == "GET"] == ["/secret.gguf"]

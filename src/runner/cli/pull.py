@@ -9,11 +9,23 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from runner.cli.common import open_store
+from runner.cli.common import add_setting, settings_from
+
+if TYPE_CHECKING:
+    from runner.config import Settings
+    from runner.store import ModelStore
+
+
+def _store_and_settings(args: argparse.Namespace) -> tuple[ModelStore, Settings]:
+    """The store and the settings (registry credentials, address policy) the flags name."""
+    from runner.store import ModelStore
+
+    settings = settings_from(args)
+    return ModelStore(settings.models_dir), settings
 
 
 class _Bars:
@@ -48,8 +60,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if event.digest:
             bars.update(event.digest.removeprefix("sha256:")[:12], event.completed, event.total)
 
+    store, settings = _store_and_settings(args)
     try:
-        result = pull(open_store(args), args.name, progress, tag=args.tag, sha256=args.sha256)
+        result = pull(
+            store, args.name, progress, tag=args.tag, sha256=args.sha256, settings=settings
+        )
     finally:
         bars.close()
     state = "downloaded" if result.downloaded else "up to date, nothing downloaded"
@@ -61,13 +76,15 @@ def cmd_push(args: argparse.Namespace) -> int:
     from runner.store.push import push
 
     bars = _Bars()
+    store, settings = _store_and_settings(args)
     try:
         pushed = push(
-            open_store(args),
+            store,
             args.name,
             args.target,
             lambda digest, done, total: bars.update(digest[7:19], done, total),
             licenses=[Path(p) for p in args.license],
+            settings=settings,
         )
     finally:
         bars.close()
@@ -79,7 +96,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     from runner.store import TqdmProgress
     from runner.store.push import package, push
 
-    store = open_store(args)
+    store, settings = _store_and_settings(args)
     entry = package(
         store,
         Path(args.gguf),
@@ -90,9 +107,19 @@ def cmd_package(args: argparse.Namespace) -> int:
     )
     print(f"packaged {args.gguf} as {entry.tags[0] if entry.tags else entry.short_id}")
     if args.push:
-        pushed = push(store, entry.id, args.tag, licenses=[Path(p) for p in args.license])
+        licenses = [Path(p) for p in args.license]
+        pushed = push(store, entry.id, args.tag, licenses=licenses, settings=settings)
         print(f"pushed {pushed.reference} ({pushed.digest})")
     return 0
+
+
+def _network_flags(parser: argparse.ArgumentParser) -> None:
+    """Where pulls and pushes may connect, and whose credentials go where (the password
+    only from the environment, never a flag other users could read in `ps`)."""
+    add_setting(parser, "registry_host", metavar="HOST[:PORT]")
+    add_setting(parser, "insecure_registries", metavar="HOST[:PORT],...")
+    add_setting(parser, "allow_private_pulls", action="store_true")
+    add_setting(parser, "partial_downloads_max", metavar="SIZE")
 
 
 def add_pull_commands(msub: Any, common: Callable[[], argparse.ArgumentParser]) -> None:
@@ -107,12 +134,14 @@ def add_pull_commands(msub: Any, common: Callable[[], argparse.ArgumentParser]) 
     p.add_argument("name", metavar="NAME")
     p.add_argument("--tag", help="local name to save it as (default: from NAME)")
     p.add_argument("--sha256", help="expected sha256 of a file pulled by URL")
+    _network_flags(p)
     p.set_defaults(func=cmd_pull)
 
     p = msub.add_parser("push", parents=[common()], help="push a model to an OCI registry")
     p.add_argument("name", metavar="NAME", help="model in the store")
     p.add_argument("target", metavar="REF", nargs="?", help="registry name (default: NAME)")
     p.add_argument("--license", action="append", default=[], help="license file to attach")
+    _network_flags(p)
     p.set_defaults(func=cmd_push)
 
     p = msub.add_parser(
@@ -124,4 +153,5 @@ def add_pull_commands(msub: Any, common: Callable[[], argparse.ArgumentParser]) 
     p.add_argument("--chat-template", metavar="FILE", help="Jinja chat template to include")
     p.add_argument("--context-size", type=int, metavar="TOKENS", help="default context size")
     p.add_argument("--license", action="append", default=[], help="license file (with --push)")
+    _network_flags(p)
     p.set_defaults(func=cmd_package)
