@@ -219,3 +219,46 @@ def test_serve_calls_api(monkeypatch: pytest.MonkeyPatch, clean_env: pytest.Monk
     monkeypatch.setitem(sys.modules, "runner.api.server", fake)
     assert cli.main(["serve", "--slots", "3"]) == 0
     assert seen and seen[0].slots == 3
+
+
+def serve_help() -> str:
+    parser = cli.build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    return " ".join(serve.format_help().split())  # one line: argparse wraps the help
+
+
+def test_every_setting_is_a_documented_flag() -> None:
+    # The flags are made from the fields: a field's description is its flag's help.
+    text = serve_help()
+    for field, info in Settings.model_fields.items():
+        assert info.description, f"Settings.{field} needs a description (its --help)"
+        flag = "--" + field.replace("_", "-")
+        assert f"{flag} " in text and f"RUNNER_{field.upper()}" in text, field
+    assert "--log-format {text,json}" in text and "--log-text, --no-log-text" in text
+
+
+def test_flags_read_by_the_fields_type(clean_env: pytest.MonkeyPatch) -> None:
+    s = settings_for(
+        [
+            "serve",
+            "--log-format", "json",
+            "--log-interval", "2s",
+            "--log-text",
+            "--cors-origins", "http://a",
+            "--cors-origins", "http://b,http://c",
+            "--cache-disk-reserve", "2GiB",
+            "--threads", "3",
+        ]
+    )  # fmt: skip
+    assert s.log_format == "json" and s.log_interval == 2.0 and s.log_text is True
+    assert s.cors_origins == ["http://a", "http://b", "http://c"]
+    assert s.cache_disk_reserve == 2 << 30 and s.threads == 3
+    assert settings_for(["serve", "--no-log-text"]).log_text is False
+
+
+def test_a_choice_outside_the_fields_literal_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        settings_for(["serve", "--log-format", "xml"])
+    assert exit_info.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err

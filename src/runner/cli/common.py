@@ -1,6 +1,7 @@
 """What the command-line modules share: Settings flags (`add_setting`, `settings_from`), the
 parent parser every command takes (`common_parser`), the serve flags (`SERVE_FLAGS`, for
-`runner serve` and `runner cluster serve`) and the model store the flags name (`open_store`).
+`runner serve` and `runner cluster serve`, made from every Settings field) and the model store
+the flags name (`open_store`).
 
 Settings flags are declared with `add_setting`, and only flags the user actually typed reach
 `Settings(...)` (argparse default=SUPPRESS), so `RUNNER_*` env vars keep working beneath them.
@@ -10,12 +11,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from runner.config import Settings, format_size, parse_duration, parse_size
+from runner.config import (
+    Settings,
+    format_size,
+    parse_cache_type,
+    parse_duration,
+    parse_gpu_layers,
+    parse_size,
+)
 
 Registrar = Callable[[Any], None]  # receives the subparsers action
 Handler = Callable[[argparse.Namespace], int]
@@ -29,7 +39,8 @@ def add_setting(parser: argparse.ArgumentParser, field: str, **kwargs: Any) -> N
     env = "RUNNER_" + field.upper()
     default = _show_default(info)
     extra = f"[env {env}; default {default}]" if default else f"[env {env}]"
-    kwargs["help"] = f"{kwargs.get('help') or info.description or ''} {extra}".strip()
+    text = f"{kwargs.get('help') or info.description or ''} {extra}".strip()
+    kwargs["help"] = text.replace("%", "%%")  # argparse expands %(default)s and the like
     flag = "--" + field.replace("_", "-")
     parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
     _SETTING_DESTS.add(field)
@@ -63,7 +74,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def common_parser() -> argparse.ArgumentParser:
     # Shared by the top-level parser and every leaf so --models-dir works in any position.
     parent = argparse.ArgumentParser(add_help=False)
-    add_setting(parent, "models_dir", metavar="DIR", help="model store directory")
+    add_setting(parent, "models_dir", metavar="DIR")
     return parent
 
 
@@ -84,48 +95,57 @@ def _validation_message(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# ----- the serve flags, generated from Settings ------------------------------------------------
+#
+# Every Settings field is a serve flag (as vLLM makes its flags from its config classes): its
+# name gives the flag, its description the help, its type how it reads. A new field is thus a
+# flag and an env var at once. `--models-dir` is every command's (`common_parser`).
+
+_UNIT_METAVARS: dict[Callable[[Any], Any], str] = {
+    parse_size: "SIZE",
+    parse_duration: "DUR",
+    parse_gpu_layers: "N|all",
+    parse_cache_type: "TYPE",
+}
+
+
+def _plain_type(info: FieldInfo) -> tuple[Any, set[Any]]:
+    """The field's type without `| None` and `Annotated`, and the value parsers on it."""
+    kind = info.annotation
+    parsers = {getattr(m, "func", None) for m in info.metadata}
+    if get_origin(kind) in (Union, UnionType):
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if get_origin(kind) is Annotated:
+        kind, *metadata = get_args(kind)
+        parsers |= {getattr(m, "func", None) for m in metadata}
+    return kind, parsers
+
+
+def flag_options(field: str, info: FieldInfo) -> dict[str, Any]:
+    """argparse options for a field: a --x/--no-x switch for a bool, choices for a Literal,
+    a repeatable flag (each value may also be `a,b`) for a list, else a metavar naming what
+    to give (the unit of sizes and durations)."""
+    kind, parsers = _plain_type(info)
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(kind) is Literal:
+        return {"choices": get_args(kind)}
+    if get_origin(kind) is list:
+        return {"action": "append", "metavar": "A[,B]"}
+    unit = next((_UNIT_METAVARS[p] for p in parsers if p in _UNIT_METAVARS), None)
+    if unit:
+        return {"metavar": unit}
+    if kind is Path:
+        return {"metavar": "DIR" if field.endswith("_dir") else "FILE"}
+    if kind is int:
+        return {"metavar": "N"}
+    if kind is float:
+        return {"metavar": "F"}
+    return {"metavar": field.rsplit("_", 1)[-1].upper()}
+
+
 SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("host", {"metavar": "HOST", "help": "address to listen on"}),
-    ("port", {"metavar": "PORT", "help": "TCP port"}),
-    ("model", {"action": "append", "metavar": "NAME", "help": "preload a model (repeatable)"}),
-    ("slots", {"metavar": "N", "help": "parallel sequences per model"}),
-    ("ctx_size", {"metavar": "TOKENS", "help": "context tokens per slot"}),
-    ("similarity", {"metavar": "F", "help": "min prompt-prefix similarity to reuse a slot"}),
-    ("gpu_layers", {"metavar": "N|all", "help": "layers to offload to the GPU"}),
-    ("threads", {"metavar": "N", "help": "CPU threads (default: llama.cpp's choice)"}),
-    ("batch_size", {"metavar": "N", "help": "logical batch size"}),
-    ("ubatch_size", {"metavar": "N", "help": "physical batch size"}),
-    ("queue_size", {"metavar": "N", "help": "requests waiting for a slot before 503"}),
-    ("draft_max", {"metavar": "N", "help": "speculative tokens per step (0: no speculation)"}),
-    ("draft_model", {"metavar": "NAME|FILE", "help": "draft model for speculative decoding"}),
-    ("max_tokens_default", {"metavar": "N", "help": "output limit of requests without one"}),
-    (
-        "prefill_block",
-        {"metavar": "N", "help": "prompt tokens per decode call and unit of prefix reuse"},
-    ),
-    ("max_embed_tokens", {"metavar": "N", "help": "tokens one embeddings request may hold"}),
-    ("max_grammar_bytes", {"metavar": "SIZE", "help": "largest grammar accepted"}),
-    ("grammar_step_budget", {"metavar": "DUR", "help": "grammar CPU time per token (0.5s)"}),
-    ("chat_template_file", {"metavar": "FILE", "help": "Jinja chat template override"}),
-    ("idle_timeout", {"metavar": "DUR", "help": "unload idle models after (30s, 5m, -1=never)"}),
-    ("max_models", {"metavar": "N", "help": "max models loaded at once"}),
-    ("memory_budget", {"metavar": "SIZE", "help": "memory for loaded models (e.g. 8GiB)"}),
-    ("shutdown_grace", {"metavar": "DUR", "help": "on SIGTERM, let streams run this long"}),
-    ("cache_ram", {"metavar": "SIZE", "help": "prompt-cache RAM tier size"}),
-    ("cache_disk", {"metavar": "SIZE", "help": "prompt-cache disk tier size"}),
-    ("cache_disk_reserve", {"metavar": "SIZE", "help": "free space the disk tier leaves"}),
-    ("cache_dir", {"metavar": "DIR", "help": "prompt-cache disk tier directory"}),
-    ("persist", {"action": argparse.BooleanOptionalAction, "help": "persist the prompt cache"}),
-    ("responses_dir", {"metavar": "DIR", "help": "stored Responses API responses"}),
-    ("responses_disk", {"metavar": "SIZE", "help": "size bound of stored responses"}),
-    ("responses_ttl", {"metavar": "DURATION", "help": "age bound of stored responses"}),
-    ("api_key", {"metavar": "KEY", "help": "require this bearer token"}),
-    ("cors_origins", {"metavar": "LIST", "help": "comma-separated allowed CORS origins"}),
-    ("max_body_bytes", {"metavar": "SIZE", "help": "max request body size"}),
-    ("read_timeout", {"metavar": "DUR", "help": "time to send a whole request"}),
-    ("keep_alive_timeout", {"metavar": "DUR", "help": "close idle keep-alive connections after"}),
-    ("max_connections", {"metavar": "N", "help": "connections before 503"}),
-    ("allow_import", {"action": "append", "metavar": "DIR", "help": "models/create source dir"}),
-    ("log_level", {"metavar": "LEVEL", "help": "debug, info, warning, error"}),
-    ("ui", {"action": argparse.BooleanOptionalAction, "help": "serve the web page at /"}),
+    (field, flag_options(field, info))
+    for field, info in Settings.model_fields.items()
+    if field != "models_dir"
 ]
