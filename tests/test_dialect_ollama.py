@@ -92,7 +92,7 @@ def test_chat_not_streamed_and_streamed(server: ServerHandle, client: ollama.Cli
     final = raw(server).post("/api/chat", json=body).json()
     timings = final["timings"]
     assert timings["cache_n"] > 0
-    assert final["prompt_eval_count"] == timings["prompt_n"]
+    assert final["prompt_eval_count"] == timings["prompt_n"] + timings["cache_n"]
     assert final["eval_count"] == timings["predicted_n"]
 
 

@@ -1,7 +1,10 @@
 """`GET /metrics`: Prometheus text from every resident engine's counters.
 
 Names follow llama-server (`llamacpp:` prefix) so existing dashboards work; each series is
-labelled with `model` since runner serves several models at once. runner's own series use
+labelled with `model` since runner serves several models at once, and with `engine` and
+`ctx_size`, since one model can be loaded more than once (Ollama's `num_ctx` asks for another
+context size): `engine` is the file's short id and KV layout, unique among the residents, so
+no two series share a label set. runner's own series use
 the `runner:` prefix. Counters restart from zero when a model is reloaded (Prometheus treats
 that as a counter reset). A custom Collector reads the stats at scrape time, registered in a
 per-app registry so several apps (tests) in one process never collide.
@@ -17,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from runner.loader import Loader
+from runner.resident import ResidentModel
 
 # (name without _total, help, EngineStats attribute)
 _COUNTERS = (
@@ -55,8 +59,8 @@ class EngineCollector(Collector):
         self.loader = loader
 
     def collect(self) -> Iterator[Metric]:
-        engines = [(m.name, m.engine) for m in self.loader.resident() if m.engine is not None]
-        labels = ["model"]
+        engines = engine_labels(self.loader.resident())
+        labels = list(ENGINE_LABELS)
 
         def family(kind: Callable[..., Any], name: str, doc: str) -> Any:
             return kind(name, doc, labels=labels)
@@ -64,7 +68,7 @@ class EngineCollector(Collector):
         for name, doc, attr in _COUNTERS:
             counter = family(CounterMetricFamily, name, doc)
             for model, engine in engines:
-                counter.add_metric([model], getattr(engine.stats, attr))
+                counter.add_metric(list(model), getattr(engine.stats, attr))
             yield counter
 
         gauges: dict[str, tuple[str, Callable[[Any], float]]] = {
@@ -90,15 +94,15 @@ class EngineCollector(Collector):
         for name, (doc, read) in gauges.items():
             gauge = family(GaugeMetricFamily, name, doc)
             for model, engine in engines:
-                gauge.add_metric([model], read(engine))
+                gauge.add_metric(list(model), read(engine))
             yield gauge
 
         finished = CounterMetricFamily(
-            "runner:requests_finished", "Requests ended, by reason.", labels=["model", "reason"]
+            "runner:requests_finished", "Requests ended, by reason.", labels=[*labels, "reason"]
         )
         for model, engine in engines:
             for reason, count in sorted(dict(engine.stats.finished).items()):
-                finished.add_metric([model, reason], count)
+                finished.add_metric([*model, reason], count)
         yield finished
 
         yield from _prompt_cache_metrics(engines)
@@ -106,6 +110,28 @@ class EngineCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return []  # no fixed set up front: series depend on which models are resident
+
+
+ENGINE_LABELS = ("model", "engine", "ctx_size")
+Labels = tuple[str, str, str]
+
+
+def engine_labels(residents: Iterable[ResidentModel]) -> list[tuple[Labels, Any]]:
+    """(label values, engine) for each loaded resident; `engine` is unique among them (a
+    `#2` suffix in the unlikely case that two loads share a file and a KV layout)."""
+    out: list[tuple[Labels, Any]] = []
+    taken: set[str] = set()
+    for model in residents:
+        if model.engine is None:
+            continue
+        engine_id = base = f"{model.entry.id[:12]}-{model.config.kv_key()}"
+        n = 1
+        while engine_id in taken:
+            n += 1
+            engine_id = f"{base}#{n}"
+        taken.add(engine_id)
+        out.append(((model.name, engine_id, str(model.config.ctx_per_slot)), model.engine))
+    return out
 
 
 # (name, help, key in a tier's stats, counter?) for the RAM and disk prompt-cache tiers
@@ -130,8 +156,9 @@ _CACHE_COUNTERS = (
 )
 
 
-def _prompt_cache_metrics(engines: list[tuple[str, Any]]) -> Iterator[Metric]:
-    """The RAM/disk prompt-cache tiers of each engine that has one (labels model, tier)."""
+def _prompt_cache_metrics(engines: list[tuple[Labels, Any]]) -> Iterator[Metric]:
+    """The RAM/disk prompt-cache tiers of each engine that has one (labels: the engine's,
+    and tier)."""
     stats = []
     for model, engine in engines:
         cache = getattr(engine, "prompt_cache", None)
@@ -141,17 +168,17 @@ def _prompt_cache_metrics(engines: list[tuple[str, Any]]) -> Iterator[Metric]:
         return
     for name, doc, key, is_counter in _TIER_SERIES:
         kind = CounterMetricFamily if is_counter else GaugeMetricFamily
-        family = kind(name, doc, labels=["model", "tier"])
+        family = kind(name, doc, labels=[*ENGINE_LABELS, "tier"])
         for model, st in stats:
             for tier in ("ram", "disk"):
                 if key in st.get(tier, {}):
-                    family.add_metric([model, tier], st[tier][key])
+                    family.add_metric([*model, tier], st[tier][key])
         yield family
     for name, doc, key in _CACHE_COUNTERS:
-        counter = CounterMetricFamily(name, doc, labels=["model"])
+        counter = CounterMetricFamily(name, doc, labels=list(ENGINE_LABELS))
         for model, st in stats:
             if key in st:
-                counter.add_metric([model], st[key])
+                counter.add_metric(list(model), st[key])
         yield counter
 
 

@@ -48,7 +48,15 @@ from runner.api.ollama.schemas import (
     OllamaGenerateRequest,
     requested_model,
 )
-from runner.api.ollama.stream import NdjsonStream, counters, done, lines, piece, whole
+from runner.api.ollama.stream import (
+    NdjsonStream,
+    conversation_tokens,
+    counters,
+    done,
+    lines,
+    piece,
+    whole,
+)
 from runner.api.state import loader_of, settings_of
 from runner.config import parse_duration
 from runner.engine import FinishEvent
@@ -234,7 +242,8 @@ async def _run(
         return {"model": name, "created_at": rfc3339(), **part}
 
     def tail(final: FinishEvent) -> dict[str, Any]:
-        return counters(final, started, load_ns)
+        context = {"context": conversation_tokens(gen)} if key == "response" else {}
+        return {**context, **counters(final, started, load_ns)}
 
     if body.get("stream", True) is not False:
         parser = plan.parser() if plan is not None else None

@@ -3,8 +3,10 @@ the chat output parser (content, `thinking`, `tool_calls` with arguments as obje
 
 Streamed content and thinking go out as they come; tool calls go out whole, in one object
 after the text, as Ollama sends them. The last object (`done: true`) carries Ollama's
-counters in nanoseconds (`prompt_eval_count` is the prompt tokens computed, `timings.cache_n`
-the ones reused) and runner's `timings`.
+counters in nanoseconds (`prompt_eval_count` is the whole prompt, as Ollama counts it, the
+tokens reused from a cache included: `timings.prompt_n` / `timings.cache_n` split it) and
+runner's `timings`; a generate answer's last object also carries `context`, the token ids of
+the prompt and the answer.
 """
 
 from __future__ import annotations
@@ -41,12 +43,19 @@ def counters(final: FinishEvent, started_ns: int, load_ns: int) -> dict[str, Any
     return {
         "total_duration": time.perf_counter_ns() - started_ns,
         "load_duration": load_ns,
-        "prompt_eval_count": timings.prompt_n,
+        "prompt_eval_count": final.prompt_tokens,
         "prompt_eval_duration": int(timings.prompt_ms * 1e6),
         "eval_count": final.completion_tokens,
         "eval_duration": int(timings.predicted_ms * 1e6),
         "timings": timings.to_dict(),
     }
+
+
+def conversation_tokens(gen: Generation) -> list[int]:
+    """`/api/generate`'s `context`: the prompt's token ids and the answer's (a stop token
+    that ended it left out). Read once the request finished: the engine no longer adds."""
+    job = gen.handle.job
+    return [*job.request.prompt_tokens, *job.output_tokens]
 
 
 def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
