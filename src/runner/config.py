@@ -122,7 +122,11 @@ class Settings(BaseSettings):
         None, description="user name for --registry-host (other registries: ~/.docker/config.json)"
     )
     registry_password: str | None = Field(
-        None, repr=False, description="password or token for --registry-host"
+        None,
+        repr=False,
+        description="password or token for --registry-host (environment only: a flag would "
+        "show in `ps`)",
+        json_schema_extra={"env_only": True},
     )
     insecure_registries: CommaList = Field(
         default_factory=list,

@@ -99,7 +99,8 @@ def _validation_message(exc: ValidationError) -> str:
 #
 # Every Settings field is a serve flag (as vLLM makes its flags from its config classes): its
 # name gives the flag, its description the help, its type how it reads. A new field is thus a
-# flag and an env var at once. `--models-dir` is every command's (`common_parser`).
+# flag and an env var at once. `--models-dir` is every command's (`common_parser`); a secret
+# marked `env_only` has no flag, which any user could read in `ps`.
 
 _UNIT_METAVARS: dict[Callable[[Any], Any], str] = {
     parse_size: "SIZE",
@@ -144,8 +145,12 @@ def flag_options(field: str, info: FieldInfo) -> dict[str, Any]:
     return {"metavar": field.rsplit("_", 1)[-1].upper()}
 
 
+def env_only(info: FieldInfo) -> bool:
+    return isinstance(info.json_schema_extra, dict) and bool(info.json_schema_extra.get("env_only"))
+
+
 SERVE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     (field, flag_options(field, info))
     for field, info in Settings.model_fields.items()
-    if field != "models_dir"
+    if field != "models_dir" and not env_only(info)
 ]
