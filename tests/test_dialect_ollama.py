@@ -25,6 +25,7 @@ from weather_tool import WEATHER_TOOL as WEATHER
 
 from runner.api.errors.table import APIError
 from runner.api.ollama.routes import parse_keep_alive
+from runner.config import Settings
 from runner.store import ModelStore
 from runner.store.push import package, push
 
@@ -41,6 +42,7 @@ def server(
     root = tmp_path_factory.mktemp("ollama")
     store = private_store(root / "models", bundled_model_path)
     env = {"RUNNER_MODELS_DIR": str(store), "DOCKER_CONFIG": str(root / "docker")}
+    env["RUNNER_INSECURE_REGISTRIES"] = "127.0.0.1"  # test_pull_from_registry's registry
     flags = ("--slots", "2", "--ctx-size", "1024", "--max-body-bytes", "65536")
     handle = start_server(*flags, "--model", MODEL, "--api-key", KEY, env=env)
     yield handle
@@ -181,7 +183,7 @@ def test_pull_from_registry(
         ref = f"{registry.host}/test/tiny:v1"
         publisher = ModelStore(root / "publisher", bundled_default=False)
         package(publisher, write_tiny_gguf(root / "tiny.gguf"), ref)
-        push(publisher, ref)
+        push(publisher, ref, settings=Settings(insecure_registries=["127.0.0.1"]))
         statuses = [p.status for p in client.pull(ref, stream=True)]
         assert statuses[-1] == "success"
         assert any(s and s.startswith("pulling") for s in statuses)

@@ -191,3 +191,26 @@ def test_registry_credentials_stay_with_their_registry(
         pulled = _create(client, ref)  # the registry they are for gets them
         assert pulled.status_code == 200, pulled.text
     assert remote.authorizations() == []
+
+
+def test_ollama_pull_without_streaming_answers_a_refusal_or_a_bad_remote_with_its_status(
+    server: ServerHandle, remote: HostileServer, tmp_path: Path
+) -> None:
+    gguf = write_tiny_gguf(tmp_path / "flood.gguf", "flood").read_bytes()
+    name = digest(gguf)
+    remote.routes[f"/v2/evil/flood/blobs/{name}"] = Reply(200, gguf + b"\0" * (1 << 20))
+    remote.manifest(
+        "evil/flood", "t", [{"mediaType": GGUF_LAYER, "digest": name, "size": len(gguf)}]
+    )
+    with http(server) as client:
+        refused = client.post(
+            "/api/pull", json={"model": f"{remote.url}/secret.gguf", "stream": False}
+        )
+        assert refused.status_code == 403, refused.text
+        assert set(refused.json()) == {"error"}
+        assert "RUNNER_ALLOW_PRIVATE_PULLS" in refused.json()["error"]
+        failed = client.post(
+            "/api/pull", json={"model": f"{remote.host}/evil/flood:t", "stream": False}
+        )
+        assert failed.status_code == 502, failed.text  # the remote's fault, not a 500
+        assert "more than" in failed.json()["error"]
