@@ -176,13 +176,13 @@ class PromptKeys:
             cached = self._models.get(name)
             if cached is None:
                 entry = self.store.get(name)
-                cached = (Vocab(entry.path), self._template(entry))
+                cached = (Vocab(entry.path), self._template(entry, name))
                 self._models[name] = cached
             return cached
 
-    def _template(self, entry: ModelEntry) -> ChatTemplate:
-        # As the loader picks it, from the same per-model config.
+    def _template(self, entry: ModelEntry, name: str) -> ChatTemplate:
+        # As the loader picks it, from the same per-name config.
         meta = entry.metadata
-        config = self.store.get_config(entry.id)
+        config = self.store.get_config(name)
         template_file = self.settings.chat_template_file
         return chat_template(meta.architecture, meta.chat_template, config, template_file)

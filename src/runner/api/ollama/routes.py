@@ -115,7 +115,7 @@ def apply_keep_alive(request: Request, model: ResidentModel, seconds: float | No
     arms the idle timer with it when the last holder lets go (0: unload right away; -1:
     never). A request without keep_alive restores the configured default."""
     if seconds is None:
-        configured = loader_of(request).model_config(model.entry).get("keep_alive")
+        configured = loader_of(request).model_config(model.entry, model.name).get("keep_alive")
         seconds = (
             parse_duration(configured)
             if configured is not None
