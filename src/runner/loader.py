@@ -185,6 +185,7 @@ class Loader:
             persist=settings.persist,
             disk_reserve=settings.cache_disk_reserve,
             pin_share=settings.cache_pins,
+            bytes_per_token=model.estimate.kv_cache / max(1, model.config.n_ctx),
         )
         return cache
 

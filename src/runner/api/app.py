@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from runner import __version__
 from runner.api.anthropic import routes as anthropic_routes
 from runner.api.core.dialect_common import OPENAI_PREFIXES
+from runner.api.dmr import cache as dmr_cache
 from runner.api.dmr import routes as dmr_routes
 from runner.api.errors.renderers import RENDERERS
 from runner.api.errors.table import install_error_handlers
@@ -95,6 +96,7 @@ def create_app(
     for prefix in OPENAI_PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)
     app.include_router(dmr_routes.router)
+    app.include_router(dmr_cache.router)
     app.include_router(ollama_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(responses_routes.router)

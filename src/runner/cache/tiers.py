@@ -80,13 +80,14 @@ class PromptCache:
     def __init__(
         self, key: CacheKey, ram_bytes: int, disk_bytes: int, disk_dir: Path | None,
         persist: bool = True, disk_reserve: int | None = None, pin_share: float = 0.5,
-        clock: Callable[[], float] = time.time,
+        bytes_per_token: float = 0.0, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.key = key
         self._pins = PinBook(clock)
         self._saving_pins = False  # the writer is saving them
         self._pin_share = pin_share  # of each tier, that pinned prefixes may hold
-        self._per_token = 0.0  # KV bytes per token, learned from the states put here
+        # KV bytes per token: the model's estimate until states put here tell.
+        self._per_token = bytes_per_token
         self._reserve = disk_reserve  # free bytes to leave on the filesystem (None: default)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)

@@ -2,9 +2,10 @@
 `/anthropic` (Anthropic clients take the server root, or `/anthropic`, as their base URL).
 
 A thin translation onto the OpenAI chat path (`inference.start`, the model's chat template,
-the shared prompt cache). `usage.cache_read_input_tokens` is the reused prefix (`cache_n`)
-and `input_tokens` the prompt tokens computed, as in Anthropic's own accounting (and
-llama-server's). Tools go through `chat/tools.py` like the OpenAI route's; answers and
+the shared prompt cache). `cache_control` breakpoints pin prefixes of the prompt
+(`anthropic/caching.py`); `usage.cache_read_input_tokens` is the reused prefix (`cache_n`),
+`cache_creation_input_tokens` what this request computed up to its breakpoints, and
+`input_tokens` the rest of the prompt, as in Anthropic's own accounting. Tools go through `chat/tools.py` like the OpenAI route's; answers and
 streams (Anthropic's event sequence) are in `anthropic/stream.py`. Errors take Anthropic's shape
 (`errors/renderers.py`); `x-api-key` is accepted as the API key (`http/access.py`).
 """
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from runner.api.anthropic.caching import mark, with_breakpoints
 from runner.api.anthropic.stream import (
     content_blocks,
     message_events,
@@ -196,15 +198,20 @@ async def messages(request: Request) -> Response:
         stop=body.stop_sequences,
     )
     plan = _plan(body)
+    marked, markers, points = mark(body, settings_of(request).cache_pin_ttl)
+    prompt = chat_prompt(chat_messages(body), plan)
+    if markers:
+        tools = _plan(marked).tools
+        prompt = with_breakpoints(prompt, chat_messages(marked), tools, markers, points)
     prompt_n = [0]
-    builder = _counting(chat_prompt(chat_messages(body), plan), prompt_n)
-    gen = await start(
-        request, body.model, builder, fields, "msg_", plan.customize, dialect="anthropic"
-    )
+    builder = _counting(prompt, prompt_n)
+    customize = points.customize(plan.customize)
+    gen = await start(request, body.model, builder, fields, "msg_", customize, dialect="anthropic")
     if body.stream:
         cutoff = ShutdownCutoff(settings_of(request).shutdown_grace)
         parser = plan.parser()
-        events = message_events(gen, body.model, prompt_n, parser, cutoff, body.stop_sequences)
+        stops = body.stop_sequences
+        events = message_events(gen, body.model, prompt_n, parser, cutoff, stops, points)
         return EngineStream(gen, events, cutoff)
     text, final = await collect(request, gen)
     check_final(final)
@@ -212,7 +219,7 @@ async def messages(request: Request) -> Response:
     result = message_object(gen, body.model, content_blocks(message))
     reason, sequence = stop_reason(final, has_calls, body.stop_sequences)
     result["stop_reason"], result["stop_sequence"] = reason, sequence
-    result["usage"] = usage(final)
+    result["usage"] = usage(final, points)
     result["timings"] = final.timings.to_dict()
     return JSONResponse(result)
 

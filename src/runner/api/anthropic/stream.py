@@ -16,6 +16,7 @@ from typing import Any
 
 from sse_starlette import ServerSentEvent
 
+from runner.api.anthropic.caching import Breakpoints
 from runner.api.core.dialect_common import parse_arguments
 from runner.api.core.inference import Generation
 from runner.api.core.sse import ShutdownCutoff
@@ -40,15 +41,10 @@ def stop_reason(
     return _STOP_REASONS.get(final.finish_reason), None
 
 
-def usage(final: FinishEvent) -> dict[str, Any]:
-    """Anthropic's accounting: `input_tokens` computed, `cache_read_input_tokens` reused."""
-    cached = final.timings.cache_n
-    return {
-        "input_tokens": final.prompt_tokens - cached,
-        "output_tokens": final.completion_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
-    }
+def usage(final: FinishEvent, points: Breakpoints) -> dict[str, Any]:
+    """Anthropic's accounting: `cache_read_input_tokens` reused, `cache_creation_input_tokens`
+    computed up to the breakpoints (per TTL in `cache_creation`), `input_tokens` the rest."""
+    return points.usage(final)
 
 
 def message_object(gen: Generation, model: str, content: list[Any]) -> dict[str, Any]:
@@ -141,6 +137,7 @@ async def message_events(
     parser: ChatOutputParser,
     cutoff: ShutdownCutoff,
     stop_sequences: list[str] | None,
+    points: Breakpoints,
 ) -> AsyncIterator[ServerSentEvent]:
     start_usage = {"input_tokens": prompt_n[0], "output_tokens": 0}
     message = {**message_object(gen, model, []), "usage": start_usage}
@@ -164,6 +161,6 @@ async def message_events(
         yield sse
     reason, sequence = stop_reason(final, parser.n_calls > 0, stop_sequences)
     delta = {"stop_reason": reason, "stop_sequence": sequence}
-    end = {"delta": delta, "usage": usage(final), "timings": final.timings.to_dict()}
+    end = {"delta": delta, "usage": usage(final, points), "timings": final.timings.to_dict()}
     yield _event("message_delta", end)
     yield _event("message_stop", {})

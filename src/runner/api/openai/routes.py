@@ -30,6 +30,7 @@ from runner.api.core.inference import (
     usage,
 )
 from runner.api.core.logprobs import chat_entries, completion_object
+from runner.api.core.prompt_cache import steer
 from runner.api.core.schemas import ModelPath, json_body
 from runner.api.errors.table import APIError
 from runner.api.http.bodies import parsed
@@ -109,7 +110,8 @@ async def chat_completions(request: Request, body: ChatCompletionBody) -> Respon
         stops = model.template.stop_strings if model.template else ()
         return tokens, stops
 
-    gen = await start(request, name, prompt_of, body, "chatcmpl-", plan.customize, dialect="openai")
+    customize = steer(body.prompt_cache_key, body.prompt_cache_retention, plan.customize)
+    gen = await start(request, name, prompt_of, body, "chatcmpl-", customize, dialect="openai")
     if body.stream:
         grace = settings_of(request).shutdown_grace
         return chat_stream(gen, body.include_usage, grace, plan.parser, bool(body.logprobs))

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from runner.api.core.chat_plan import REASONING_FORMATS, ChatPlan, tool_error
+from runner.api.core.prompt_cache import PromptCacheKey, PromptCacheRetention
 from runner.api.core.schemas import (
     INT32_MAX,
     STRICT,
@@ -40,6 +41,9 @@ class ChatCompletionRequest(GenerationFields):
     reasoning_budget: int | None = Field(None, ge=-1, le=INT32_MAX)  # thinking tokens
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # core/prompt_cache.py: slot affinity, and 24h pins of the whole prompt.
+    prompt_cache_key: PromptCacheKey = None
+    prompt_cache_retention: PromptCacheRetention = None
 
     @field_validator("max_completion_tokens")
     @classmethod

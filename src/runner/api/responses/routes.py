@@ -32,6 +32,7 @@ from runner.api.core.dialect_common import (
 )
 from runner.api.core.dialect_common import text_of as _text_of
 from runner.api.core.inference import collect, model_name, start
+from runner.api.core.prompt_cache import PromptCacheKey, PromptCacheRetention, steer
 from runner.api.core.schemas import INT32_MAX, json_body, model_field
 from runner.api.core.sse import EngineStream, ShutdownCutoff
 from runner.api.errors.table import APIError
@@ -76,6 +77,9 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None  # bounded by `record.check_metadata`
     parallel_tool_calls: bool | None = None
+    # core/prompt_cache.py: slot affinity, and 24h pins of the whole prompt.
+    prompt_cache_key: PromptCacheKey = None
+    prompt_cache_retention: PromptCacheRetention = None
 
 
 def store_of(request: Request) -> ResponseStore:
@@ -277,7 +281,8 @@ async def create(request: Request) -> Response:
     )
     name = model_name(request, body.model)
     prompt_of = chat_prompt([*system, *history], plan, free_grammar=fmt is None)
-    gen = await start(request, name, prompt_of, fields, "", plan.customize, dialect="responses")
+    customize = steer(body.prompt_cache_key, body.prompt_cache_retention, plan.customize)
+    gen = await start(request, name, prompt_of, fields, "", customize, dialect="responses")
     obj = response_object(new_id("resp_"), int(time.time()), body.model or name, body)
 
     async def store(response: dict[str, Any]) -> None:
