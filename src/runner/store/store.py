@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -56,9 +55,8 @@ from .index import (
     untag,
     validate_index,
 )
+from .legacy_configs import fold_file_configs
 from .names import id_prefix, normalize, parse, resolve
-
-log = logging.getLogger(__name__)
 
 
 class ModelStore:
@@ -274,34 +272,14 @@ class ModelStore:
         return sorted(t for t, i in index["tags"].items() if i == model_id)
 
     def _migrate_file_configs(self) -> None:
-        """Configs used to belong to files (`configs/<id>.json`), so a template one name's
-        pull brought reached every name of that file. Each file's settings move to each of
-        its names, except a chat template: which name brought it cannot be told, so it is
-        dropped (and logged) rather than handed to all of them."""
+        """An older runner's `configs/<id>.json` become per-name configs, once."""
         if not self.configs_dir.is_dir():
             return
         with self._lock():
             if not self.configs_dir.is_dir():
                 return
             index = self._read_index()
-            for path in sorted(self.configs_dir.glob("*.json")):
-                try:
-                    config = read_json(path, {})
-                except (OSError, ValueError):
-                    continue
-                model_id = path.stem
-                if not isinstance(config, dict) or model_id not in index["models"]:
-                    continue
-                tags = sorted(t for t, i in index["tags"].items() if i == model_id)
-                if config.pop("chat-template", None) is not None:
-                    log.warning(
-                        "dropped the chat template stored for %s (a file's template is no "
-                        "longer shared by its names): pull it again or configure it",
-                        ", ".join(tags) or model_id[:12],
-                    )
-                for tag in tags:
-                    if config:
-                        index["configs"].setdefault(tag, dict(config))
+            fold_file_configs(self.configs_dir, index)
             self._write_index(index)
             shutil.rmtree(self.configs_dir, ignore_errors=True)
 
