@@ -202,9 +202,15 @@ class Engine:
 
     # -- embeddings -----------------------------------------------------------------------
 
+    def _tokenize_inputs(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+        return [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+
     async def embed(self, inputs: Sequence[str | list[int]]) -> EmbeddingsDone:
         """L2-normalized mean-pooled embeddings, computed between generation steps."""
-        tokenized = [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
+        if len(inputs) > 16 or sum(len(x) for x in inputs) > 16384:  # not on the event loop
+            tokenized = await asyncio.to_thread(self._tokenize_inputs, inputs)
+        else:
+            tokenized = self._tokenize_inputs(inputs)
         total = 0
         for tokens in tokenized:
             if not tokens:

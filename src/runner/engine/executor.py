@@ -20,6 +20,9 @@ from .types import EngineConfig, EngineError, SamplingParams, TokenLogprob
 
 # The token a step returns for a job whose sampler failed; `take_failure` says why.
 SAMPLE_FAILED = -1
+# Wall seconds of embedding decodes one step may make (at least one input): every input is a
+# decode of its own, so a step of hundreds of tiny inputs would hold every chat's next token.
+EMBED_STEP_SECONDS = 0.02
 
 
 class LlamaExecutor:
@@ -205,7 +208,8 @@ class LlamaExecutor:
     # -- embeddings ---------------------------------------------------------------------------
 
     def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
-        """L2-normalized mean-pooled embeddings, one decode per input."""
+        """L2-normalized mean-pooled embeddings, one decode per input, of the first inputs
+        that fit in `EMBED_STEP_SECONDS` (at least one); the rest wait for later steps."""
         if self._embed_ctx is None:
             n = self.config.ctx_per_slot
             threads = self.config.threads
@@ -215,8 +219,11 @@ class LlamaExecutor:
             self._embed_batch = Batch(n)
         ctx, batch = self._embed_ctx, self._embed_batch
         assert batch is not None
-        out = []
+        out: list[list[float]] = []
+        started = time.perf_counter()
         for tokens in inputs:
+            if out and time.perf_counter() - started >= EMBED_STEP_SECONDS:
+                break
             ctx.clear_all()
             batch.clear()
             batch.add(tokens, 0, 0, True)

@@ -62,7 +62,11 @@ class Executor(KvOps, Protocol):
         not `sample`, one without a draft, one more than the guesses kept with one)."""
         ...
 
-    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]: ...
+    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
+        """Vectors of the first inputs, in order: all of them, or as many as one step may
+        take (the scheduler offers the rest in later steps)."""
+        ...
+
     def open_sampler(
         self,
         job_id: int,
