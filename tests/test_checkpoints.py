@@ -38,3 +38,10 @@ def test_thinning_keeps_the_bound_the_ends_and_an_even_spacing() -> None:
     gaps = [b - a for a, b in zip(kept, kept[1:], strict=False)]
     assert max(gaps) <= 2 * min(gaps) + 16
     assert cps.nbytes() == 40
+
+
+def test_room_for_one_keeps_the_newest() -> None:
+    cps = Checkpoints(limit=1)
+    for pos in (16, 32, 48):
+        cps.add(0, pos, b"s")
+    assert cps.positions(0) == [48]

@@ -224,6 +224,13 @@ class Settings(BaseSettings):
         description="KV cache type of values (as --cache-type-k; a quantized one turns on "
         "flash attention)",
     )
+    state_checkpoints: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="recurrent-state snapshots per slot of hybrid and recurrent models, to "
+        "reuse an earlier prefix (each one is the size of the model's recurrent state)",
+    )
     draft_max: int = Field(
         48,
         ge=0,

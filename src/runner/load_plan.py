@@ -43,6 +43,7 @@ def engine_config(
         log_text=settings.log_text,
         cache_type_k=cfg.get("cache-type-k") or settings.cache_type_k,
         cache_type_v=cfg.get("cache-type-v") or settings.cache_type_v,
+        state_checkpoints=settings.state_checkpoints,
     )
     keep_alive = settings.idle_timeout
     if cfg.get("keep_alive") is not None:

@@ -13,7 +13,6 @@ from typing import Any
 import gguf
 import psutil
 
-from .engine.checkpoints import Checkpoints
 from .engine.types import EngineConfig
 from .store.gguf_meta import GGUFMetadata
 
@@ -63,7 +62,7 @@ def estimate(meta: GGUFMetadata, file_size: int, config: EngineConfig) -> Memory
     kv = kv_per_token * config.n_ctx
     if meta.recurrent_state_bytes:
         # One state per slot, plus the checkpoints each slot may hold (engine/checkpoints.py).
-        kv += meta.recurrent_state_bytes * config.slots * (1 + Checkpoints().limit)
+        kv += meta.recurrent_state_bytes * config.slots * (1 + config.state_checkpoints)
     vocab = meta.vocab_size or 32000
     # Logits for a full batch of outputs plus the graph's scratch; measured ~1.3x of this
     # on the bundled model, so it errs on the safe side for larger ones.

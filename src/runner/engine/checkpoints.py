@@ -31,9 +31,11 @@ class Checkpoints:
         snaps[:] = [s for s in snaps if s[0] < pos]
         snaps.append((pos, state))
         while len(snaps) > self.limit:
-            # Drop the inner snapshot whose neighbours are closest: spacing stays even.
-            i = min(range(1, len(snaps) - 1), key=lambda j: snaps[j + 1][0] - snaps[j - 1][0])
-            del snaps[i]
+            # Drop the inner snapshot whose neighbours are closest: spacing stays even. With
+            # room for one or two, the oldest goes.
+            inner = range(1, len(snaps) - 1)
+            gap = (lambda j: snaps[j + 1][0] - snaps[j - 1][0]) if inner else None
+            del snaps[min(inner, key=gap) if gap else 0]
 
     def best(self, seq: int, at_most: int) -> tuple[int, bytes] | None:
         """The newest snapshot at or below position `at_most`."""

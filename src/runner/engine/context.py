@@ -106,12 +106,13 @@ class LlamaContext:
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
         checkpoint_block: int = 0,
+        checkpoint_limit: int = 8,
     ) -> None:
         self.model = model
         # With a recurrent state: snapshot it after prompt pieces that end on a multiple of
         # `checkpoint_block`, so `truncate` can go back there (engine/checkpoints.py).
         self.checkpoint_block = checkpoint_block if not model.trimmable else 0
-        self.checkpoints = Checkpoints()
+        self.checkpoints = Checkpoints(max(checkpoint_limit, 1))
         params = llama_cpp.llama_context_default_params()
         params.type_k = ggml_type(cache_type_k)
         params.type_v = ggml_type(cache_type_v)

@@ -80,7 +80,8 @@ class Engine:
                 swa_full=config.swa_full,
                 cache_type_k=config.cache_type_k,
                 cache_type_v=config.cache_type_v,
-                checkpoint_block=config.prefill_block,
+                checkpoint_block=config.prefill_block if config.state_checkpoints else 0,
+                checkpoint_limit=config.state_checkpoints,
             )
             self._draft = (
                 DraftModel(config.draft_model, self._model, config) if config.draft_model else None

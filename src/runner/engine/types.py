@@ -79,6 +79,9 @@ class EngineConfig:
     # the same types, so they are part of `kv_key`.
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
+    # Recurrent-state snapshots a slot keeps to go back to an earlier prefix (hybrid and
+    # recurrent models only; engine/checkpoints.py). 0: none, such prefixes are recomputed.
+    state_checkpoints: int = 8
     # The engine's log line while busy: every this many seconds (0: never); and whether
     # request lines include prompt and answer text (a debug aid: prompts are users' data).
     log_interval: float = 10.0
