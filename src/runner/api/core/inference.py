@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
+from sse_starlette.sse import AppStatus
 
 from runner import __version__
 from runner.api.core.schemas import GenerationFields
@@ -39,6 +40,8 @@ PromptBuilder = Callable[[ResidentModel, Engine], Awaitable[tuple[list[int], Seq
 # Texts above this many characters are tokenized (and templates rendered) on a worker thread
 # so one huge prompt does not stall every other stream on the event loop.
 INLINE_LIMIT = 16 * 1024
+# How often a request checks whether the server is shutting down.
+SHUTDOWN_POLL_SECONDS = 0.5
 
 
 def model_name(request: Request, requested: str | None) -> str:
@@ -275,6 +278,27 @@ async def on_disconnect(request: Request, then: Callable[[], None]) -> None:
             return
 
 
+async def after_shutdown_grace(grace: float, then: Callable[[], None]) -> None:
+    """Call `then` once the server has been shutting down for `grace` seconds. Without this a
+    non-streamed request still running then is cancelled by uvicorn, whose answer is a 500.
+    sse-starlette raises `AppStatus.should_exit` when uvicorn gets its exit signal (it is
+    what ends the SSE streams); plain responses have no such hook of their own."""
+    while not AppStatus.should_exit:
+        await anyio.sleep(SHUTDOWN_POLL_SECONDS)
+    await anyio.sleep(grace)
+    then()
+
+
+def shutdown_error(grace: float) -> APIError:
+    """The dialect's 503 for a request cut off by shutdown (streams send the same words)."""
+    return APIError(
+        503,
+        f"the server is shutting down; this request ran past the {grace:g} s shutdown grace "
+        "and was ended before it finished",
+        "server_shutting_down",
+    )
+
+
 async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
     """Run a non-streamed request to the end (every choice, into `gen.choices`); a client
     that hangs up cancels it. Returns the first choice's text and finish."""
@@ -294,39 +318,73 @@ async def collect(request: Request, gen: Generation) -> tuple[str, FinishEvent]:
         choice.text = "".join(parts)
 
     gen.choices = [Choice() for _ in gen.handles]
-    watcher = asyncio.get_running_loop().create_task(on_disconnect(request, cancel_all))
+    drains = asyncio.gather(*(drain(h, c) for h, c in zip(gen.handles, gen.choices, strict=True)))
+    grace = settings_of(request).shutdown_grace
+    cut = False
+
+    def cut_off() -> None:
+        # Answer now: the engine may need a while to end a long step (a cold prompt).
+        nonlocal cut
+        cut = True
+        cancel_all()
+        drains.cancel()
+
+    loop = asyncio.get_running_loop()
+    watchers = (
+        loop.create_task(on_disconnect(request, cancel_all)),
+        loop.create_task(after_shutdown_grace(grace, cut_off)),
+    )
     try:
-        pairs = zip(gen.handles, gen.choices, strict=True)
-        await asyncio.gather(*(drain(h, c) for h, c in pairs))
+        try:
+            await drains
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not cut or getattr(current, "cancelling", lambda: 0)():  # not (only) ours
+                raise
+            raise shutdown_error(grace) from None
         first = gen.choices[0]
         if first.final is None:
             raise APIError(500, "the engine ended the request without a result", "engine_error")
         return first.text, first.final
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         await gen.close()
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[_T]) -> _T:
     """Await `work` (e.g. `engine.embed(...)`), cancelling it if the client hangs up first,
     so a large request does not go on using the engine for no one (uvicorn never cancels a
-    handler itself)."""
+    handler itself). Cut off with a 503 once the shutdown grace has passed, like `collect`."""
     task = asyncio.ensure_future(work)
-    gone = False
+    grace = settings_of(request).shutdown_grace
+    gone = cut = False
 
     def give_up() -> None:
         nonlocal gone
         gone = True
         task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(on_disconnect(request, give_up))
+    def cut_off() -> None:
+        nonlocal cut
+        cut = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    watchers = (
+        loop.create_task(on_disconnect(request, give_up)),
+        loop.create_task(after_shutdown_grace(grace, cut_off)),
+    )
     try:
         return await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        if not gone or getattr(current, "cancelling", lambda: 0)():  # cancelled itself too
+        if getattr(current, "cancelling", lambda: 0)() or not (gone or cut):  # ours, not work's
             raise
+        if cut:
+            raise shutdown_error(grace) from None
         # No one reads this answer; it only ends the handler without an error in the log.
         raise APIError(499, "the client closed the request", "client_closed_request") from None
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
