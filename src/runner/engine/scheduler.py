@@ -343,8 +343,9 @@ class Scheduler:
             error=error,
             stop_word=job.stream.stop_word,
         )
-        self.outbox.add(job, event)
+        # Logged before the event goes out: a caller that has its answer finds the line.
         self.activity.request_done(job, event)
+        self.outbox.add(job, event)
 
     def _finish_embed(
         self, job: EmbedJob, reason: FinishReason, error: EngineError | None = None
