@@ -119,8 +119,11 @@ def create_app(
         allow_headers=["*"],
     )
     app.add_middleware(OriginMiddleware, origins=origins)
-    if is_loopback(settings.host) and "*" not in origins:
-        app.add_middleware(HostMiddleware, origins=origins)
+    # Without a key, the Host check is what stops a DNS-rebinding page, on any address.
+    if "*" not in origins and (is_loopback(settings.host) or not settings.api_key):
+        app.add_middleware(
+            HostMiddleware, origins=origins, any_address=not is_loopback(settings.host)
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     warn_if_exposed(settings)
     return app

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runner.api.errors.table import APIError
 from runner.config import Settings
+from runner.store import InvalidModelFile, ModelStore, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +59,25 @@ def not_a_model(source: str, reason: Exception) -> APIError:
         NOT_A_MODEL,
         param="from",
     )
+
+
+def check_draft_model(name: str, store: ModelStore, allowed: Sequence[Path]) -> None:
+    """`_configure`'s `draft-model`: a model in the store, or a readable GGUF inside an
+    allowed directory (the same rule as imports). Raises ValueError with one message whatever
+    the reason, so that the answer says nothing about what is on the disk (the reason goes
+    to the log). Touches the disk: call it off the event loop."""
+    try:
+        store.get(name)
+        return
+    except Exception:  # not a model name: perhaps a file
+        pass
+    try:
+        if "\x00" in name or not Path(name).expanduser().is_absolute():
+            raise ValueError("not a model name nor an absolute path")
+        read_metadata(import_source(name, allowed))
+    except (APIError, OSError, ValueError, InvalidModelFile) as exc:
+        log.info("_configure: draft model %s refused: %s", name[:500], exc)
+        raise ValueError(
+            f"draft model {name[:500]!r} is neither a model in the store nor a readable GGUF "
+            "file in a directory this server imports from (--allow-import)"
+        ) from None

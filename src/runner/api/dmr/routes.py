@@ -17,7 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from runner.api.core.dialect_common import read_json
-from runner.api.core.import_policy import allowed_import_dirs, import_source, not_a_model
+from runner.api.core.import_policy import (
+    allowed_import_dirs,
+    check_draft_model,
+    import_source,
+    not_a_model,
+)
 from runner.api.core.model_store import import_lines, name_from_file, remove_model
 from runner.api.core.schemas import ModelPath, ModelQuery, json_body
 from runner.api.dmr.schemas import ConfigureRequest, CreateModelRequest, UnloadRequest
@@ -166,7 +171,11 @@ async def engines_configure(request: Request) -> JSONResponse:
     loader = loader_of(request)
     entry = await _entry(request, name)
     try:
-        validate_config(body)  # 400 before anything else (busy or not)
+        clean = validate_config(body)  # 400 before anything else (busy or not)
+        if clean.get("draft-model"):
+            allowed = allowed_import_dirs(settings_of(request))
+            draft = clean["draft-model"]
+            await asyncio.to_thread(check_draft_model, draft, store_of(request), allowed)
         config = await loader.configure(name, body)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_config") from exc

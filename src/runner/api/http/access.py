@@ -2,10 +2,12 @@
 
 Pure ASGI middleware (like `http/middleware.py`), outermost first in `app.py`:
 
-* `HostMiddleware` (DNS rebinding): while bound to a loopback address, a request must name a
-  loopback host (`localhost`, `*.localhost`, `127.x.x.x`, `[::1]`) or the host of a configured
-  origin; a web page on `evil.example` re-pointed at 127.0.0.1 sends `Host: evil.example` and
-  gets 403. Off when bound to another address or when `--cors-origins '*'`.
+* `HostMiddleware` (DNS rebinding): a request must name a loopback host (`localhost`,
+  `*.localhost`, `127.x.x.x`, `[::1]`) or the host of a configured origin; a web page on
+  `evil.example` re-pointed at this server sends `Host: evil.example` and gets 403. Bound to
+  another address, IP addresses and this machine's own name are welcome too (no page can
+  rebind an address literal). Off with `--cors-origins '*'`, and on a non-loopback address
+  with an API key (the key then decides, whatever name reaches the server).
 * `OriginMiddleware`: a request with an `Origin` header that is not allowed gets 403, preflight
   or not. Omitting CORS headers alone would keep a hostile page from *reading* answers, but
   "simple" cross-site POSTs (form or text/plain bodies, which runner parses as JSON) would
@@ -26,6 +28,7 @@ import hmac
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -148,24 +151,41 @@ class OriginMiddleware:
 
 
 class HostMiddleware:
-    """403 for a `Host` that is not loopback (or a configured origin's host) while the server
-    is bound to loopback: the DNS-rebinding guard described in the module doc."""
+    """403 for a `Host` that is not loopback or a configured origin's host (with
+    `any_address`, the server bound beyond loopback: also not an IP address or this
+    machine's name): the DNS-rebinding guard described in the module doc."""
 
-    def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, origins: Iterable[str], any_address: bool = False) -> None:
         self.app = app
         self.extra = {_host_name(o) for o in origins}
+        self.any_address = any_address
+        if any_address:
+            self.extra.add(socket.gethostname().lower())
+
+    def allows(self, name: str) -> bool:
+        return is_loopback(name) or name in self.extra or (self.any_address and _is_address(name))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             host = header(scope, b"host")
-            if host and not is_loopback(name := _host_name(host)) and name not in self.extra:
-                message = (
-                    f"host {host[:200]!r} is not allowed: this server listens on a loopback "
-                    "address; use localhost or 127.0.0.1"
+            if host and not self.allows(_host_name(host)):
+                where = (
+                    "use this machine's address or name, or add the name to --cors-origins"
+                    if self.any_address
+                    else "this server listens on a loopback address; use localhost or 127.0.0.1"
                 )
+                message = f"host {host[:200]!r} is not allowed: {where}"
                 await send_error(scope, receive, send, ErrorInfo(403, "host_not_allowed", message))
                 return
         await self.app(scope, receive, send)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _with_header(scope: Scope, name: bytes, value: str) -> list[tuple[bytes, bytes]]:

@@ -42,12 +42,13 @@ SECURITY_HEADERS = {
 
 class UiFiles(StaticFiles):
     """The page's assets, revalidated on every load (a 304 when unchanged) so that a browser
-    never mixes a cached script from an older runner with a newer page."""
+    never mixes a cached script from an older runner with a newer page. Each carries the
+    page's security headers: `/ui/index.html` is the page too, and must not run without
+    its policy."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.update(SECURITY_HEADERS)
         return response
 
 
