@@ -25,6 +25,7 @@ class ForwardedRequest:
     n_tokens: int = 0  # prompt length
     prompt: str = ""
     target: str = ""  # a replica's unique id: only it may take the request (broadcasts)
+    cache_key: str = ""  # OpenAI's prompt_cache_key: the router keeps a key on one replica
 
     def scope(self) -> dict[str, Any]:
         """The ASGI scope runner's app sees, as if the client had called it directly."""
@@ -60,6 +61,16 @@ def prompt_text(body: bytes) -> str:
     if isinstance(raw.get("prompt"), str):
         parts.append(raw["prompt"])
     return "".join(parts)
+
+
+def cache_key_of(body: bytes) -> str:
+    """The request's `prompt_cache_key` (OpenAI Chat Completions and Responses), or ""."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return ""
+    key = raw.get("prompt_cache_key") if isinstance(raw, dict) else None
+    return key if isinstance(key, str) else ""
 
 
 def _content(message: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from runner.api.errors.renderers import error_response, is_stream, stream_error_
 from runner.api.errors.table import ErrorInfo
 from runner.config import Settings
 
-from .forward import ForwardedRequest, prompt_text
+from .forward import ForwardedRequest, cache_key_of, prompt_text
 from .keys import PromptKeys
 from .registry import replica_reports
 
@@ -137,6 +137,7 @@ class FrontDoorApp:
             request.hashes, request.n_tokens = await asyncio.to_thread(self.keys.hashes, path, body)
             request.block = self.keys.block
             request.prompt = prompt_text(body) or request.prompt
+            request.cache_key = cache_key_of(body)
         if scope["method"] == "GET" and path in _PS | _STATUS:
             await self._engines(request, send, path in _PS)
             return

@@ -10,6 +10,11 @@ every `request_routing_stats_period_s`, so the router also remembers what it rou
 last `recent_ttl_s` seconds: a prompt just sent to a replica counts as held there until the
 replica's next report says so itself.
 
+A request with a cache key (OpenAI's `prompt_cache_key`) goes back to the replica that
+served the key last, the client's word being better than any guess, unless that replica is
+overloaded (as below): then the key is routed like any request and moves to where it went,
+so keys that outgrow one replica spread out.
+
 Load comes first when it must: a best replica already running as many requests as it has
 slots (times `overload_factor`) is passed over for the least loaded one, if that one has at
 least as many requests less to do (when every replica is busy, waiting where the prefix is
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
@@ -85,6 +91,7 @@ class CacheFollowing(RequestRouter):
         self._recent: dict[ReplicaID, dict[int, float]] = {}  # block hash -> when routed
         self._held: dict[ReplicaID, tuple[float, frozenset[int]]] = {}  # report time, blocks
         self._unreachable: dict[ReplicaID, float] = {}  # when a request found it unreachable
+        self._keys: OrderedDict[str, ReplicaID] = OrderedDict()  # cache key -> its replica
 
     async def choose_replicas(
         self,
@@ -94,6 +101,9 @@ class CacheFollowing(RequestRouter):
         if len(candidate_replicas) < 2:
             return [candidate_replicas]
         request = _request_of(pending_request)
+        keyed = self._keyed(request, candidate_replicas)
+        if keyed is not None:
+            return [[keyed], _two_choices(candidate_replicas)]
         hashes = request.hashes if request is not None else []
         scores = {r.replica_id: self._cached_blocks(r, hashes) for r in candidate_replicas}
         best = max(scores.values())
@@ -110,6 +120,11 @@ class CacheFollowing(RequestRouter):
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:  # fmt: skip
         request = _request_of(pending_request)
+        if request is not None and request.cache_key:
+            self._keys[request.cache_key] = replica_id
+            self._keys.move_to_end(request.cache_key)
+            if len(self._keys) > 100_000:  # the least recently used keys go first
+                self._keys.popitem(last=False)
         hashes = request.hashes if request is not None else []
         if hashes:
             now = time.monotonic()
@@ -123,12 +138,27 @@ class CacheFollowing(RequestRouter):
         super().on_replica_actor_died(replica_id)
         self._recent.pop(replica_id, None)
         self._held.pop(replica_id, None)
+        for key in [k for k, r in self._keys.items() if r == replica_id]:
+            del self._keys[key]
 
     def on_replica_actor_unavailable(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_unavailable(replica_id)
         self._unreachable[replica_id] = time.monotonic()
 
     # -- scoring --------------------------------------------------------------------------
+
+    def _keyed(
+        self, request: ForwardedRequest | None, candidates: list[RunningReplica]
+    ) -> RunningReplica | None:
+        """The replica that last served the request's cache key, unless it is overloaded."""
+        if request is None or not request.cache_key:
+            return None
+        home = self._keys.get(request.cache_key)
+        replica = next((r for r in candidates if r.replica_id == home), None)
+        if replica is None:
+            return None
+        lightest = min(self._load(r) for r in candidates)
+        return None if self._overloaded(replica, lightest) else replica
 
     def _worth_following(self, request: ForwardedRequest | None, blocks: int) -> bool:
         """A shared template opening or boilerplate line is no reason to pile every user
