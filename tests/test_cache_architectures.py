@@ -91,7 +91,7 @@ def test_cached_answers_equal_uncached(kind: str, servers: tuple[Any, Any]) -> N
 
     complete(cached, model, SHARED + "Warm up.", id_slot=0)
     check(0, "slot", every_kind=True, id_slot=0)  # the prefix, in its own slot
-    check(1, "slot", id_slot=1)  # copied from slot 0
+    check(1, "slot", every_kind=True, id_slot=1)  # copied from slot 0, with its checkpoints
     # Push the prefix out of both slots: each slot's prefix goes to the RAM tier.
     complete(cached, model, "Unrelated one. " * 30, id_slot=0)
     complete(cached, model, "Unrelated two. " * 30, id_slot=1)

@@ -45,3 +45,13 @@ def test_room_for_one_keeps_the_newest() -> None:
     for pos in (16, 32, 48):
         cps.add(0, pos, b"s")
     assert cps.positions(0) == [48]
+
+
+def test_a_copied_sequence_takes_the_snapshots_along() -> None:
+    cps = Checkpoints()
+    cps.add(0, 16, b"a")
+    cps.add(1, 32, b"b")
+    cps.copy(0, 1)
+    assert cps.positions(1) == [16] and cps.best(1, 40) == (16, b"a")
+    cps.add(1, 32, b"c")
+    assert cps.positions(0) == [16]  # the lists are separate

@@ -56,6 +56,10 @@ class Checkpoints:
         else:
             self._by_seq.pop(seq, None)
 
+    def copy(self, src: int, dst: int) -> None:
+        """`dst` now holds what `src` holds (its state was copied): so do the snapshots."""
+        self._by_seq[dst] = list(self._by_seq.get(src, ()))
+
     def positions(self, seq: int) -> list[int]:
         return [pos for pos, _ in self._by_seq.get(seq, ())]
 

@@ -113,6 +113,9 @@ class LlamaContext:
         # `checkpoint_block`, so `truncate` can go back there (engine/checkpoints.py).
         self.checkpoint_block = checkpoint_block if not model.trimmable else 0
         self.checkpoints = Checkpoints(max(checkpoint_limit, 1))
+        # The last state read out of a sequence: when it is written into another one (a
+        # prefix copied between slots), that sequence's checkpoints go along.
+        self._exported: tuple[int, bytes] | None = None
         params = llama_cpp.llama_context_default_params()
         params.type_k = ggml_type(cache_type_k)
         params.type_v = ggml_type(cache_type_v)
@@ -223,7 +226,10 @@ class LlamaContext:
     # -- sequence state (for the RAM/disk prompt cache) -------------------------------
 
     def seq_state(self, seq: int) -> bytes:
-        return self._seq_state(seq, 0)
+        data = self._seq_state(seq, 0)
+        if self.checkpoint_block:
+            self._exported = (seq, data)
+        return data
 
     def _seq_state(self, seq: int, flags: int) -> bytes:
         size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
@@ -235,9 +241,12 @@ class LlamaContext:
         self.clear_seq(seq)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         read = llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), seq)
+        exported, self._exported = self._exported, None
         if read == 0:
             llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
             return False
+        if exported is not None and exported[1] is data and exported[0] != seq:
+            self.checkpoints.copy(exported[0], seq)
         return True
 
     def save_seq_file(self, seq: int, path: str, tokens: list[int]) -> int:
