@@ -259,3 +259,13 @@ def test_file_keyed_configs_of_an_older_store_move_to_names_without_templates(
     assert not store.configs_dir.exists()
     store.remove("evil/two")
     assert _store(tmp_path / "models").get_config("ai/one") == {"context-size": 256}
+
+
+def test_a_copied_name_takes_its_source_names_config_and_keeps_its_own(tmp_path: Path) -> None:
+    store = _store(tmp_path / "models")
+    entry = store.add("team/base", write_tiny_gguf(tmp_path / "c.gguf", "c"))
+    store.set_config("team/base", {"chat-template": "{{ 'T' }}"})
+    assert store.copy("team/base", "team/copy").id == entry.id
+    assert store.get_config("team/copy") == {"chat-template": "{{ 'T' }}"}
+    store.set_config("team/copy", {"context-size": 64})
+    assert store.get_config("team/base") == {"chat-template": "{{ 'T' }}"}

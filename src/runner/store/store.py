@@ -191,6 +191,22 @@ class ModelStore:
             self._delete_blobs(doomed)
         return self._entry(self._read_index(), model_id)
 
+    def copy(self, source: str, destination: str) -> ModelEntry:
+        """Name `destination` what `source` names, with `source`'s own config (Ollama's
+        `cp`): the file is shared, the copied config then is the new name's."""
+        tag = normalize(destination)
+        self._migrate_file_configs()
+        with self._lock():
+            index = self._read_index()
+            model_id, canonical = self._lookup(index, source)
+            config = index["configs"].get(canonical)
+            doomed = retag(index, tag, model_id)
+            if isinstance(config, dict) and tag != canonical:
+                index["configs"][tag] = json.loads(json.dumps(config))
+            self._write_index(index)
+            self._delete_blobs(doomed)
+        return self._entry(self._read_index(), model_id)
+
     def remove(self, name: str) -> Removed:
         """Remove tag `name` (exact, after normalization), or every tag of an ID reference.
 

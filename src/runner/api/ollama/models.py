@@ -163,10 +163,9 @@ async def copy(request: Request) -> Response:
     source, destination = body.get("source"), body.get("destination")
     if not isinstance(source, str) or not isinstance(destination, str) or not destination:
         raise APIError(400, "source and destination are required")
-    entry = await _entry(request, source)
-    store = store_of(request)
-    # Same content: the store keeps one blob and adds the tag.
-    await asyncio.to_thread(store.add, normalize(destination), entry.path)
+    await _entry(request, source)  # 404 before anything changes; materializes the bundle
+    # One blob, another name for it, with the source name's config (its chat template).
+    await asyncio.to_thread(store_of(request).copy, source, normalize(destination))
     return Response(status_code=200)
 
 
