@@ -106,7 +106,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     store = open_store(args)
     entry = store.get(args.name)
     data = entry.model_dump(mode="json")
-    data["config"] = store.get_config(entry.id)
+    data["config"] = store.get_config(args.name)  # the config belongs to the name
     print(json.dumps(data, indent=2))
     return 0
 
