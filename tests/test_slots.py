@@ -21,10 +21,13 @@ def test_best_similarity_above_threshold_wins():
     assert choose_slot(slots, [1, 2, 3, 4, 7, 8], 0.5) is slots[2]
 
 
-def test_below_threshold_falls_back_to_least_recently_used():
-    slots = make(3)
-    slots[2].tokens = [1, 2]
-    slots[0].last_used = 10.0  # slot 1 is now the LRU
+def test_below_threshold_falls_back_to_the_lowest_free_slot():
+    """Busy slots stay contiguous (one ubatch for a step's decode tokens), whatever was
+    used last."""
+    slots = make(4)
+    slots[3].tokens = [1, 2]
+    slots[0].state = SlotState.GENERATING
+    slots[2].last_used = -1.0  # least recently used, but not the lowest free one
     assert choose_slot(slots, [1, 2, 3, 4, 5, 6], 0.5) is slots[1]
 
 
@@ -37,7 +40,9 @@ def test_busy_slots_are_skipped_and_none_when_all_busy():
     assert choose_slot(slots, [1, 2, 3], 0.1) is None
 
 
-def test_cache_off_uses_lru_only():
-    slots = make(2)
-    slots[1].tokens = [1, 2, 3]
-    assert choose_slot(slots, [1, 2, 3], 0.5, use_cache=False) is slots[0]
+def test_cache_off_uses_the_lowest_free_slot():
+    slots = make(3)
+    slots[0].state = SlotState.PROMPT
+    slots[2].tokens = [1, 2, 3]
+    slots[2].last_used = -1.0
+    assert choose_slot(slots, [1, 2, 3], 0.5, use_cache=False) is slots[1]

@@ -75,7 +75,7 @@ class Admission:
 
     def _start_follower(self, job: Job, leader_slot: Slot) -> None:
         idle = [s for s in self.slots if not s.busy and s is not leader_slot]
-        slot = min(idle, key=lambda s: s.last_used)
+        slot = min(idle, key=lambda s: s.id)  # contiguous busy slots: see choose_slot
         self.prefix.release(slot)
         slot.job = job
         slot.state = SlotState.FORKING

@@ -151,7 +151,11 @@ class EngineCore:
             if stop_now:
                 return
             self._run_commands()
+            # The step's clock covers all of it: planning, decoding, sampling, turning tokens
+            # into events and handing them over (stats splits the parts).
+            started = time.perf_counter()
             plan = sched.schedule()
+            scheduled = time.perf_counter()
             self.outbox.flush()
             self._publish()
             if plan is None:
@@ -159,14 +163,18 @@ class EngineCore:
                 if self._wait_for_work():
                     return
                 continue
-            started = time.perf_counter()
+            stats = self.stats
+            stats.schedule_seconds_total += scheduled - started
+            stats.emit_seconds_total += time.perf_counter() - scheduled
             if plan.entries:
                 try:
                     sampled = self.executor.execute(plan.entries)
                 except DecodeFailed as exc:
                     sched.decode_failed(plan, exc)
                 else:
+                    executed = time.perf_counter()
                     sched.update(plan, sampled)
+                    stats.update_seconds_total += time.perf_counter() - executed
             if plan.embed is not None and plan.embed_inputs is not None:
                 try:
                     vectors = self.executor.embed(plan.embed_inputs)
@@ -174,8 +182,11 @@ class EngineCore:
                     sched.embed_failed(plan.embed, exc)
                 else:
                     sched.update_embed(plan.embed, vectors)
+            emitting = time.perf_counter()
             self.outbox.flush()
-            self.stats.step_seconds_total += time.perf_counter() - started
+            done = time.perf_counter()
+            stats.emit_seconds_total += done - emitting
+            stats.step_seconds_total += done - started
             self._log_activity()
 
     def _log_activity(self) -> None:

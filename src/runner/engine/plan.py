@@ -40,6 +40,7 @@ class StepPlan:
     embed: EmbedJob | None = None
     embed_inputs: list[list[int]] | None = None
     generating_only: bool = False  # no prompt pieces: the step's time prices draft rows
+    ubatches: int = 0  # passes over the weights llama.cpp makes of `entries` (ubatches.py)
 
 
 class DecodeFailed(EngineError):

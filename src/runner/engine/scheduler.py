@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from ..cache import PromptCache
 from .activity import ActivityLog
 from .admission import Admission
+from .budget import Reading, first_pieces, n_ubatch, share_prompt_budget
 from .drafting import Drafting
 from .job import AnyJob, EmbedJob, Job, Outbox
-from .partition import computed_prefix, next_piece
+from .partition import computed_prefix
 from .plan import BatchEntry, DecodeFailed, Drafter, Executor, Reader, StepPlan
 from .prefix import PrefixPlanner
 from .slots import Slot, SlotState
@@ -36,6 +37,7 @@ from .types import (
     Timings,
     TokenEvent,
 )
+from .ubatches import count_ubatches
 
 __all__ = ["BatchEntry", "DecodeFailed", "Executor", "Scheduler", "StepPlan"]
 
@@ -67,7 +69,12 @@ class Scheduler:
             self.slots, config, executor, self.prefix, read_async, self._finish
         )
         self.embeds: deque[EmbedJob] = deque()
-        self.drafting = Drafting(Speculator(config.spec_draft_max, config.spec_adaptive), drafter)
+        self.drafting = Drafting(
+            Speculator(config.spec_draft_max, config.spec_adaptive),
+            drafter,
+            n_ubatch(config),
+            config.kv_unified,
+        )
         self._clock = 0.0  # decode + sample seconds when the current plan was made
 
     @property
@@ -113,52 +120,57 @@ class Scheduler:
         self.admission.drop_cancelled()
         self.admission.finish_loads()
         self.admission.admit()
-        entries: list[BatchEntry] = []
-        used: list[Slot] = []
-        budget = self.config.n_batch
+        config = self.config
+        budget = config.n_batch
         reading = sorted(
             (s for s in self.slots if s.state is SlotState.PROMPT and s.job is not None),
             key=lambda s: s.job.submitted_at if s.job else 0.0,
         )
-        for slot in reading:
-            job = slot.job
-            assert job is not None
-            prompt = job.request.prompt_tokens
-            marks = job.request.marks
-            a, b = next_piece(len(prompt), job.prompt_pos, self.config.prefill_block, marks)
-            if b - a > budget:
-                break
-            budget -= b - a
-            entries.append(BatchEntry(slot.id, prompt[a:b], a, job.id, b == len(prompt)))
-            used.append(slot)
-        n_prompt_rows = sum(len(e.tokens) for e in entries)
-        generating = [
-            s for s in self.slots if s.state is SlotState.GENERATING and s.job is not None
+        reads = [
+            Reading(len(s.job.request.prompt_tokens), s.job.prompt_pos, s.job.request.marks)
+            for s in reading
+            if s.job
         ]
-        # Each drafting decision sees the step as planned so far: rows decoded, tokens yielded.
-        rows = n_prompt_rows + min(len(generating), budget)
-        yielded = float(min(len(generating), budget))
-        for slot in generating:
-            if budget <= 0:
-                break
-            budget -= 1
+        # Decode first: every generating slot gets its token, and guesses (of one common
+        # length) what the reading slots' next pieces leave; then the reading slots share
+        # what is left of the budget.
+        generating = [(s, s.job) for s in self.slots if s.state is SlotState.GENERATING and s.job]
+        generating = generating[:budget]
+        budget -= len(generating)
+        reserve = first_pieces(reads, config.prefill_block)
+        drafts = self.drafting.plan(generating, max(0, budget - reserve))
+        rows: dict[int, tuple[BatchEntry, Slot]] = {}
+        for (slot, job), draft in zip(generating, drafts, strict=True):
+            budget -= len(draft)
+            tokens = [job.next_token, *draft]
+            entry = BatchEntry(slot.id, tokens, len(slot.tokens), job.id, True, len(draft))
+            rows[slot.id] = (entry, slot)
+        ends = share_prompt_budget(reads, budget, config.prefill_block, n_ubatch(config))
+        for slot, b in zip(reading, ends, strict=True):
             job = slot.job
             assert job is not None
-            draft, gain = self.drafting.guesses(slot, job, budget, rows, yielded)
-            budget -= len(draft)
-            rows += len(draft)
-            yielded += gain
-            entries.append(
-                BatchEntry(
-                    slot.id, [job.next_token, *draft], len(slot.tokens), job.id, True, len(draft)
-                )
-            )
-            used.append(slot)
+            a, prompt = job.prompt_pos, job.request.prompt_tokens
+            if b > a:
+                entry = BatchEntry(slot.id, prompt[a:b], a, job.id, b == len(prompt))
+                rows[slot.id] = (entry, slot)
         embed, inputs = self._embed_work()
-        if not entries and embed is None:
+        if not rows and embed is None:
             return None
+        # In sequence order: llama.cpp puts only consecutive sequence ids in one ubatch.
+        order = sorted(rows)
+        entries = [rows[i][0] for i in order]
+        ubatches = count_ubatches(
+            [(e.seq, len(e.tokens)) for e in entries], n_ubatch(config), config.kv_unified
+        )
         self._clock = self.stats.decode_seconds_total + self.stats.sample_seconds_total
-        return StepPlan(entries, used, embed, inputs, generating_only=n_prompt_rows == 0)
+        return StepPlan(
+            entries,
+            [rows[i][1] for i in order],
+            embed,
+            inputs,
+            generating_only=len(rows) == len(generating),
+            ubatches=ubatches,
+        )
 
     def _embed_work(self) -> tuple[EmbedJob | None, list[list[int]] | None]:
         while self.embeds and self.embeds[0].cancelled:
@@ -181,6 +193,8 @@ class Scheduler:
 
     def update(self, plan: StepPlan, sampled: Sequence[Sequence[int]]) -> None:
         now = time.perf_counter()
+        self.stats.steps_total += 1
+        self.stats.ubatches_total += plan.ubatches
         if plan.generating_only:
             spent = self.stats.decode_seconds_total + self.stats.sample_seconds_total
             rows = sum(len(e.tokens) for e in plan.entries)
@@ -191,6 +205,8 @@ class Scheduler:
             job = slot.job
             if job is None or job.id != entry.job_id:
                 continue
+            job.timings.n_steps += 1
+            job.timings.n_ubatches += plan.ubatches
             if entry.draft:
                 if not self._verified(slot, job, entry, len(tokens) - 1):
                     continue

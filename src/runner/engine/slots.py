@@ -83,8 +83,10 @@ def choose_slot(
     A request with a cache key (OpenAI `prompt_cache_key`) gets the idle slot that last
     served that key, the client's word being better than a guess. Otherwise, like
     llama-server: the idle slot whose cache shares the largest fraction of the prompt, if
-    that fraction reaches `threshold`; else the least recently used idle slot (which keeps
-    recently used prefixes alive for the clients that sent them).
+    that fraction reaches `threshold`; else, unlike llama-server (least recently used), the
+    idle slot with the lowest id: busy slots then stay contiguous, and llama.cpp computes a
+    step's decode tokens in one ubatch only across consecutive sequence ids
+    (`ubatches.py`). The prefix it held goes to the prompt cache as with any eviction.
     """
     idle = [s for s in slots if not s.busy]
     if not idle:
@@ -101,4 +103,4 @@ def choose_slot(
                 best, best_len = slot, n
         if best is not None and best_len / len(prompt) >= threshold:
             return best
-    return min(idle, key=lambda s: s.last_used)
+    return min(idle, key=lambda s: s.id)

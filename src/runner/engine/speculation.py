@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 NGRAM = 3  # tokens matched to find a continuation
 CANDIDATES = 64  # earlier occurrences compared, newest first
 LOOKBACK = 32  # tokens compared backwards to rank them
+SHORT = 8  # an own match agreeing on fewer tokens than this also looks in other slots' text
 SHADOW = 8  # tokens of a guess scored while not drafting (decided within that many steps)
 CALIBRATION_ROWS = (1, 2, 4, 8, 16, 32, 49)  # step sizes timed at load
 DECAY = 0.9  # per step: how fast acceptance statistics forget
@@ -117,6 +118,8 @@ class CostModel:
     fixed: tuple[float, float] | None = None  # (base, per_row) seconds: tests, benchmarks
     _by_rows: dict[int, list[float]] = field(default_factory=dict)  # size -> [weight, s]
     frozen: bool = False  # calibrated at load: decisions no longer depend on timing noise
+    # Prices by (rows, explore) until the next observation: `bet` asks for dozens per slot.
+    _memo: dict[tuple[int, bool], float | None] = field(default_factory=dict)
 
     def calibrate(self, seconds_by_rows: dict[int, float]) -> None:
         """Use these measured step times from now on, and stop learning: a request running
@@ -124,6 +127,7 @@ class CostModel:
         time, cached or not."""
         self._by_rows = {_bucket(r): [1.0, s] for r, s in seconds_by_rows.items()}
         self.frozen = True
+        self._memo.clear()
 
     def observe(self, rows: int, seconds: float) -> None:
         if self.frozen:
@@ -131,6 +135,7 @@ class CostModel:
         point = self._by_rows.setdefault(_bucket(rows), [0.0, 0.0])
         point[0] = point[0] * FIT_DECAY + 1.0
         point[1] = point[1] * FIT_DECAY + seconds
+        self._memo.clear()
 
     def _mean(self, size: int) -> float:
         w, s = self._by_rows[size]
@@ -140,6 +145,12 @@ class CostModel:
         """Expected seconds of a step of `rows` rows; None before any step was measured."""
         if self.fixed is not None:
             return self.fixed[0] + self.fixed[1] * rows
+        key = (rows, explore)
+        if key not in self._memo:
+            self._memo[key] = self._price(rows, explore)
+        return self._memo[key]
+
+    def _price(self, rows: int, explore: bool) -> float | None:
         known = self._by_rows
         size = _bucket(rows)
         if size in known:
@@ -190,6 +201,11 @@ class SlotSpec(Odds):
     shadow: list[int] = field(default_factory=list)
     shadow_at: int = 0  # output length when `shadow` was guessed
     by_model: Odds = field(default_factory=Odds)
+    # The place in `index.tokens` whose token is the own text's guess for the next one, and
+    # how many tokens before it agree: followed token by token while it keeps predicting
+    # the output (O(1) per step), looked up again only after it missed.
+    follow: int = -1
+    follow_len: int = 0
 
     def sync(self, output: Sequence[int]) -> None:
         """Index new output tokens and score the shadow guess against them: once it is
@@ -197,6 +213,13 @@ class SlotSpec(Odds):
         have = len(self.index.tokens) - self.prompt_len
         if have < len(output):
             self.index.extend(output[have:])
+            toks = self.index.tokens
+            for token in output[have:]:  # `follow` stays before the token it predicts
+                if self.follow >= 0 and toks[self.follow] == token:
+                    self.follow += 1
+                    self.follow_len = min(self.follow_len + 1, LOOKBACK)
+                else:
+                    self.follow = -1
         if not self.shadow:
             return
         seen = output[self.shadow_at : self.shadow_at + len(self.shadow)]
@@ -208,6 +231,12 @@ class SlotSpec(Odds):
         if len(seen) == len(self.shadow):
             self.record(len(seen), 0)
             self.shadow = []
+
+    def own_match(self) -> tuple[int, int]:
+        """(next token's index, agreement) of the best place in the own text, or (-1, 0)."""
+        if self.follow < 0 and len(self.index.tokens) >= NGRAM:
+            self.follow, self.follow_len = self.index.match(self.index.tokens)
+        return self.follow, self.follow_len
 
     def guessed(self, guess: list[int], at: int) -> None:
         """Remember a guess that was not drafted (one at a time, until it is decided)."""
@@ -250,18 +279,21 @@ class Speculator:
         would make one request's drafts, and so its answer, depend on earlier ones)."""
         self._slots.pop(slot_id, None)
 
-    def guess(self, slot_id: int, spec: SlotSpec, k: int) -> list[int]:
+    def guess(self, slot_id: int, spec: SlotSpec, k: int, others: bool = True) -> list[int]:
         """Up to `k` tokens to follow the sequence: from the best-agreeing earlier place in
-        its own text, or in another slot's when that agrees longer."""
+        its own text, or, when that agrees on fewer than `SHORT` tokens (and `others`), in
+        another slot's when that agrees longer (the scan over every slot is the expensive
+        part, so it runs only where the own text has no good answer)."""
         context = spec.index.tokens
         if len(context) < NGRAM or k <= 0:
             return []
-        best, (j, length) = spec.index, spec.index.match(context)
-        for other_id, other in self._slots.items():
-            if other_id != slot_id:
-                oj, olength = other.index.match(context)
-                if olength > length:
-                    best, j, length = other.index, oj, olength
+        best, (j, length) = spec.index, spec.own_match()
+        if others and length < SHORT:
+            for other_id, other in self._slots.items():
+                if other_id != slot_id:
+                    oj, olength = other.index.match(context)
+                    if olength > length:
+                        best, j, length = other.index, oj, olength
         return best.continuation(j, k) if j >= 0 else []
 
     def bet(

@@ -189,6 +189,8 @@ class Timings:
     # the one before (written to the cache there); and pins that yielded to the bound.
     cache_written: tuple[int, ...] = ()
     pins_yielded: int = 0
+    n_steps: int = 0  # engine steps that decoded this request's tokens
+    n_ubatches: int = 0  # passes over the weights those steps made (all slots' tokens)
 
     def to_dict(self) -> dict[str, float | int | str]:
         def per_token(ms: float, n: int) -> float:
@@ -211,6 +213,8 @@ class Timings:
             "draft_n": self.draft_n,
             "draft_n_accepted": self.draft_n_accepted,
             "pins_yielded": self.pins_yielded,
+            "n_steps": self.n_steps,
+            "ubatches_per_step": self.n_ubatches / self.n_steps if self.n_steps else 0.0,
         }
 
 
