@@ -143,7 +143,7 @@ def test_pushed_artifact_uses_docker_model_runner_media_types(
     assert config["rootfs"]["diff_ids"] == [layer["digest"] for layer in manifest["layers"]]
 
     fresh = _store(tmp_path / "fresh")
-    entry = pull(fresh, ref).entry
+    assert pull(fresh, ref).entry.id == _sha(gguf)
     assert fresh.get_config(ref)["chat-template"] == "{{ messages[0].content }}"
 
 
