@@ -14,7 +14,7 @@ of lists/dicts, and ``range`` over more than 100 000 items. This subclass adds w
   ``range(99999)`` loops stop after `max_steps` iterations, not 10^10.
 * **A size cap** (`max_chars`) on every string/list a template builds in one step, checked
   *before* the allocation where the size is predictable: ``*``, ``+``, ``**``, ``%``, ``~``,
-  ``str.format``, the padding/repeating ``str`` methods and filters (see `guards`). The
+  ``str.format``, the padding/repeating ``str`` methods and filters (see `sandbox_limits`). The
   output is capped too.
 
 Limits live on the environment (one per `ChatTemplate`); the budget is per render, in a
@@ -40,7 +40,7 @@ from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
-from .guards import (
+from .sandbox_limits import (
     SAFE_FILTERS,
     RenderLimits,
     RunawayTemplate,
