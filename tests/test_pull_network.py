@@ -75,6 +75,8 @@ def _store(root: Path) -> ModelStore:
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
         ("::ffff:8.8.8.8", True),
         ("2002:a00:1::1", False),  # 6to4 around 10.0.0.1
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
         ("not-an-address", False),
     ],
 )

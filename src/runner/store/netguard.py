@@ -27,6 +27,7 @@ from .errors import PullRefused
 __all__ = ["AddressPolicy", "PullRefused", "guarded_client", "is_public_address"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # an IPv4 address behind a NAT64 gateway
 
 ALLOW_PRIVATE_SETTING = "RUNNER_ALLOW_PRIVATE_PULLS=1 (--allow-private-pulls)"
 INSECURE_REGISTRIES_SETTING = "RUNNER_INSECURE_REGISTRIES (--insecure-registries)"
@@ -41,6 +42,8 @@ def is_public_address(address: str | IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         # ::ffff:10.0.0.1 and friends reach the IPv4 address inside them.
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None and not is_public_address(embedded):
             return False
         if ip.scope_id:
