@@ -72,12 +72,13 @@ def test_written_tokens_per_breakpoint(make_core, tmp_path: Path) -> None:
 
 def test_a_cache_key_brings_the_request_back_to_its_slot(make_core) -> None:
     core, _ = make_core(slots=3)
-    a = run(core, prompt_of(40, 100), cache_key="agent-a")
-    b = run(core, prompt_of(40, 200), cache_key="agent-b")
-    run(core, prompt_of(40, 300))
-    assert len({a.finish.slot_id, b.finish.slot_id}) == 2
-    # A prompt sharing nothing with any slot would go to the least recently used (a's).
-    again_b = run(core, prompt_of(40, 400), cache_key="agent-b")
-    assert again_b.finish.slot_id == b.finish.slot_id
-    plain = run(core, prompt_of(40, 500))
-    assert plain.finish.slot_id == a.finish.slot_id
+    a = run(core, prompt_of(40, 100), cache_key="agent-a", id_slot=2)
+    assert a.finish.slot_id == 2
+    # A prompt sharing nothing with any slot would go to the lowest idle slot (0).
+    plain = run(core, prompt_of(40, 300))
+    assert plain.finish.slot_id == 0
+    again = run(core, prompt_of(40, 400), cache_key="agent-a")
+    assert again.finish.slot_id == 2
+    # Another key, or none, is not pulled there.
+    other = run(core, prompt_of(40, 500), cache_key="agent-b")
+    assert other.finish.slot_id == 0

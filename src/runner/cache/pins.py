@@ -79,16 +79,17 @@ class PinBook:
     """The live pins of one prompt cache. Not thread-safe: the cache's lock guards it."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._index: RadixIndex[Pin] = RadixIndex()
+        self._index: RadixIndex[Pin] = RadixIndex()  # prefix queries
+        self._pins: dict[tuple[int, ...], Pin] = {}  # the same pins, to walk them cheaply
         self._clock = clock
         self.dirty = False  # changed since last saved
         self.yielded = self.expired = 0  # counters for stats
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._pins)
 
     def __iter__(self) -> Iterator[Pin]:
-        return (pin for _, pin in self._index.items())
+        return iter(list(self._pins.values()))
 
     def now(self) -> float:
         return self._clock()
@@ -99,7 +100,7 @@ class PinBook:
         pin = self._index.get(tokens)
         if pin is None:
             pin = Pin(tokens, cuts, ttl, now + ttl, now)
-            self._index.insert(tokens, pin)
+            self._add(pin)
         else:
             pin.ttl = ttl
             pin.expires_at = max(pin.expires_at, now + ttl)
@@ -110,10 +111,18 @@ class PinBook:
         return pin
 
     def drop(self, tokens: tuple[int, ...]) -> Pin | None:
-        pin = self._index.remove(tokens)
+        pin = self._remove(tokens)
         if pin is not None:
             self.dirty = True
         return pin
+
+    def _add(self, pin: Pin) -> None:
+        self._index.insert(pin.tokens, pin)
+        self._pins[pin.tokens] = pin
+
+    def _remove(self, tokens: tuple[int, ...]) -> Pin | None:
+        self._pins.pop(tokens, None)
+        return self._index.remove(tokens)
 
     def by_id(self, ident: str) -> Pin | None:
         return next((p for p in self if p.id == ident), None)
@@ -123,7 +132,7 @@ class PinBook:
         now = self._clock()
         gone = [p.tokens for p in self if p.expires_at <= now]
         for tokens in gone:
-            self._index.remove(tokens)
+            self._remove(tokens)
         if gone:
             self.dirty = True
             self.expired += len(gone)
@@ -151,7 +160,7 @@ class PinBook:
         """Tokens in the union of all pinned prefixes (shared prefixes counted once): in
         lexicographic order each key adds what it does not share with the one before."""
         total, prev = 0, ()
-        for key, _ in self._index.items():
+        for key in sorted(self._pins):
             total += len(key) - _common(prev, key)
             prev = key
         return total
@@ -162,12 +171,14 @@ class PinBook:
         KV is unknown."""
         if bytes_per_token <= 0:
             return 0
+        if sum(map(len, self._pins)) * bytes_per_token <= bound:  # the union is no bigger
+            return 0
         yielded = 0
-        while len(self._index) and self.pinned_tokens() * bytes_per_token > bound:
+        while self._pins and self.pinned_tokens() * bytes_per_token > bound:
             others = [p for p in self if p is not keep]
             victim = min(others, key=lambda p: p.used_at) if others else keep
             assert victim is not None
-            self._index.remove(victim.tokens)
+            self._remove(victim.tokens)
             yielded += 1
             log.info("prompt cache: pin of %d tokens yielded (pinned bytes bound %d)",
                      len(victim.tokens), int(bound))  # fmt: skip
@@ -198,7 +209,7 @@ class PinBook:
         now = self._clock()
         live = [p for p in pins if p.expires_at > now]
         for p in live:
-            self._index.insert(p.tokens, p)
+            self._add(p)
         self.dirty = len(live) != len(pins)
         return len(live)
 
