@@ -126,6 +126,15 @@ def test_configured_types_key_every_saved_state(
         q8 = _complete(url)
         assert q8["timings"]["cache_n"] == 0 and q8["timings"]["cache_source"] == "none"
         assert _complete(url)["timings"]["cache_source"] == "slot"
+        (row,) = http.get("/engines/ps").json()  # the one model loaded
+        assert (row["cache_type_k"], row["cache_type_v"]) == ("q8_0", "q8_0")
+        spec = http.get("/openapi.json").json()
+        route = spec["paths"]["/engines/_configure"]["post"]
+        body = route["requestBody"]["content"]["application/json"]["schema"]
+        if "$ref" in body:
+            body = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+        assert "q8_0" in body["properties"]["cache-type-k"]["anyOf"][0]["enum"]
+        assert body.get("additionalProperties") is False
         restore = http.post("/slots/0?action=restore&model=zoo/dense", json={"filename": "f16"})
         assert restore.status_code in (400, 409), restore.text
         assert f16["choices"][0]["text"]  # both contexts answered

@@ -117,6 +117,8 @@ class ResidentModel:
             "keep_alive": format_keep_alive(self.keep_alive),
             "slots": self.config.slots,
             "context_size": self.config.ctx_per_slot,
+            "cache_type_k": self.config.cache_type_k,
+            "cache_type_v": self.config.cache_type_v,
             "n_gpu_layers": gpu_layers,
             "draft_model": Path(self.config.draft_model).name if self.config.draft_model else None,
             "memory_estimate": self.estimate.total,

@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runner.api.core.schemas import MODEL_NAME_SCHEMA, model_field
+from runner.config import KV_CACHE_TYPES
+
+CacheTypeName = Literal[KV_CACHE_TYPES]  # type: ignore[valid-type]  # a tuple: its values
 
 # ----- management bodies -------------------------------------------------------------------
 # These routes read their JSON by hand (DMR's loose spellings, partial updates); the models
@@ -31,9 +34,10 @@ class UnloadRequest(BaseModel):
 
 
 class ConfigureRequest(BaseModel):
-    """Per-model settings; None clears one. Numbers may also be sent as strings."""
+    """Per-model settings; None clears one. Numbers may also be sent as strings. A key not
+    listed here is refused (400), never ignored."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     model: str = model_field()
     context_size: int | str | None = Field(None, alias="context-size")
@@ -43,6 +47,19 @@ class ConfigureRequest(BaseModel):
     gpu_layers: int | str | None = Field(None, alias="gpu-layers")
     chat_template: str | None = Field(None, alias="chat-template")
     runtime_flags: list[str] | str | None = Field(None, alias="runtime-flags")
+    mode: Literal["completion", "embedding"] | None = None
+    draft_max: int | str | None = Field(None, alias="draft-max")
+    draft_model: str | None = Field(None, alias="draft-model")
+    tool_format: str | None = Field(None, alias="tool-format")
+    reasoning_format: Literal["deepseek", "none"] | None = Field(None, alias="reasoning-format")
+    cache_type_k: CacheTypeName | None = Field(
+        None, alias="cache-type-k", description="KV cache type of keys (llama-server's -ctk)"
+    )
+    cache_type_v: CacheTypeName | None = Field(
+        None,
+        alias="cache-type-v",
+        description="KV cache type of values (-ctv; a quantized one turns on flash attention)",
+    )
 
 
 class CreateModelRequest(BaseModel):
