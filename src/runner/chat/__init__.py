@@ -9,7 +9,13 @@ from .grammar import (
     validate_gbnf,
 )
 from .sandbox import RenderLimits
-from .template import ChatTemplate, ChatTemplateError, normalize_messages, template_for
+from .template import (
+    ChatTemplate,
+    ChatTemplateError,
+    content_length,
+    normalize_messages,
+    template_for,
+)
 
 __all__ = [
     "BUILTINS",
@@ -21,6 +27,7 @@ __all__ = [
     "builtin_for",
     "grammar_for",
     "json_object_grammar",
+    "content_length",
     "normalize_messages",
     "schema_to_grammar",
     "template_for",

@@ -56,6 +56,21 @@ class ChatTemplateError(ValueError):
     """The chat template or the messages could not be rendered; reported as HTTP 400."""
 
 
+def content_length(messages: Iterable[Mapping[str, Any]]) -> int:
+    """Characters of the messages' text content: a lower bound of their rendered prompt's
+    size (templates write every message's content), known before rendering it."""
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, Sequence):
+            for part in content:
+                text = part.get("text") if isinstance(part, Mapping) else None
+                total += len(text) if isinstance(text, str) else 0
+    return total
+
+
 def _content_text(content: Any) -> str:
     if content is None:
         return ""

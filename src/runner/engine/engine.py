@@ -33,6 +33,7 @@ from .job import (
     thread_events,
 )
 from .model import LlamaModel
+from .prompt_size import prompt_byte_bound
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -92,6 +93,8 @@ class Engine:
             self._model.close()
             raise
         self._ctx = ctx
+        # Bytes past which a prompt cannot fit a slot, checked before tokenizing it.
+        self.prompt_bytes_max = prompt_byte_bound(self._model, config.ctx_per_slot)
         self.load_seconds = time.perf_counter() - started
         self.prompt_cache = prompt_cache
         self.info = EngineInfo(
@@ -117,6 +120,25 @@ class Engine:
         self._thread.start()
 
     # -- tokens (vocabulary reads are thread-safe) ------------------------------------------
+
+    def check_prompt_size(self, n_chars: int) -> None:
+        """PromptTooLong for a prompt of `n_chars` characters (or more) that certainly has
+        more tokens than a slot holds (prompt_size.py), decided without tokenizing it."""
+        bound = self.prompt_bytes_max
+        if bound is not None and n_chars > bound:
+            raise PromptTooLong(
+                f"the prompt has over {bound} bytes: more tokens than a slot holds "
+                f"({self.config.ctx_per_slot}, prompt plus output); shorten it or raise "
+                "--ctx-size"
+            )
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """`tokenize` a prompt (BOS added, special tokens parsed), refusing at once one that
+        cannot fit a slot."""
+        self.check_prompt_size(len(text))
+        if self.prompt_bytes_max is not None and 4 * len(text) > self.prompt_bytes_max:
+            self.check_prompt_size(len(text.encode("utf-8", "surrogatepass")))
+        return self.tokenize(text, add_special=True, parse_special=True)
 
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = True

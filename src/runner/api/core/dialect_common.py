@@ -23,6 +23,7 @@ from runner.api.core.inference import INLINE_LIMIT, PromptBuilder, finish_error
 from runner.api.core.schemas import GenerationFields
 from runner.api.errors.table import APIError
 from runner.api.http.bodies import loads
+from runner.chat import content_length
 from runner.chat.tools import ToolError, parse_tool_choice, parse_tools
 from runner.engine import Engine, FinishEvent
 from runner.loader import ResidentModel
@@ -103,9 +104,10 @@ def chat_prompt(
             raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
         if think and not thinks(model.template.source):
             raise APIError(400, f'"{model.name}" does not support thinking', "no_thinking")
+        engine.check_prompt_size(content_length(messages))  # before the template's work
         text = plan.render(model.template, messages, extra, free_grammar)
         # The template emits its special tokens and no BOS: the tokenizer adds BOS.
-        return engine.tokenize(text, add_special=True, parse_special=True)
+        return engine.tokenize_prompt(text)
 
     async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         size = sum(len(str(m.get("content") or "")) for m in messages)
@@ -132,9 +134,9 @@ def raw_prompt(text: str) -> PromptBuilder:
 
     async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         if len(text) > INLINE_LIMIT:
-            tokens = await asyncio.to_thread(engine.tokenize, text, True, True)
+            tokens = await asyncio.to_thread(engine.tokenize_prompt, text)
         else:
-            tokens = engine.tokenize(text, True, True)
+            tokens = engine.tokenize_prompt(text)
         return tokens, ()
 
     return prompt_of

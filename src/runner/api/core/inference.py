@@ -80,6 +80,14 @@ async def tokenize(
     return await asyncio.to_thread(engine.tokenize, text, add_special, parse_special)
 
 
+async def tokenize_prompt(engine: Engine, text: str) -> list[int]:
+    """A prompt's tokens (BOS added, special tokens parsed); one that cannot fit a slot is
+    refused before it is tokenized (`Engine.tokenize_prompt`)."""
+    if len(text) <= INLINE_LIMIT:
+        return engine.tokenize_prompt(text)
+    return await asyncio.to_thread(engine.tokenize_prompt, text)
+
+
 def sampling_from(body: GenerationFields) -> SamplingParams:
     """Engine sampling params; unset fields keep `SamplingParams`' llama-server defaults."""
     defaults = SamplingParams()

@@ -27,6 +27,7 @@ from runner.api.core.inference import (
     preload_only,
     start,
     tokenize,
+    tokenize_prompt,
     usage,
 )
 from runner.api.core.logprobs import chat_entries, completion_object
@@ -37,6 +38,7 @@ from runner.api.http.bodies import parsed
 from runner.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from runner.api.openai.streaming import chat_stream, completion_stream
 from runner.api.state import settings_of, store_of
+from runner.chat import content_length
 from runner.config import format_size
 from runner.engine import Engine
 from runner.loader import ResidentModel
@@ -95,10 +97,11 @@ async def chat_completions(request: Request, body: ChatCompletionBody) -> Respon
         if model.template is None:
             raise APIError(500, f"model {model.name} has no chat template", "no_chat_template")
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        engine.check_prompt_size(content_length(messages))  # before the template's work
         text = plan.render(model.template, messages, body.chat_template_kwargs, free_grammar)
         # The rendered text carries the template's special tokens (<start_of_turn>...) and
         # no BOS (templates' bos_token is stripped): the tokenizer adds BOS and parses them.
-        return engine.tokenize(text, add_special=True, parse_special=True)
+        return engine.tokenize_prompt(text)
 
     async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         # Many messages cost as much as long ones (dumping them, the template's loop).
@@ -146,7 +149,7 @@ async def completions(request: Request, body: CompletionBody) -> Response:
 
     async def prompt_of(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
         if isinstance(body.prompt, str):
-            return await tokenize(engine, body.prompt), ()
+            return await tokenize_prompt(engine, body.prompt), ()
         return list(body.prompt), ()
 
     gen = await start(request, name, prompt_of, body, "cmpl-", dialect="openai")
