@@ -24,7 +24,8 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 MAX_REPETITIONS = 2000  # llama.cpp's MAX_REPETITION_THRESHOLD (src/llama-grammar.cpp)
 MAX_SCHEMA_DEPTH = 64
 MAX_SCHEMA_CHARS = 1024 * 1024
-MAX_GRAMMAR_BYTES = 128 << 10  # the default of --max-grammar-bytes
+MAX_GRAMMAR_BYTES = 128 << 10  # the default of --max-grammar-bytes (`validate_gbnf`)
+MAX_GRAMMAR_CHARS = 4 * 1024 * 1024  # beyond any setting: refused before anything else
 
 _COUNT_KEYS = (
     "minItems",
@@ -106,7 +107,7 @@ def schema_to_grammar(schema: Any) -> str:
     except Exception as exc:  # the converter signals unsupported input with assert/ValueError/...
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise GrammarError(f"unsupported JSON schema: {detail}") from exc
-    if not grammar.strip() or _too_large(grammar, MAX_GRAMMAR_BYTES):
+    if not grammar.strip() or len(grammar) > MAX_GRAMMAR_CHARS:
         raise GrammarError("JSON schema produced an empty or oversized grammar")
     return grammar
 
@@ -152,8 +153,8 @@ def grammar_for(
     if grammar is not None:
         if not isinstance(grammar, str):
             raise GrammarError("grammar must be a string")
-        if _too_large(grammar, MAX_GRAMMAR_BYTES):
-            raise GrammarError(f"grammar is larger than {MAX_GRAMMAR_BYTES} bytes")
+        if len(grammar) > MAX_GRAMMAR_CHARS:
+            raise GrammarError(f"grammar is larger than {MAX_GRAMMAR_CHARS} bytes")
         return grammar if grammar.strip() else None
     if json_schema is not None:
         return schema_to_grammar(json_schema)

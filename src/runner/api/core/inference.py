@@ -164,10 +164,11 @@ async def check_grammar(grammar: str | None, engine: Engine) -> None:
     Reading the vocabulary is safe from any thread (`LlamaModel`)."""
     if not grammar:
         return
+    limit = engine.config.max_grammar_bytes  # checked first: parsing a huge one is the cost
     if len(grammar) <= INLINE_LIMIT:
-        validate_gbnf(grammar, engine.vocab)
+        validate_gbnf(grammar, engine.vocab, limit)
     else:
-        await asyncio.to_thread(validate_gbnf, grammar, engine.vocab)
+        await asyncio.to_thread(validate_gbnf, grammar, engine.vocab, limit)
 
 
 def usage(final: FinishEvent, *more: FinishEvent | None) -> dict[str, Any]:
