@@ -103,3 +103,15 @@ def test_safe_policy_compiles_no_native_or_amx_code() -> None:
     assert "-DGGML_NATIVE=OFF" in out
     if os.uname().machine in ("x86_64", "amd64"):
         assert "-DGGML_AMX_INT8=OFF" in out and "-DGGML_AVX512=OFF" in out
+
+
+def test_serve_logs_and_reports_the_build(server) -> None:  # noqa: ANN001 - conftest's handle
+    import httpx
+
+    status = httpx.get(f"{server.url}/engines/status", timeout=30).json()
+    build = status["llama_build"]
+    assert build["system_info"] == native.system_info()
+    assert build["policy_violations"] == []
+    if os.uname().machine in ("x86_64", "amd64"):
+        assert "AVX" in build["cpu_features"]
+    assert "llama.cpp build (CPU policy" in server.logs()

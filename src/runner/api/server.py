@@ -28,11 +28,27 @@ def _swallow(signum: int, frame: FrameType | None) -> None:
     the process exits 0 instead of dying by SIGTERM (or KeyboardInterrupt)."""
 
 
+def _log_llama_build() -> None:
+    """Say at start-up which llama.cpp CPU features this process runs (llama.cpp's own line)."""
+    from runner import native
+
+    build = native.describe()
+    log.info(
+        "llama.cpp build (CPU policy %s, key %s): %s",
+        build["cpu_policy"],
+        build["build_key"],
+        build["system_info"],
+    )
+    for problem in build["policy_violations"]:
+        log.warning("%s; rebuild with: %s", problem, native.REBUILD_SAFE)
+
+
 def serve(settings: Settings) -> int:
     """Serve until a signal; 0 after a clean shutdown, 1 if the app failed to start."""
     level = settings.log_level.lower()
     configure_logging(level, settings.log_format)
     app = create_app(settings)
+    _log_llama_build()
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -94,7 +94,7 @@ def _llama_version() -> str:
 @router.get("/engines/llama.cpp/status", include_in_schema=False)
 async def engines_status(request: Request) -> JSONResponse:
     """Is the backend running, which llama.cpp, on which devices, with which models loaded."""
-    from runner import memory
+    from runner import memory, native
     from runner.engine import gpu_offload_supported, system_info
 
     loader = loader_of(request)
@@ -109,6 +109,7 @@ async def engines_status(request: Request) -> JSONResponse:
             "backend": BACKEND,
             "version": version,
             "system_info": system_info(),
+            "llama_build": native.describe(),
             "gpu_offload": gpu_offload_supported(),
             "devices": [d.to_dict() for d in devices],
             "memory_budget": loader.budget,
@@ -267,7 +268,7 @@ async def _pull(request: Request, body: dict[str, Any], source: str) -> Streamin
         if value is not None and not isinstance(value, str):
             raise APIError(400, f"'{key}' must be a string", "invalid_request", param=key)
     as_json = "application/json" in request.headers.get("accept", "")
-    return await pull_response(store_of(request), source, tag, sha256, as_json)
+    return await pull_response(request, source, tag, sha256, as_json)
 
 
 @router.get("/models/{name:path}")
