@@ -87,7 +87,8 @@ def install_shards(
     except OSError as exc:
         merged.unlink(missing_ok=True)
         if exc.errno in NO_SPACE:
-            raise DiskFull(f"{name}: no space left to merge the shards ({exc})") from exc
+            reason = exc.strerror or "no space"  # not the OSError text: it names the path
+            raise DiskFull(f"{name}: no space left to merge the shards ({reason})") from exc
         raise
     except BaseException:
         merged.unlink(missing_ok=True)
