@@ -12,7 +12,11 @@
 # runs `runner bench cache` and `runner bench concurrency` with every layer on the GPU.
 # $OUT receives gpu_check.log and each benchmark's JSON, PNG and server log (7 files).
 #
-# Knobs (env): LEVELS (1,2,4,8,16), SLOTS (16), CTX (2048 per slot), PROMPT_TOKENS (256),
+# The concurrency JSON's summary has, per level, the engine's ubatches per step (passes over the
+# weights; 1.0 is one per step) and its milliseconds per step outside llama_decode and the
+# samplers (outside_ms_per_step); the last step prints them.
+#
+# Knobs (env): LEVELS (1,2,4,8,16,32), SLOTS (32), CTX (2048 per slot), PROMPT_TOKENS (256),
 # MAX_TOKENS (128), SYSTEM_TOKENS (1000), MODEL_GGUF (a GGUF to use instead of the skeleton),
 # PYTHON (python3), SKIP_INSTALL=1 (use the current environment), ALLOW_CPU=1 (go on without
 # GPU offload: only for trying this script on a CPU machine).
@@ -22,8 +26,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 WHEELS=${WHEELS:-.whl/gpu-check}
 PYTHON=${PYTHON:-python3}
-LEVELS=${LEVELS:-1,2,4,8,16}
-SLOTS=${SLOTS:-16}
+LEVELS=${LEVELS:-1,2,4,8,16,32}
+SLOTS=${SLOTS:-32}
 CTX=${CTX:-2048}
 WORK=${WORK:-/tmp/runner-gpu-check}
 MODEL=bench/gemma3-270m-random:q4_k_m
@@ -99,6 +103,22 @@ bench() {
 bench cache --system-tokens "${SYSTEM_TOKENS:-1000}" --repeats 5
 bench concurrency --levels "$LEVELS" --prompt-tokens "${PROMPT_TOKENS:-256}" \
     --max-tokens "${MAX_TOKENS:-128}"
+
+step "engine per step (ubatches, ms outside llama_decode and samplers)"
+"$PYTHON" - "$OUT" <<'PY'
+import glob, json, os, sys
+files = sorted(glob.glob(os.path.join(sys.argv[1], "concurrency-*.json")), key=os.path.getmtime)
+if not files:
+    raise SystemExit("no concurrency report")
+report = json.load(open(files[-1]))
+for run in report.get("runs", [report]):
+    for level in run.get("result", run).get("levels", []):
+        e = level.get("engine") or {}
+        print(f"streams {level['concurrency']:>3}: {level['throughput_tps'] or 0:8.1f} tok/s, "
+              f"ubatches/step {e.get('ubatches_per_step')}, "
+              f"outside ms/step {e.get('outside_ms_per_step')}, "
+              f"sample ms/step {e.get('sample_ms_per_step')}")
+PY
 
 step "done"
 ls -l "$OUT"

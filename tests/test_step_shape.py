@@ -16,6 +16,7 @@ from fake_executor import MakeCore, next_token, running_cores
 from runner.engine.budget import Reading, share_prompt_budget
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, Job, ThreadSink, collect, thread_events
+from runner.engine.speculation import Speculator
 from runner.engine.types import GenerationRequest
 from runner.engine.ubatches import count_ubatches, split, ubatch_rows
 
@@ -192,3 +193,32 @@ def test_drafting_slots_verify_one_common_length(make_core) -> None:
     assert multi
     for call in multi:  # slots that verify guesses verify as many
         assert len({n for _, _, n in call if n > 1}) <= 1, call
+
+
+# -- prompt lookup's cost per step ---------------------------------------------------------------
+
+
+def test_lookup_follows_its_match_and_scans_other_slots_only_when_it_is_short() -> None:
+    spec = Speculator(draft_max=8)
+    loop = [5, 6, 7, 8, 9] * 4
+    own = spec.state(0, job_id=1, prompt=loop)
+    other = spec.state(1, job_id=2, prompt=[1, 2, 3, 40, 41, 42])
+    scans: list[int] = []
+    original = other.index.match
+
+    def counting(context: Sequence[int]) -> tuple[int, int]:
+        scans.append(len(context))
+        return original(context)
+
+    other.index.match = counting  # type: ignore[method-assign]
+    assert spec.guess(0, own, 4) == [5, 6, 7, 8]  # the own loop agrees on more than SHORT
+    assert not scans
+    matched = own.follow
+    own.sync([5, 6])  # the output continues the loop: the match moves along, no lookup
+    assert own.follow == matched + 2
+    assert spec.guess(0, own, 3) == [7, 8, 9]
+    own.sync([5, 6, 1])  # a miss: looked up again next time
+    assert own.follow == -1
+    fresh = spec.state(2, job_id=3, prompt=[1, 2, 3])  # no own match: other slots are asked
+    assert spec.guess(2, fresh, 3, others=False) == []
+    assert spec.guess(2, fresh, 3) == [40, 41, 42] and scans

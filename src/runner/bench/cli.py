@@ -100,6 +100,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                 action="store_true",
                 help="don't send ignore_eos (strict servers)",
             )
+            p.add_argument(
+                "--raw",
+                action="store_true",
+                help="raw /completions instead of chat (the same prompt tokens on any server)",
+            )
         if name == "chat":
             p.add_argument("--users", type=int, default=4)
             p.add_argument("--turns", type=int, default=3)
@@ -113,6 +118,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         if hasattr(args, key):
             setattr(plan, key, getattr(args, key))
     plan.ignore_eos = not getattr(args, "no_ignore_eos", False)
+    plan.raw = bool(getattr(args, "raw", False))
     return plan
 
 

@@ -153,9 +153,27 @@ class BenchClient:
             body["ignore_eos"] = True
         if cache_prompt is not None:
             body["cache_prompt"] = cache_prompt
+        return await self._stream("/chat/completions", body)
+
+    async def completion(self, prompt: str, max_tokens: int, *, ignore_eos: bool = False) -> Result:
+        """A streaming raw text completion at temperature 0: no chat template, so two servers
+        with the same tokenizer get the same prompt tokens."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if ignore_eos:
+            body["ignore_eos"] = True
+        return await self._stream("/completions", body)
+
+    async def _stream(self, path: str, body: dict[str, Any]) -> Result:
         result = Result(started=time.perf_counter())
         try:
-            async with self._http.stream("POST", self.base + "/chat/completions", json=body) as r:
+            async with self._http.stream("POST", self.base + path, json=body) as r:
                 if r.status_code != 200:
                     result.error = f"HTTP {r.status_code}: {(await r.aread()).decode()[:300]}"
                 else:
@@ -179,7 +197,7 @@ class BenchClient:
                 result.error = str(chunk["error"])[:300]
                 break
             for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
+                text = (choice.get("delta") or {}).get("content") or choice.get("text")
                 if text:
                     if result.first_token is None:
                         result.first_token = time.perf_counter()

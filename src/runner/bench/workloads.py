@@ -19,7 +19,13 @@ Tick = Callable[[int], object]
 
 # Counter names in runner's /metrics (runner.api.llama_server.metrics); llama-server: n_decode only.
 DECODE_SECONDS = "runner:decode_seconds_total"
+SAMPLE_SECONDS = "runner:sample_seconds_total"
 STEP_SECONDS = "runner:step_seconds_total"
+SCHEDULE_SECONDS = "runner:schedule_seconds_total"
+UPDATE_SECONDS = "runner:update_seconds_total"
+EMIT_SECONDS = "runner:emit_seconds_total"
+STEPS = "runner:steps_total"
+UBATCHES = "runner:ubatches_total"
 N_DECODE = "llamacpp:n_decode_total"
 
 
@@ -34,6 +40,7 @@ class Plan:
     prompt_tokens: int = 128  # concurrency: prompt length
     max_tokens: int | None = None  # output tokens (default per workload)
     ignore_eos: bool = True  # concurrency: fixed output length
+    raw: bool = False  # concurrency: raw /completions (the same tokens on any server)
     users: int = 4  # chat
     turns: int = 3  # chat
     warmup: bool = True
@@ -140,12 +147,26 @@ def engine_profile(
         return after[name] - before.get(name, 0.0) if name in after else None
 
     decode, step, n_decode = delta(DECODE_SECONDS), delta(STEP_SECONDS), delta(N_DECODE)
+    sample, steps, ubatches = delta(SAMPLE_SECONDS), delta(STEPS), delta(UBATCHES)
+
+    def per_step_ms(seconds: float | None) -> float | None:
+        return 1e3 * seconds / steps if seconds is not None and steps else None
+
+    outside = step - decode - (sample or 0.0) if step is not None and decode is not None else None
     return {
         "n_decode": n_decode,
         "decode_s": decode,
         "step_s": step,
         "decode_share_of_wall": _ratio(decode, wall_s),
         "outside_decode_share": 1.0 - decode / step if decode is not None and step else None,
+        "steps": steps,
+        "ubatches_per_step": _ratio(ubatches, steps),
+        # Engine time per step outside llama_decode and llama.cpp's samplers, and its parts.
+        "outside_ms_per_step": per_step_ms(outside),
+        "sample_ms_per_step": per_step_ms(sample),
+        "schedule_ms_per_step": per_step_ms(delta(SCHEDULE_SECONDS)),
+        "update_ms_per_step": per_step_ms(delta(UPDATE_SECONDS)),
+        "emit_ms_per_step": per_step_ms(delta(EMIT_SECONDS)),
     }
 
 
@@ -157,9 +178,12 @@ async def run_concurrency(client: BenchClient, plan: Plan, tick: Tick) -> dict[s
 
     async def one(i: int) -> Result:
         text = f"[{prompts.nonce()}] " + prompts.filler(words, seed=i) + "\nContinue the text."
-        result = await client.chat(
-            [{"role": "user", "content": text}], max_tokens, ignore_eos=plan.ignore_eos
-        )
+        if plan.raw:
+            result = await client.completion(text, max_tokens, ignore_eos=plan.ignore_eos)
+        else:
+            result = await client.chat(
+                [{"role": "user", "content": text}], max_tokens, ignore_eos=plan.ignore_eos
+            )
         tick(1)
         return result
 
@@ -180,8 +204,10 @@ async def run_concurrency(client: BenchClient, plan: Plan, tick: Tick) -> dict[s
         summary[f"tps@{c}"] = row["throughput_tps"]
         summary[f"ttft_p50_ms@{c}"] = row["ttft_p50_ms"]
         summary[f"stream_tps@{c}"] = row["stream_tps_mean"]
-        if row["engine"] and row["engine"]["outside_decode_share"] is not None:
-            summary[f"outside_decode_share@{c}"] = row["engine"]["outside_decode_share"]
+        engine = row["engine"] or {}
+        for key in ("outside_decode_share", "ubatches_per_step", "outside_ms_per_step"):
+            if engine.get(key) is not None:
+                summary[f"{key}@{c}"] = engine[key]
     return {"summary": summary, "levels": levels}
 
 

@@ -4,6 +4,7 @@ operations the prefix planner asks for. Owned by the engine thread."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,7 @@ class LlamaExecutor:
         self._logprobs: dict[int, TokenLogprob] = {}
         self._failures: dict[int, EngineError] = {}
         self._where: list[int] = []  # batch index of each entry of the last step
+        self._exp: np.ndarray | None = None  # scratch row for log-softmax
         self._embed_ctx: LlamaContext | None = None
         self._embed_batch: Batch | None = None
 
@@ -121,11 +123,17 @@ class LlamaExecutor:
         """log-softmax of the raw logits at batch `index` (before any sampler)."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx.handle, index)
         logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
-        peak = float(logits.max())
-        log_z = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        # In float32 into one reused buffer (no float64 or negated copies of the vocabulary);
+        # the sum accumulates in float64.
+        if self._exp is None or len(self._exp) != len(logits):
+            self._exp = np.empty(len(logits), dtype=np.float32)
+        peak = logits.max()
+        shifted = np.subtract(logits, peak, out=self._exp)
+        np.exp(shifted, out=shifted)
+        log_z = float(peak) + math.log(float(shifted.sum(dtype=np.float64)))
         top: tuple[tuple[int, float], ...] = ()
         if n_top > 0:
-            best = np.argpartition(-logits, n_top)[:n_top]
+            best = np.argpartition(logits, len(logits) - n_top)[-n_top:]
             best = best[np.argsort(-logits[best], kind="stable")]
             top = tuple((int(t), float(logits[t]) - log_z) for t in best)
         return TokenLogprob(token, float(logits[token]) - log_z, top)

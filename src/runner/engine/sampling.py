@@ -181,6 +181,18 @@ class Sampler:
         except Exception:
             self.close()
             raise
+        self._n_vocab = model.n_vocab
+        # Greedy without bias, penalties, grammar or thinking budget is an argmax over the raw
+        # logits. numpy's argmax returns the first maximum, as llama.cpp's greedy sampler
+        # does, so the token is the same without the chain filling a candidate array of the
+        # whole vocabulary (0.6-0.8 ms a token on Gemma's 262k) on the engine thread.
+        self._argmax = (
+            params.greedy
+            and not params.logit_bias
+            and not params.uses_penalties
+            and self._grammar is None
+            and self._budget is None
+        )
 
     def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
         if not sampler:
@@ -219,6 +231,9 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Draw a token from the logits at batch `index` (and record it as generated)."""
+        if self._argmax:
+            row = llama_cpp.llama_get_logits_ith(ctx, index)
+            return int(np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
         self._work.begin_token()
         if self._budget is not None:
             forced = self._budget.next_forced()

@@ -38,8 +38,25 @@ _COUNTERS = (
     ("runner:sample_seconds", "Time in llama.cpp's samplers.", "sample_seconds_total"),
     (
         "runner:step_seconds",
-        "Wall time of engine steps (decode plus Python work).",
+        "Wall time of engine steps: schedule, decode, sample, update and emit together.",
         "step_seconds_total",
+    ),
+    (
+        "runner:schedule_seconds",
+        "Time planning steps (admission, pieces, guesses).",
+        "schedule_seconds_total",
+    ),
+    (
+        "runner:update_seconds",
+        "Time turning sampled tokens into output (text, stops, finishes).",
+        "update_seconds_total",
+    ),
+    ("runner:emit_seconds", "Time handing events to the API.", "emit_seconds_total"),
+    ("runner:steps", "Engine steps that decoded tokens.", "steps_total"),
+    (
+        "runner:ubatches",
+        "Passes over the weights those steps made (llama.cpp's ubatches, replayed).",
+        "ubatches_total",
     ),
     (
         "runner:draft_tokens",
