@@ -26,7 +26,7 @@ from runner.store.push import package, push
 pytestmark = pytest.mark.slow
 
 USER, PASSWORD = "alice", "s3cret-registry-password"
-POISON = "{% for m in messages %}" + "POISONED TEMPLATE " * 40 + "{{ m.content }}{% endfor %}"
+POISON = "{% for m in messages %}" + "POISONED TEMPLATE " * 80 + "{{ m.content }}{% endfor %}"
 
 
 @pytest.fixture(scope="module")
