@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from runner import __version__
 from runner.api.anthropic import routes as anthropic_routes
 from runner.api.core.dialect_common import OPENAI_PREFIXES
+from runner.api.core.model_pull import PullPool
 from runner.api.dmr import cache as dmr_cache
 from runner.api.dmr import routes as dmr_routes
 from runner.api.errors.renderers import RENDERERS
@@ -84,6 +85,7 @@ def create_app(
     app.state.store = store
     app.state.loader = loader
     app.state.metrics_registry = make_registry(loader)
+    app.state.pulls = PullPool()
     app.state.responses = ResponseStore(
         settings.resolved_responses_dir if settings.persist else None,
         max_bytes=settings.responses_disk,

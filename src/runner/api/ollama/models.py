@@ -220,14 +220,15 @@ async def pull(request: Request) -> Response:
     else:
         # Errors before the download starts (unknown name, unreachable registry) are raised
         # here, as HTTP errors in Ollama's shape.
-        started = await pull_response(store, name, None, None, as_json=True)
+        started = await pull_response(request, name, None, None, as_json=True)
         lines = started.body_iterator
-    stream = _ollama_lines(lines)
     if body.get("stream", True) is not False:
-        return StreamingResponse(stream, media_type="application/x-ndjson")
+        return StreamingResponse(_ollama_lines(lines), media_type="application/x-ndjson")
     last: dict[str, Any] = {}
-    async for line in stream:
+    async for line in lines:  # DMR's lines: an error one carries its status and code
         last = json.loads(line)
-    if "error" in last:
-        raise APIError(500, last["error"], "pull_failed")
-    return JSONResponse(last)
+    if last.get("type") == "error":
+        status = last.get("status")
+        status = status if isinstance(status, int) and 400 <= status < 600 else 502
+        raise APIError(status, last.get("message", "pull failed"), last.get("code"))
+    return JSONResponse(json.loads(_progress(json.dumps(last).encode())))
