@@ -88,6 +88,7 @@ class PromptCache:
         self._pin_share = pin_share  # of each tier, that pinned prefixes may hold
         # KV bytes per token: the model's estimate until states put here tell.
         self._per_token = bytes_per_token
+        self._per_token_n = 0  # tokens of the state it was measured on
         self._reserve = disk_reserve  # free bytes to leave on the filesystem (None: default)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -127,7 +128,8 @@ class PromptCache:
         if not key or not state:
             return
         with self._lock:
-            self._per_token = len(state) / len(key)
+            if len(key) >= self._per_token_n:  # the longest state tells best (no overhead)
+                self._per_token, self._per_token_n = len(state) / len(key), len(key)
             self._expire_pins()
             for tier in (self._ram, self._pending, self._disk):
                 if (cover := tier.cover(key)) is not None:  # redundant: keep the longer one
