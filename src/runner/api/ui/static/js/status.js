@@ -84,14 +84,15 @@ export class StatusView {
         ready.map((m) => getJson(`/slots?model=${encodeURIComponent(m.model_name)}`).catch(() => [])),
       );
       const samples = parseMetrics(await getText("/metrics"));
-      this.render(status, ready, slots, samples);
+      const cache = await getJson("/engines/cache").catch(() => ({ models: [] }));
+      this.render(status, ready, slots, samples, cache);
       this.onChange(status.models);
     } catch (err) {
       this.root.querySelector("#status-engine").textContent = `status unavailable: ${err.message}`;
     }
   }
 
-  render(status, ready, slots, samples) {
+  render(status, ready, slots, samples, cache) {
     const q = (id) => this.root.querySelector(id);
     q("#status-updated").textContent = new Date().toLocaleTimeString();
 
@@ -154,7 +155,7 @@ export class StatusView {
     if (!slotNodes.length) slotNodes.push(el("div", "muted", "no model loaded"));
     slotBox.replaceChildren(...slotNodes);
 
-    q("#status-cache").replaceChildren(...this.cacheTables(ready, samples));
+    q("#status-cache").replaceChildren(...this.cacheTables(ready, samples), ...this.pinTables(cache));
     const budget = status.memory_budget ? ` of ${formatBytes(status.memory_budget)}` : "";
     const gpus = (status.devices || [])
       .filter((d) => d.type !== "cpu")
@@ -202,13 +203,50 @@ export class StatusView {
     return nodes;
   }
 
+  // Prefixes clients pinned (cache breakpoints, 24h retention), of every model with a cache:
+  // pins outlive unloads. The countdown is as of this refresh.
+  pinTables(cache) {
+    const nodes = [];
+    for (const model of cache.models || []) {
+      if (!model.pins.length) continue;
+      nodes.push(el("div", "muted", `pinned prefixes of ${model.model}`));
+      const table = el("table", "kv");
+      const head = el("tr");
+      for (const h of ["tokens", "tier", "bytes", "TTL left", "hits", ""]) head.append(el("th", null, h));
+      table.append(head);
+      for (const pin of model.pins) {
+        const tr = el("tr");
+        tr.dataset.pinId = pin.id;
+        const drop = el("button", "small", "Drop");
+        drop.dataset.action = "drop-pin";
+        drop.dataset.pin = pin.id;
+        const cell = el("td");
+        cell.append(drop);
+        tr.append(
+          el("td", null, String(pin.tokens)),
+          el("td", null, pin.tier || "slot"),
+          el("td", null, formatBytes(pin.bytes)),
+          el("td", "ttl-left", countdown(pin.ttl_left)),
+          el("td", null, String(pin.hits)),
+          cell,
+        );
+        table.append(tr);
+      }
+      nodes.push(table);
+    }
+    return nodes;
+  }
+
   async act(event) {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
     const model = button.dataset.model;
     button.disabled = true;
     try {
-      if (button.dataset.action === "unload") {
+      if (button.dataset.action === "drop-pin") {
+        await request(`/engines/cache/pins/${button.dataset.pin}`, { method: "DELETE" });
+        this.message = "pin dropped";
+      } else if (button.dataset.action === "unload") {
         const result = await postJson("/engines/unload", { models: [model] });
         this.message = result.busy.length ? `${model} is busy; it unloads once idle` : `unloaded ${model}`;
       } else {
@@ -226,4 +264,11 @@ export class StatusView {
     }
     await this.refresh();
   }
+}
+
+function countdown(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s >= 3600) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${s}s`;
 }
