@@ -264,6 +264,9 @@ class Settings(BaseSettings):
         "(default: max(1 GiB, 10% of the filesystem))",
     )
     cache_dir: Path | None = Field(None, description="prompt-cache disk tier directory")
+    slot_files_disk: ByteSize = Field(
+        4 << 30, ge=0, description="all saved slot files together; the oldest go past it"
+    )
     persist: bool = Field(True, description="keep the prompt cache on disk across restarts")
     cache_pins: float = Field(
         0.5,

@@ -15,6 +15,7 @@ from runner.api.core.inference import engine_of, hold_model, model_name, tokeniz
 from runner.api.core.schemas import INT32_MAX, ModelQuery, json_body
 from runner.api.errors.table import APIError
 from runner.api.http.bodies import parsed
+from runner.api.llama_server import slot_budget
 from runner.api.llama_server.schemas import (
     MAX_SLOT_FILE_LENGTH,
     SLOT_FILE_PATTERN,
@@ -70,6 +71,7 @@ async def slot_action(
     """llama-server's slot files: `?action=save|restore` with `{"filename": ...}`, or erase.
 
     Files live in `<cache dir>/slots/<model id>/`; a filename is a plain name, never a path.
+    All together they are bounded by `--slot-files-disk` (`slot_budget.py`).
     """
     filename = body.filename if body else None
     path = None
@@ -88,6 +90,10 @@ async def slot_action(
                 raise APIError(404, f"no slot file named {filename!r}", "slot_file_not_found")
         engine = engine_of(resident)
         result = await engine.slot_action(slot_id, action, path, resident.entry.id)
+    if action == "save" and path is not None:
+        settings = settings_of(request)
+        root, limit = settings.resolved_cache_dir / "slots", settings.slot_files_disk
+        await asyncio.to_thread(slot_budget.enforce, root, root / resident.entry.id / filename, limit)  # fmt: skip
     return {**result, "model": resident.name}
 
 
