@@ -29,6 +29,7 @@ class ChatOutputParser:
     fmt: ToolCallFormat | None = None
     split_reasoning: bool = True
     reasoning_open: bool = False
+    calls_forced: bool = False  # the output is tool calls only (a forced call's grammar)
     _reasoning: ReasoningSplitter | None = field(default=None, init=False)
     _tools: StreamingToolParser | None = field(default=None, init=False)
 
@@ -36,11 +37,16 @@ class ChatOutputParser:
         if self.split_reasoning:
             self._reasoning = ReasoningSplitter(self.reasoning_open)
         if self.fmt is not None:
-            self._tools = StreamingToolParser(self.fmt)
+            self._tools = StreamingToolParser(self.fmt, calls_forced=self.calls_forced)
 
     @property
     def n_calls(self) -> int:
         return self._tools.n_calls if self._tools is not None else 0
+
+    @property
+    def cut_calls(self) -> frozenset[int]:
+        """Indexes of calls the end of the output cut (known after `finish`)."""
+        return frozenset(self._tools.cut_calls) if self._tools is not None else frozenset()
 
     def feed(self, text: str) -> list[OutputDelta]:
         pieces = self._reasoning.feed(text) if self._reasoning else [("content", text)]
@@ -69,6 +75,7 @@ class ChatAnswer:
     content: str | None
     reasoning: str | None
     tool_calls: list[dict[str, Any]]
+    cut_calls: frozenset[int] = frozenset()  # indexes in `tool_calls` cut by the output's end
 
 
 def parse_chat_output(text: str, parser: ChatOutputParser) -> ChatAnswer:
@@ -79,4 +86,4 @@ def parse_chat_output(text: str, parser: ChatOutputParser) -> ChatAnswer:
     content = parsed.content
     if content is None and not parsed.tool_calls:
         content = ""
-    return ChatAnswer(content, reasoning or None, parsed.tool_calls)
+    return ChatAnswer(content, reasoning or None, parsed.tool_calls, parser.cut_calls)

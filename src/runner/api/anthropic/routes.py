@@ -37,6 +37,7 @@ from runner.api.core.dialect_common import (
     read_json,
     text_of,
     validated,
+    whole_calls,
 )
 from runner.api.core.inference import (
     PromptBuilder,
@@ -216,6 +217,8 @@ async def messages(request: Request) -> Response:
     text, final = await collect(request, gen)
     check_final(final)
     message, has_calls = plan.message(text)
+    if has_calls:
+        message["tool_calls"] = whole_calls(message["tool_calls"], final)
     result = message_object(gen, body.model, content_blocks(message))
     reason, sequence = stop_reason(final, has_calls, body.stop_sequences)
     result["stop_reason"], result["stop_sequence"] = reason, sequence

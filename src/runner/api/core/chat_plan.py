@@ -91,7 +91,8 @@ class ChatPlan:
             request.render_special = True
 
     def parser(self) -> ChatOutputParser:
-        return ChatOutputParser(self.fmt, self.split_reasoning, self.reasoning_open)
+        forced = self.choice.forced and self.grammar is not None and not self.grammar.lazy
+        return ChatOutputParser(self.fmt, self.split_reasoning, self.reasoning_open, forced)
 
     def message(self, text: str) -> tuple[dict[str, Any], bool]:
         """The non-streamed ``message`` and whether it holds tool calls."""

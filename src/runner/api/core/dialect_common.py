@@ -129,6 +129,20 @@ def parse_arguments(arguments: str) -> Any:
         return {"arguments": arguments}
 
 
+def whole_calls(calls: list[dict[str, Any]], final: FinishEvent) -> list[dict[str, Any]]:
+    """OpenAI-shaped `calls` without the last one when the token limit cut it before its
+    arguments were a whole JSON object: Anthropic's `input` and Ollama's `arguments` are
+    objects, and any object in place of a half-written one (`{}`, or the text wrapped) would
+    be a call the model never made. The stop reason says the answer was cut."""
+    if final.finish_reason != "length" or not calls:
+        return calls
+    try:
+        whole = isinstance(json.loads(calls[-1]["function"]["arguments"]), dict)
+    except ValueError:
+        whole = False
+    return calls if whole else calls[:-1]
+
+
 def raw_prompt(text: str) -> PromptBuilder:
     """A prompt builder for text sent as-is (no template), BOS added by the tokenizer."""
 

@@ -251,7 +251,7 @@ async def _run(
         return NdjsonStream(gen, lines(gen, key, parser, envelope, tail, cutoff), cutoff)
     text, final = await collect(request, gen)
     check_final(final)
-    answer = whole(key, plan.message(text)[0]) if plan is not None else piece(key, text)
+    answer = whole(key, plan.message(text)[0], final) if plan is not None else piece(key, text)
     return JSONResponse(envelope({**answer, **done(final), **tail(final)}))
 
 

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
-from runner.api.core.dialect_common import parse_arguments
+from runner.api.core.dialect_common import parse_arguments, whole_calls
 from runner.api.core.inference import Generation
 from runner.api.core.sse import ShutdownCutoff
 from runner.api.errors.renderers import ollama_body, stream_failure
@@ -96,9 +96,9 @@ def done(final: FinishEvent | None) -> dict[str, Any]:
     return {"done": True, "done_reason": final.finish_reason}
 
 
-def whole(key: str, message: dict[str, Any]) -> dict[str, Any]:
+def whole(key: str, message: dict[str, Any], final: FinishEvent) -> dict[str, Any]:
     """The non-streamed answer from `ChatPlan.message`'s OpenAI-shaped message."""
-    calls = ollama_calls(message.get("tool_calls") or [])
+    calls = ollama_calls(whole_calls(message.get("tool_calls") or [], final))
     return piece(key, message.get("content") or "", message.get("reasoning_content"), calls)
 
 
@@ -182,6 +182,7 @@ async def lines(
     if parser is not None:
         for part in _text_pieces(key, parser.finish(), calls):
             yield line(envelope({**part, **done(None)}))
+    calls = whole_calls(calls, final)
     if calls:
         yield line(envelope({**piece(key, calls=ollama_calls(calls)), **done(None)}))
     yield line(envelope({**piece(key), **done(final), **tail(final)}))

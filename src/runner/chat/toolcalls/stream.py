@@ -14,6 +14,12 @@ A call's arguments are streamed from the raw JSON as it arrives, with a small JS
 that tracks strings, escapes and nesting, so it needs no complete document. Whitespace
 between calls is dropped; text that turns out not to be a call (a bare JSON object whose
 first key is not ``name``/``type``, junk inside a call section) is given back as content.
+
+An answer that ends inside a call (the token limit) reports the call as it was written: its
+arguments are the JSON text so far (maybe none), never completed or replaced, and its index
+is in `cut_calls`. A call cut before its name is complete cannot be reported and is dropped,
+never turned into content (nor, with `calls_forced`, an opening marker cut short): the
+dialects say the answer was cut by its finish reason.
 """
 
 from __future__ import annotations
@@ -86,6 +92,9 @@ class StreamingToolParser:
 
     fmt: ToolCallFormat
     calls_enabled: bool = True
+    # The output is calls only (a forced call's grammar): an end inside an opening marker
+    # is a cut call, not content.
+    calls_forced: bool = False
     deltas: list[Delta] = field(default_factory=list, init=False)
     _buf: str = field(default="", init=False)
     _state: str = field(default="content", init=False)
@@ -98,6 +107,7 @@ class StreamingToolParser:
     _call: _Call | None = field(default=None, init=False)
     _n_calls: int = field(default=0, init=False)
     _final: bool = field(default=False, init=False)
+    cut_calls: set[int] = field(default_factory=set, init=False)  # ended by the output's end
 
     @property
     def n_calls(self) -> int:
@@ -113,7 +123,7 @@ class StreamingToolParser:
         self._run()
         call = self._call
         if call is not None:  # the output ended inside a call (e.g. max_tokens)
-            self._end_call(call, final=True)
+            self._cut_call(call)
         if self._buf:
             self._content(self._buf)
             self._buf = ""
@@ -184,9 +194,9 @@ class StreamingToolParser:
             self._buf = buf[index + len(marker) :]
             self._state, self._ends, self._tentative = "section", self.fmt.ends, False
             return
-        keep = 0 if self._final else _held_prefix(buf, self.fmt.starts)
+        keep = 0 if self._final and not self.calls_forced else _held_prefix(buf, self.fmt.starts)
         self._content(buf[: len(buf) - keep])
-        self._buf = buf[len(buf) - keep :]
+        self._buf = "" if self._final else buf[len(buf) - keep :]
 
     def _in_section(self) -> None:
         buf = self._buf.lstrip(_SEPARATORS)
@@ -280,6 +290,20 @@ class StreamingToolParser:
             self.deltas.append(ToolCallDelta(call.index, fragment, call.id, scanner.name))
         elif fragment:
             self.deltas.append(ToolCallDelta(call.index, fragment))
+
+    def _cut_call(self, call: _Call) -> None:
+        """The output ended inside `call`: report what was written of it, invent nothing."""
+        scanner = call.scanner
+        if self._tentative and scanner.first_key is None:  # maybe never a call: content
+            self._give_back(scanner.raw)
+            return
+        self._call = None
+        if scanner.name is None:  # cut before its name was whole: nothing to report
+            self._state = "section"
+            return
+        self.cut_calls.add(call.index)
+        self._announce(call, final=True)
+        self._state = "section"
 
     def _end_call(self, call: _Call, final: bool) -> None:
         scanner = call.scanner
