@@ -214,3 +214,24 @@ def test_ollama_pull_without_streaming_answers_a_refusal_or_a_bad_remote_with_it
         )
         assert failed.status_code == 502, failed.text  # the remote's fault, not a 500
         assert "more than" in failed.json()["error"]
+
+
+def test_allow_private_pulls_lets_a_lan_url_through_and_quotes_nothing_fetched(
+    start_server: Callable[..., ServerHandle], remote: HostileServer, root: Path
+) -> None:
+    remote.routes["/lan/secret.gguf"] = Reply(200, b"AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI\n")
+    store = root / "lan-models"
+    store.mkdir()
+    lan = start_server(
+        "--allow-private-pulls", "--no-persist", env={"RUNNER_MODELS_DIR": str(store)}
+    )
+    try:
+        with http(lan) as client:
+            failed = _create(client, f"{remote.url}/lan/secret.gguf")
+        # Fetched (the download had started, so the stream ends with the error), not a model.
+        assert "not a GGUF model file" in failed.text, failed.text
+        assert "AWS_" not in failed.text and str(store) not in failed.text
+        assert "partial" not in failed.text
+        assert "/lan/secret.gguf" in [s.path for s in remote.seen if s.method == "GET"]
+    finally:
+        lan.stop()
