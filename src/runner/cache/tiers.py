@@ -59,7 +59,8 @@ from runner.cache.diskformat import (
     unlink_quietly,
 )
 from runner.cache.entries import CacheEntryCorrupt, CacheHit, CacheKey, Entry, Tier, TierIndex
-from runner.cache.pins import PINS_FILE, PinBook, read_pins_file, write_pins_file
+from runner.cache.pinned import Pinning
+from runner.cache.pins import PINS_FILE, read_pins_file
 
 __all__ = ["CacheEntryCorrupt", "CacheHit", "CacheKey", "PromptCache", "FORMAT_VERSION"]
 
@@ -69,7 +70,7 @@ _FIRST_BACKOFF = 0.5  # seconds before retrying a failed write; doubles per fail
 _MAX_BACKOFF = 30.0
 
 
-class PromptCache:
+class PromptCache(Pinning):
     """Prompt-prefix states for one `CacheKey`: an LRU in RAM spilling to an LRU on disk.
 
     Thread-safe: one lock guards the indexes and counters; file I/O happens outside it, on
@@ -83,12 +84,7 @@ class PromptCache:
         bytes_per_token: float = 0.0, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.key = key
-        self._pins = PinBook(clock)
-        self._saving_pins = False  # the writer is saving them
-        self._pin_share = pin_share  # of each tier, that pinned prefixes may hold
-        # KV bytes per token: the model's estimate until states put here tell.
-        self._per_token = bytes_per_token
-        self._per_token_n = 0  # tokens of the state it was measured on
+        self._init_pins(pin_share, bytes_per_token, clock)
         self._reserve = disk_reserve  # free bytes to leave on the filesystem (None: default)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -128,8 +124,7 @@ class PromptCache:
         if not key or not state:
             return
         with self._lock:
-            if len(key) >= self._per_token_n:  # the longest state tells best (no overhead)
-                self._per_token, self._per_token_n = len(state) / len(key), len(key)
+            self._measured(len(key), len(state))
             self._expire_pins()
             for tier in (self._ram, self._pending, self._disk):
                 if (cover := tier.cover(key)) is not None:  # redundant: keep the longer one
@@ -278,88 +273,6 @@ class PromptCache:
                 "pins": {"count": len(self._pins), "pinned_tokens": self._pins.pinned_tokens(),
                          "yielded": self._pins.yielded, "expired": self._pins.expired},
             }  # fmt: skip
-
-    # -- pins ----------------------------------------------------------------------------
-
-    def pin(self, tokens: Sequence[int], cuts: Sequence[int], ttl: float, hit: bool) -> int:
-        """Keep the KV of `tokens` (computed with `cuts`) for `ttl` seconds, or refresh its
-        pin; `hit`: the request read it back. Returns how many pins yielded to keep pinned
-        bytes within the bound (this one too, if it alone passes it)."""
-        key = tuple(tokens)
-        if not key or ttl <= 0:
-            return 0
-        with self._lock:
-            self._expire_pins()
-            pin = self._pins.pin(key, tuple(cuts), ttl, hit)
-            tier = self._disk if self._files is not None else self._ram
-            yielded = self._pins.fit(self._pin_share * tier.capacity, self._per_token, pin)
-            self._spill_pinned_past_share()
-            self._pins_changed()
-            return yielded
-
-    def unpin(self, pin_id: str) -> bool:
-        """Forget the pin named `pin_id` (its entry stays, as an ordinary one)."""
-        with self._lock:
-            pin = self._pins.by_id(pin_id)
-            if pin is not None:
-                self._pins.drop(pin.tokens)
-                self._pins_changed()
-            return pin is not None
-
-    def pins(self) -> list[dict[str, Any]]:
-        """The live pins: id, tokens, where their KV is (tier None: not in the cache, as
-        while a slot still holds it), its bytes, TTL, seconds left and hits."""
-        with self._lock:
-            self._expire_pins()
-            now = self._pins.now()
-            out = []
-            for p in self._pins:
-                tiers = (("ram", self._ram), ("ram", self._pending), ("disk", self._disk))
-                held = next(((n, e) for n, t in tiers if (e := t.cover(p.tokens))), None)
-                out.append({
-                    "id": p.id, "tokens": len(p.tokens), "tier": held[0] if held else None,
-                    "bytes": held[1].nbytes if held else round(self._per_token * len(p.tokens)),
-                    "ttl": p.ttl, "ttl_left": max(0.0, p.expires_at - now),
-                    "expires_at": p.expires_at, "hits": p.hits,
-                })  # fmt: skip
-            return out
-
-    def _protected(self, e: Entry) -> bool:
-        return self._pins.protects(e.tokens)
-
-    def _expire_pins(self) -> None:
-        if self._pins.expire():
-            self._pins_changed()
-
-    def _pins_unsaved(self) -> bool:
-        return self._pins.dirty and self._files is not None
-
-    def _pins_changed(self) -> None:
-        """Have the writer save the pins if they changed (lock held)."""
-        if self._pins_unsaved():
-            self._ensure_writer()
-
-    def _spill_pinned_past_share(self) -> None:
-        """Pinned entries past their share of RAM move to disk, oldest first (lock held)."""
-        limit = self._pin_share * self._ram.capacity
-        while self._files is not None and self._ram.spared_bytes(self._protected) > limit:
-            victim = next((e for e in self._ram.lru.values() if self._protected(e)), None)
-            if victim is None:
-                break
-            self._ram.discard(victim.tokens)
-            self._spill(victim)
-
-    def _write_pins(self, raw: bytes) -> None:
-        assert self._files is not None
-        try:
-            write_pins_file(self._files.dir / PINS_FILE, raw)
-        except OSError as exc:
-            log.warning("prompt cache: cannot save pins in %s: %s", self._files.dir, exc)
-            with self._lock:
-                self._write_errors += 1
-        with self._lock:
-            self._saving_pins = False
-            self._changed.notify_all()
 
     # -- the writer thread -----------------------------------------------------------------
 
