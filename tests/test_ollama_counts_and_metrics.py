@@ -97,3 +97,30 @@ def test_metrics_tell_two_loads_of_one_model_apart(
         if s.name == "runner:slots_total"
     }
     assert contexts == {"512", "1024"}
+
+
+def test_generate_continues_from_a_context_sent_back(
+    server: ServerHandle, client: ollama.Client
+) -> None:
+    options = {**OPTIONS, "ignore_eos": True}
+    first = client.generate(model=MODEL, prompt=PROMPT, raw=True, options=options)
+    more = " And then"
+    second = client.generate(
+        model=MODEL, prompt=more, raw=True, context=first.context, options=options
+    )
+    added = httpx.post(
+        server.url + "/tokenize", json={"content": more, "add_special": False}
+    ).json()["tokens"]
+    # The new prompt is the old conversation plus the new text (no second BOS) ...
+    assert second.prompt_eval_count == len(first.context) + len(added)
+    assert second.context[: len(first.context) + len(added)] == [*first.context, *added]
+    # ... and what the earlier request computed is reused from the cache (in whole blocks).
+    body = {"model": MODEL, "prompt": more, "raw": True, "context": second.context}
+    third = httpx.post(
+        server.url + "/api/generate", json={**body, "stream": False, "options": options}
+    ).json()
+    assert third["timings"]["cache_n"] > 0
+
+    for bad in ([-1], [1 << 30], "12", [1.5]):
+        response = httpx.post(server.url + "/api/generate", json={**body, "context": bad})
+        assert response.status_code == 400 and "context" in response.json()["error"]

@@ -50,6 +50,7 @@ from runner.api.ollama.schemas import (
 )
 from runner.api.ollama.stream import (
     NdjsonStream,
+    continued,
     conversation_tokens,
     counters,
     done,
@@ -307,7 +308,7 @@ async def generate(request: Request) -> Response:
     body = await read_json(request)
     requested_model(body)
     _no_images(body.get("images"))
-    for unsupported in ("template", "suffix", "context"):
+    for unsupported in ("template", "suffix"):
         if body.get(unsupported):
             raise APIError(400, f"{unsupported} is not supported by this server")
     prompt, system = body.get("prompt") or "", body.get("system")
@@ -316,13 +317,17 @@ async def generate(request: Request) -> Response:
     if not prompt:
         return await _load_only(request, body, "response")
     fields = fields_from(body)
+    context = body.get("context")
     if body.get("raw"):
-        return await _run(request, body, raw_prompt(prompt), fields, "response", None)
+        prompt_of = raw_prompt(prompt)
+        prompt_of = continued(context, prompt_of) if context is not None else prompt_of
+        return await _run(request, body, prompt_of, fields, "response", None)
     messages = [{"role": "system", "content": system}] if system else []
     plan = chat_plan(None)
     free = fields.response_format is None
     messages.append({"role": "user", "content": prompt})
     prompt_of = chat_prompt(messages, plan, free, _think(body))
+    prompt_of = continued(context, prompt_of) if context is not None else prompt_of
     return await _run(request, body, prompt_of, fields, "response", plan)
 
 

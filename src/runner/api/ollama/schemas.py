@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runner.api.core.schemas import model_field
+from runner.api.core.schemas import TokenId, model_field
 from runner.api.errors.table import APIError
 
 # Durations `parse_keep_alive` reads (a subset: Go's `1h30m` spellings are also taken).
@@ -77,6 +77,8 @@ class OllamaGenerateRequest(_Generation):
     prompt: str = ""
     system: str | None = None
     raw: bool = False
+    # An earlier answer's `context`, to continue from (ids within the model's vocabulary).
+    context: list[TokenId] | None = None
 
 
 class OllamaEmbedRequest(_Loose):

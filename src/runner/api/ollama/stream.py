@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -22,13 +22,15 @@ from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
 from runner.api.core.dialect_common import parse_arguments, whole_calls
-from runner.api.core.inference import Generation
+from runner.api.core.inference import Generation, PromptBuilder
 from runner.api.core.sse import ShutdownCutoff
 from runner.api.errors.renderers import ollama_body, stream_failure
+from runner.api.errors.table import APIError
 from runner.chat.output import ChatOutputParser, OutputDelta
 from runner.chat.reasoning import ReasoningDelta
 from runner.chat.toolcalls import ContentDelta, ToolCallDelta
-from runner.engine import FinishEvent, TokenEvent
+from runner.engine import Engine, FinishEvent, TokenEvent
+from runner.loader import ResidentModel
 
 SHUTDOWN_POLL_SECONDS = 0.5
 
@@ -56,6 +58,26 @@ def conversation_tokens(gen: Generation) -> list[int]:
     that ended it left out). Read once the request finished: the engine no longer adds."""
     job = gen.handle.job
     return [*job.request.prompt_tokens, *job.output_tokens]
+
+
+def continued(context: Any, prompt_of: PromptBuilder) -> PromptBuilder:
+    """`/api/generate`'s `context` sent back (an earlier answer's token ids): the new
+    prompt's tokens follow it, without a second BOS; the prompt cache reuses the prefix."""
+    if not isinstance(context, list) or not all(type(t) is int for t in context):
+        raise APIError(400, "context must be a list of token ids")
+
+    async def build(model: ResidentModel, engine: Engine) -> tuple[list[int], Sequence[str]]:
+        tokens, stops = await prompt_of(model, engine)
+        n_vocab = engine.info.n_vocab
+        bad = next((t for t in context if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise APIError(400, f"context token {bad} is outside the vocabulary [0, {n_vocab})")
+        bos = engine.tokenize("", True, False)
+        if bos and tokens[: len(bos)] == bos:
+            tokens = tokens[len(bos) :]
+        return [*context, *tokens], stops
+
+    return build
 
 
 def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
