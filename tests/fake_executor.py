@@ -75,6 +75,9 @@ class FakeExecutor:
     def close_sampler(self, job_id: int) -> None:
         self.samplers.discard(job_id)
 
+    def bind_lora(self, job_id: int, lora: tuple[tuple[int, float], ...]) -> None:
+        pass  # the fake "model" has no adapters
+
     def sample_at(self, job_id: int, entry: int) -> int:
         assert job_id in self.samplers
         return self.rule(self.seqs[self.last_entries[entry].seq])

@@ -244,6 +244,11 @@ class Settings(BaseSettings):
         "the same vocabulary), where prompt lookup has no guess",
     )
     chat_template_file: Path | None = Field(None, description="Jinja chat template override")
+    lora: CommaList = Field(
+        default_factory=list,
+        description="LoRA adapter FILE[:SCALE] (a GGUF path or model name; repeat the flag) "
+        "loaded with every model of the adapter's architecture (per model: _configure's lora)",
+    )
 
     # lifecycle
     idle_timeout: Duration = Field(

@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import Settings, parse_duration
 from .engine import EngineConfig
-from .model_config import draft_model_file
+from .model_config import draft_model_file, lora_adapters
 from .store import ModelEntry, ModelStore
 
 
@@ -18,8 +18,10 @@ def engine_config(
     cfg: dict[str, Any],
     draft: str | None = None,
     context_size: int | None = None,
+    lora: tuple[tuple[str, float], ...] = (),
 ) -> tuple[EngineConfig, float]:
-    """(engine config, keep-alive seconds) for `entry` with per-model configuration `cfg`."""
+    """(engine config, keep-alive seconds) for `entry` with per-model configuration `cfg`
+    and its LoRA adapters' (file, scale) (`lora_files`)."""
     ctx = context_size or cfg.get("context-size") or settings.ctx_size
     if entry.metadata.context_length:
         ctx = min(ctx, entry.metadata.context_length)
@@ -44,6 +46,7 @@ def engine_config(
         cache_type_k=cfg.get("cache-type-k") or settings.cache_type_k,
         cache_type_v=cfg.get("cache-type-v") or settings.cache_type_v,
         state_checkpoints=settings.state_checkpoints,
+        lora=lora,
     )
     keep_alive = settings.idle_timeout
     if cfg.get("keep_alive") is not None:
@@ -65,3 +68,14 @@ def draft_file(settings: Settings, store: ModelStore, cfg: dict[str, Any]) -> st
     Raises ValueError for a name that is neither a file nor a model; touches the disk."""
     name = cfg.get("draft-model") or settings.draft_model
     return draft_model_file(store, name) if name else None
+
+
+def lora_files(
+    settings: Settings, store: ModelStore, entry: ModelEntry, cfg: dict[str, Any]
+) -> tuple[tuple[str, float], ...]:
+    """(file, scale) of the model's LoRA adapters: the per-model `lora` when set (even
+    empty), else the server's `--lora` ones made for its architecture. Raises ValueError
+    for a file that is no adapter or not found; touches the disk."""
+    if "lora" in cfg:
+        return lora_adapters(store, cfg["lora"], entry.metadata.architecture, False)
+    return lora_adapters(store, settings.lora, entry.metadata.architecture, True)

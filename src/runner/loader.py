@@ -18,9 +18,9 @@ from .cache import CacheKey, PromptCache
 from .chat import ChatTemplate
 from .config import Settings
 from .engine import Engine, EngineConfig, ModelLoadError
-from .load_plan import draft_file, engine_config
+from .load_plan import draft_file, engine_config, lora_files
 from .memory import default_budget, estimate
-from .model_config import chat_template, draft_model_file, validate_config
+from .model_config import chat_template, draft_model_file, lora_adapters, validate_config
 from .resident import (
     InsufficientMemory,
     LoaderError,
@@ -92,13 +92,14 @@ class Loader:
         tag = name if name in entry.tags else self._canonical(name, entry)
         cfg = await asyncio.to_thread(self.store.get_config, tag)  # this name's, not the file's
         draft = await asyncio.to_thread(self._draft_file, entry, cfg)
+        lora = await asyncio.to_thread(self._lora_files, entry, cfg)
         async with self._lock:
             if self._closing:
                 raise LoadFailed("the server is shutting down")
             for stale in [m for m in self._models.values() if m.name == tag]:
                 if stale.entry.id != entry.id:  # the tag was moved to another file
                     await self._retire_locked(stale, "its name now refers to another file")
-            config, keep_alive = engine_config(self.settings, entry, cfg, draft, context_size)
+            config, keep_alive = engine_config(self.settings, entry, cfg, draft, context_size, lora)
             rendering = template_key(cfg)
             model = self._models.get((entry.id, config, rendering))
             if model is not None and model.engine is not None and model.engine.dead:
@@ -154,6 +155,12 @@ class Loader:
     def _draft_file(self, entry: ModelEntry, cfg: dict[str, Any]) -> str | None:
         try:
             return draft_file(self.settings, self.store, cfg)
+        except ValueError as exc:
+            raise LoadFailed(f"cannot load {entry.name}: {exc}") from None
+
+    def _lora_files(self, entry: ModelEntry, cfg: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+        try:
+            return lora_files(self.settings, self.store, entry, cfg)
         except ValueError as exc:
             raise LoadFailed(f"cannot load {entry.name}: {exc}") from None
 
@@ -421,6 +428,9 @@ class Loader:
         clean = validate_config(changes)
         if clean.get("draft-model"):
             await asyncio.to_thread(draft_model_file, self.store, clean["draft-model"])
+        if clean.get("lora"):  # each a LoRA GGUF made for this model's architecture
+            arch = entry.metadata.architecture
+            await asyncio.to_thread(lora_adapters, self.store, clean["lora"], arch, False)
         async with self._lock:
             holders = self.holders_of(entry.id)
             if any(m.busy or m.loading for m in holders):

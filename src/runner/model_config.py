@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from .chat import ChatTemplate, template_for
 from .chat.toolcalls import FORMATS
 from .config import KV_CACHE_TYPES, parse_duration, parse_gpu_layers
+from .engine.lora import adapter_architecture
 
 # Keys accepted by `_configure` (DMR spelling) and persisted per model.
 CONFIG_KEYS = {
@@ -23,6 +25,7 @@ CONFIG_KEYS = {
     "reasoning-format": str,  # "deepseek" (split <think> out, the default) or "none"
     "cache-type-k": str,  # KV cache element type of keys (config.KV_CACHE_TYPES)
     "cache-type-v": str,  # ... and of values (quantized: flash attention is turned on)
+    "lora": list,  # LoRA adapters, "FILE[:SCALE]" each (a GGUF path or a model name)
 }
 
 # Keys of a `_configure` body that are not settings: the model it names, llama-server flags
@@ -49,6 +52,8 @@ RUNTIME_FLAGS = {
     "--cache-type-k": "cache-type-k",
     "-ctv": "cache-type-v",
     "--cache-type-v": "cache-type-v",
+    "--lora": "lora",
+    "--lora-scaled": "lora",  # two values: FILE SCALE
 }
 
 
@@ -75,13 +80,53 @@ def parse_runtime_flags(flags: Any) -> dict[str, Any]:
                 raise ValueError(f"runtime flag {flag!r} needs a value")
             i += 1
             value = flags[i]
-        out[RUNTIME_FLAGS[flag]] = value
+        if flag == "--lora-scaled":  # llama-server's `--lora-scaled FNAME SCALE`
+            if i + 1 >= len(flags):
+                raise ValueError("runtime flag '--lora-scaled' needs a file and a scale")
+            i += 1
+            value = f"{value}:{flags[i]}"
+        if RUNTIME_FLAGS[flag] == "lora":  # repeatable: one adapter each
+            out.setdefault("lora", []).append(value)
+        else:
+            out[RUNTIME_FLAGS[flag]] = value
         i += 1
     return out
 
 
+# Adapters one model may load (each is a set of extra weights in memory).
+MAX_LORA_ADAPTERS = 16
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """`FILE[:SCALE]` -> (FILE, SCALE); a suffix that is no number belongs to the name (a
+    model tag such as `ai/adapter:latest`). ValueError for a non-finite scale."""
+    name, _, suffix = spec.rpartition(":")
+    try:
+        scale = float(suffix) if name else None
+    except ValueError:
+        scale = None
+    if scale is None:
+        return spec, 1.0
+    if not math.isfinite(scale):
+        raise ValueError(f"LoRA scale of {name!r} must be a finite number")
+    return name, scale
+
+
+def _lora_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ValueError
+    if len(items) > MAX_LORA_ADAPTERS:
+        raise ValueError
+    for item in items:
+        parse_lora_spec(item.strip())
+    return [item.strip() for item in items]
+
+
 def _coerce(key: str, value: Any) -> Any:
     kind = CONFIG_KEYS[key]
+    if key == "lora":
+        return _lora_list(value)
     if key == "gpu-layers":
         return parse_gpu_layers(value)
     if key == "keep_alive":
@@ -129,6 +174,8 @@ def validate_config(changes: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError, OverflowError):  # int(inf) overflows
             kind = "a duration like 30s, 5m or -1" if key == "keep_alive" else None
             kind = kind or ("'all' or a layer count" if key == "gpu-layers" else None)
+            if key == "lora":
+                kind = f"a list of at most {MAX_LORA_ADAPTERS} 'FILE[:SCALE]' strings"
             kind = kind or f"of type {CONFIG_KEYS[key].__name__}"
             raise ValueError(f"'{key}' must be {kind}, got {value!r}") from None
     if clean.get("tool-format") is not None and clean["tool-format"] not in FORMATS:
@@ -180,3 +227,33 @@ def draft_model_file(store: Any, name: str) -> str:
         raise ValueError(
             f"draft model {name!r} is neither a GGUF file nor a model ({exc})"
         ) from None
+
+
+def lora_adapters(
+    store: Any, specs: list[str], architecture: str, server_wide: bool
+) -> tuple[tuple[str, float], ...]:
+    """(file, scale) of each `FILE[:SCALE]` adapter for a model of `architecture`: a path to
+    a .gguf file or a model in the store. Server-wide adapters (`--lora`) apply to the
+    models of their architecture only; a per-model one for another architecture is a
+    ValueError, as is a name that is neither (this touches the disk: not on the loop)."""
+    out: list[tuple[str, float]] = []
+    for spec in specs:
+        name, scale = parse_lora_spec(spec)
+        path = Path(name).expanduser()
+        if not (path.suffix.lower() == ".gguf" and path.is_file()):
+            try:
+                path = Path(store.get(name).path)
+            except Exception as exc:
+                raise ValueError(
+                    f"LoRA adapter {name!r} is neither a GGUF file nor a model ({exc})"
+                ) from None
+        made_for = adapter_architecture(path)
+        if made_for != architecture:
+            if server_wide:
+                continue
+            raise ValueError(
+                f"LoRA adapter {name!r} was made for architecture {made_for!r}, not "
+                f"{architecture!r}"
+            )
+        out.append((str(path), scale))
+    return tuple(out)

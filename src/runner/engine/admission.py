@@ -84,6 +84,7 @@ class Admission:
             self.executor.open_sampler(
                 job.id, job.request.sampling, _history(job.request), lambda: job.cancelled
             )
+            self.executor.bind_lora(job.id, job.request.lora or ())
         except EngineError as exc:
             self._end(job, "error", error=exc)
 
@@ -104,7 +105,11 @@ class Admission:
         req = job.request
         try:
             self.executor.open_sampler(job.id, req.sampling, _history(req), lambda: job.cancelled)
-            decision = self.prefix.prepare(slot, req.prompt_tokens, req.cache_prompt, req.marks)
+            lora = req.lora or ()
+            self.executor.bind_lora(job.id, lora)
+            decision = self.prefix.prepare(
+                slot, req.prompt_tokens, req.cache_prompt, req.marks, lora
+            )
         except EngineError as exc:
             self._end(job, "error", error=exc)
             return

@@ -32,6 +32,7 @@ from .job import (
     collect,
     thread_events,
 )
+from .lora import LoraAdapter, check_request_set, load_adapters, lora_set
 from .model import LlamaModel
 from .prompt_size import prompt_byte_bound
 from .stats import EngineStats
@@ -70,6 +71,9 @@ class Engine:
             self.config = config
         ctx: LlamaContext | None = None
         try:
+            self._adapters: list[LoraAdapter] = load_adapters(self._model, config.lora)
+            # The scales a request naming no `lora` runs with (POST /lora-adapters sets them).
+            self._lora_scales = [scale for _, scale in config.lora]
             ctx = LlamaContext(
                 self._model,
                 n_ctx=config.n_ctx,
@@ -108,7 +112,7 @@ class Engine:
             draft_model=self._draft.name if self._draft else None,
         )
         self.stats = EngineStats()
-        self._executor = LlamaExecutor(self._model, ctx, config, self.stats)
+        self._executor = LlamaExecutor(self._model, ctx, config, self.stats, self._adapters)
         activity = ActivityLog(self.name, config.log_interval, config.log_text, self.detokenize)
         self._core = EngineCore(
             config, self._executor, prompt_cache, self.stats, self._draft, activity
@@ -158,7 +162,12 @@ class Engine:
     # -- generation -----------------------------------------------------------------------
 
     def validate(self, request: GenerationRequest) -> None:
-        """Raise PromptTooLong/InvalidRequest for a request the engine cannot run."""
+        """Raise PromptTooLong/InvalidRequest for a request the engine cannot run; fixes
+        its LoRA set (the model's current scales when it names none)."""
+        if request.lora is None:
+            request.lora = lora_set(enumerate(self._lora_scales))
+        else:
+            request.lora = check_request_set(request.lora, len(self._adapters))
         prompt = request.prompt_tokens
         if not prompt:
             raise InvalidRequest("the prompt is empty")
@@ -222,6 +231,22 @@ class Engine:
         sink = ThreadSink()
         self._core.submit(Job(request, sink))
         return collect(thread_events(sink, timeout))
+
+    # -- LoRA adapters (llama-server's /lora-adapters) ---------------------------------------
+
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        """The loaded adapters with the scales requests that name none run with."""
+        return [
+            {"id": i, "path": a.path, "scale": self._lora_scales[i]}
+            for i, a in enumerate(self._adapters)
+        ]
+
+    def set_lora_scales(self, requested: Sequence[tuple[int, float]]) -> None:
+        """New scales for requests that name none: adapters not listed get 0, as in
+        llama-server. Running requests keep theirs; prefixes of other sets stay cached
+        for requests that ask for those sets."""
+        chosen = dict(check_request_set(requested, len(self._adapters)))
+        self._lora_scales = [chosen.get(i, 0.0) for i in range(len(self._adapters))]
 
     # -- embeddings -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .context import Batch, LlamaContext
 from .grammar_guard import GrammarWork
+from .lora import LoraAdapter, LoraSet, LoraSwitch
 from .model import LlamaModel
 from .plan import BatchEntry, DecodeFailed
 from .sampling import Sampler
@@ -28,7 +29,12 @@ EMBED_STEP_SECONDS = 0.02
 
 class LlamaExecutor:
     def __init__(
-        self, model: LlamaModel, ctx: LlamaContext, config: EngineConfig, stats: EngineStats
+        self,
+        model: LlamaModel,
+        ctx: LlamaContext,
+        config: EngineConfig,
+        stats: EngineStats,
+        adapters: Sequence[LoraAdapter] = (),
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -43,10 +49,41 @@ class LlamaExecutor:
         self._exp: np.ndarray | None = None  # scratch row for log-softmax
         self._embed_ctx: LlamaContext | None = None
         self._embed_batch: Batch | None = None
+        self._lora = LoraSwitch(adapters)
+        self._job_lora: dict[int, LoraSet] = {}
+        self._last_group: set[int] | None = None  # entries of the last decode (split steps)
 
     # -- steps -------------------------------------------------------------------------------
 
     def execute(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
+        """One decode, or one per LoRA set when the entries' jobs use several (llama.cpp
+        applies adapters to the whole context). The group of the set the model was loaded
+        with goes last, so `sample_at` (n choices) finds its logits."""
+        groups: dict[LoraSet, list[int]] = {}
+        for k, e in enumerate(entries):
+            groups.setdefault(self._job_lora.get(e.job_id, ()), []).append(k)
+        if len(groups) == 1:
+            self._last_group = None
+            self._lora.apply(self.ctx.handle, next(iter(groups)))
+            return self._decode_and_sample(entries)
+        loaded = self.config.loaded_lora
+        order = sorted(groups, key=lambda lora: lora == loaded)  # stable: loaded set last
+        out: list[list[int]] = [[] for _ in entries]
+        where = [0] * len(entries)
+        for lora in order:
+            members = groups[lora]
+            self._lora.apply(self.ctx.handle, lora)
+            part = self._decode_and_sample([entries[k] for k in members])
+            for k, tokens, index in zip(members, part, self._where, strict=True):
+                out[k], where[k] = tokens, index
+        self._where = where
+        self._last_group = set(groups[order[-1]])
+        return out
+
+    def bind_lora(self, job_id: int, lora: LoraSet) -> None:
+        self._job_lora[job_id] = lora
+
+    def _decode_and_sample(self, entries: Sequence[BatchEntry]) -> list[list[int]]:
         batch = self.batch
         batch.clear()
         where: list[int] = []  # batch index of each entry's first sampled position
@@ -141,6 +178,12 @@ class LlamaExecutor:
     def sample_at(self, job_id: int, entry: int) -> int:
         """Draw for `job_id` from the logits of the last step's `entry` (n > 1 choices)."""
         index = self._where[entry]
+        if self._last_group is not None and entry not in self._last_group:
+            # Its logits were overwritten by a later decode of another adapter set.
+            self._failures[job_id] = EngineError(
+                "n > 1 choices with a LoRA set other than the model's loaded one"
+            )
+            return SAMPLE_FAILED
         try:
             token = self._samplers[job_id].sample(self.ctx.handle, index)
         except EngineError as exc:
@@ -178,6 +221,7 @@ class LlamaExecutor:
 
     def close_sampler(self, job_id: int) -> None:
         self._failures.pop(job_id, None)
+        self._job_lora.pop(job_id, None)
         self._n_probs.pop(job_id, None)
         self._logprobs.pop(job_id, None)
         sampler = self._samplers.pop(job_id, None)

@@ -56,16 +56,28 @@ class PrefixPlanner:
         self.cache = cache
 
     def prepare(
-        self, slot: Slot, prompt: list[int], use_cache: bool, marks: tuple[int, ...] = ()
+        self,
+        slot: Slot,
+        prompt: list[int],
+        use_cache: bool,
+        marks: tuple[int, ...] = (),
+        lora: tuple[tuple[int, float], ...] = (),
     ) -> Decision:
-        """`marks`: where the prompt is cut besides the block multiples (partition.py)."""
+        """`marks`: where the prompt is cut besides the block multiples (partition.py);
+        `lora`: the request's adapter set, which only KV computed with the same set serves
+        (the prompt cache holds the set the model was loaded with, named by its key)."""
+        if slot.lora != lora:
+            self._drop(slot, 0)
+            slot.lora = lora
         if not use_cache:
             self._drop(slot, 0)
             return Decision(0, "none")
         block, n = self._config.prefill_block, len(prompt)
         own = reusable(slot.exact, common_prefix_length(slot.tokens, prompt), n, block, marks)
         donor, shared = self._best_donor(slot, prompt, marks)
-        hit, from_cache = self._cache_hit(prompt, max(own, shared), marks)
+        hit, from_cache = None, 0
+        if lora == self._config.loaded_lora:
+            hit, from_cache = self._cache_hit(prompt, max(own, shared), marks)
         if from_cache > max(own, shared) and hit is not None:
             self._drop(slot, 0)
             if hit.tier == "disk":
@@ -101,7 +113,8 @@ class PrefixPlanner:
         # The slot holds all but the last TAIL prompt tokens: a breakpoint past them pins
         # what there is.
         limit = max(0, len(prompt) - TAIL)
-        keep = self.cache is not None and req.cache_prompt
+        same_lora = (req.lora or ()) == self._config.loaded_lora  # what the cache holds
+        keep = self.cache is not None and req.cache_prompt and same_lora
         odd = odd_cuts(len(prompt), block, req.marks)
         written: dict[int, int] = {}
         yielded, before = 0, 0
@@ -129,7 +142,7 @@ class PrefixPlanner:
         """The other slot (busy or idle) holding the longest reusable prefix of `prompt`."""
         best, best_len = None, 0
         for other in self._slots:
-            if other is slot or not other.tokens:
+            if other is slot or not other.tokens or other.lora != slot.lora:
                 continue
             common = common_prefix_length(other.tokens, prompt)
             n = reusable(other.exact, common, len(prompt), self._block, marks)
@@ -196,6 +209,8 @@ class PrefixPlanner:
         """Copy the slot's reusable prefix into the prompt cache (no-op without one)."""
         n = slot.exact.length
         if self.cache is None or n < self._config.min_restore_tokens:
+            return
+        if slot.lora != self._config.loaded_lora:  # the cache's key names the loaded set
             return
         try:
             if len(slot.tokens) > n:

@@ -276,6 +276,7 @@ class Scheduler:
                 continue
             target.tokens = list(slot.tokens)
             target.exact = slot.exact
+            target.lora = slot.lora
             target.state = SlotState.GENERATING
             follower.prompt_pos = len(follower.request.prompt_tokens)
             follower.timings.cache_n = follower.prompt_pos

@@ -94,6 +94,9 @@ def _idle_slot(scheduler: Scheduler, slot_id: int):  # noqa: ANN202 - Slot
 def _snapshot(scheduler: Scheduler, slot_id: int) -> tuple[list[int], bytes]:
     slot = _idle_slot(scheduler, slot_id)
     kv = scheduler.executor
+    if slot.tokens and slot.lora != scheduler.config.loaded_lora:
+        # The file's key names the model's loaded adapters, not a request's own set.
+        raise InvalidRequest("the slot holds KV of a per-request LoRA set; it is not saved")
     # Only the prefix that cannot change a later answer is worth keeping (partition.py).
     keep = kv.truncate(slot.id, slot.exact.length)
     del slot.tokens[keep:]
@@ -120,6 +123,7 @@ def _install(scheduler: Scheduler, slot_id: int, tokens: list[int], state: bytes
             f"the KV state holds {held} positions but the file lists {len(tokens)} tokens"
         )
     slot.tokens = tokens
+    slot.lora = scheduler.config.loaded_lora  # what the file's key (kv_key) names
     block = scheduler.config.prefill_block
     slot.exact = ExactPrefix(len(tokens) // block * block)
 

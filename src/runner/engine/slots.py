@@ -35,6 +35,9 @@ class Slot:
     exact: ExactPrefix = NOTHING
     # The client's cache key of the request this slot last served (`choose_slot`).
     cache_key: str | None = None
+    # The LoRA set (`lora.LoraSet`) its KV was computed with: only a request of the same
+    # set may reuse it.
+    lora: tuple[tuple[int, float], ...] = ()
 
     @property
     def busy(self) -> bool:

@@ -5,6 +5,7 @@ Nothing here touches llama.cpp; the HTTP layer builds these and reads them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +35,12 @@ class EngineClosed(EngineError):
 
 class EngineDead(EngineError):
     """The engine thread stopped on an error; the loader replaces the engine."""
+
+
+def lora_key(adapters: tuple[tuple[str, float], ...]) -> str:
+    """A short stable name of configured LoRA adapters (files and scales), for cache keys."""
+    text = "\n".join(f"{path}:{scale!r}" for path, scale in adapters)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class EngineConfig:
     # Recurrent-state snapshots a slot keeps to go back to an earlier prefix (hybrid and
     # recurrent models only; engine/checkpoints.py). 0: none, such prefixes are recomputed.
     state_checkpoints: int = 8
+    # LoRA adapters loaded with the model, as (file, scale): what a request that names none
+    # runs with. They change every KV entry, so they are part of `kv_key`.
+    lora: tuple[tuple[str, float], ...] = ()
     # The engine's log line while busy: every this many seconds (0: never); and whether
     # request lines include prompt and answer text (a debug aid: prompts are users' data).
     log_interval: float = 10.0
@@ -91,12 +101,18 @@ class EngineConfig:
     def n_ctx(self) -> int:
         return self.slots * self.ctx_per_slot
 
+    @property
+    def loaded_lora(self) -> tuple[tuple[int, float], ...]:
+        """The configured adapters as a request's set (`lora.lora_set`): the one set whose
+        prefixes the prompt cache keeps, since `kv_key` names it."""
+        return tuple((i, float(scale)) for i, (_, scale) in enumerate(self.lora) if scale != 0)
+
     def kv_key(self) -> str:
         """Everything that makes a saved sequence state incompatible with another context."""
         return (
             f"ctx{self.n_ctx}-u{int(self.kv_unified)}-swa{int(self.swa_full)}-s{self.slots}"
             f"-b{self.prefill_block}-k{self.cache_type_k}-v{self.cache_type_v}"
-        )
+        ) + (f"-lora{lora_key(self.lora)}" if self.lora else "")
 
 
 @dataclass
@@ -166,6 +182,9 @@ class GenerationRequest:
     # client's cache key: a slot that last served the same key is preferred.
     breakpoints: tuple[CacheBreakpoint, ...] = ()
     cache_key: str | None = None
+    # LoRA adapters as (adapter index, scale), llama-server's per-request `lora` (indices
+    # not named get scale 0); None: the model's current ones (`Engine.validate` fills it).
+    lora: tuple[tuple[int, float], ...] | None = None
 
     @property
     def marks(self) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runner.api.errors.table import APIError
 from runner.config import Settings
+from runner.model_config import parse_lora_spec
 from runner.store import InvalidModelFile, ModelStore, read_metadata
 
 log = logging.getLogger(__name__)
@@ -81,3 +82,27 @@ def check_draft_model(name: str, store: ModelStore, allowed: Sequence[Path]) -> 
             f"draft model {name[:500]!r} is neither a model in the store nor a readable GGUF "
             "file in a directory this server imports from (--allow-import)"
         ) from None
+
+
+def check_lora_adapters(specs: Sequence[str], store: ModelStore, allowed: Sequence[Path]) -> None:
+    """`_configure`'s `lora`: each a model in the store or a file inside an allowed
+    directory (the rule of imports); one message whatever the reason, as `check_draft_model`.
+    Touches the disk: call it off the event loop."""
+    for spec in specs:
+        name, _ = parse_lora_spec(spec)
+        try:
+            store.get(name)
+            continue
+        except Exception:  # not a model name: perhaps a file
+            pass
+        try:
+            if "\x00" in name or not Path(name).expanduser().is_absolute():
+                raise ValueError("not a model name nor an absolute path")
+            if not import_source(name, allowed).is_file():
+                raise ValueError("no such file")
+        except (APIError, OSError, ValueError) as exc:
+            log.info("_configure: LoRA adapter %s refused: %s", name[:500], exc)
+            raise ValueError(
+                f"LoRA adapter {name[:500]!r} is neither a model in the store nor a file in a "
+                "directory this server imports from (--allow-import)"
+            ) from None

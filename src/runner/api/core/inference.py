@@ -127,6 +127,8 @@ def generation_request(
         ignore_eos=bool(body.ignore_eos),
         cache_prompt=body.cache_prompt is not False,
         id_slot=-1 if body.id_slot is None else body.id_slot,
+        # An empty list is the model's current adapters, as in llama-server.
+        lora=tuple((a.id, a.scale) for a in body.lora) if body.lora else None,
     )
 
 

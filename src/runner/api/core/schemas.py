@@ -109,6 +109,18 @@ _LOGIT_BIAS_SCHEMA: dict[str, Any] = {
 }
 
 
+class LoraScale(RequestBody):
+    """One adapter of llama-server's per-request `lora`: its id (GET /lora-adapters) and
+    scale; adapters not listed get scale 0."""
+
+    id: StrictInt = Field(ge=0, le=INT32_MAX)
+    scale: float = Field(allow_inf_nan=False)
+
+
+# Adapter entries one request may list (a model loads at most 16; ids may repeat).
+MAX_LORA_ENTRIES = 64
+
+
 class GenerationFields(RequestBody):
     """What chat and text completions share: model, sampling, limits, streaming."""
 
@@ -144,6 +156,7 @@ class GenerationFields(RequestBody):
     grammar: str | None = None
     json_schema: dict[str, Any] | bool | None = None
     response_format: dict[str, Any] | None = None
+    lora: list[LoraScale] | None = Field(None, max_length=MAX_LORA_ENTRIES)
 
     @field_validator("max_tokens", "n_predict")
     @classmethod

@@ -20,6 +20,7 @@ from runner.api.core.dialect_common import read_json
 from runner.api.core.import_policy import (
     allowed_import_dirs,
     check_draft_model,
+    check_lora_adapters,
     import_source,
     not_a_model,
 )
@@ -177,6 +178,10 @@ async def engines_configure(request: Request) -> JSONResponse:
             allowed = allowed_import_dirs(settings_of(request))
             draft = clean["draft-model"]
             await asyncio.to_thread(check_draft_model, draft, store_of(request), allowed)
+        if clean.get("lora"):
+            allowed = allowed_import_dirs(settings_of(request))
+            lora = clean["lora"]
+            await asyncio.to_thread(check_lora_adapters, lora, store_of(request), allowed)
         config = await loader.configure(name, body)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_config") from exc

@@ -55,6 +55,9 @@ class ConfigureRequest(BaseModel):
     cache_type_k: CacheTypeName | None = Field(
         None, alias="cache-type-k", description="KV cache type of keys (llama-server's -ctk)"
     )
+    lora: list[str] | str | None = Field(
+        None, description="LoRA adapters, FILE[:SCALE] each (runtime flags --lora, --lora-scaled)"
+    )
     cache_type_v: CacheTypeName | None = Field(
         None,
         alias="cache-type-v",

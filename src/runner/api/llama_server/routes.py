@@ -1,4 +1,5 @@
-"""llama-server's extra routes: /health, /slots, /tokenize, /detokenize, /metrics."""
+"""llama-server's extra routes: /health, /slots, /tokenize, /detokenize, /lora-adapters,
+/metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runner.api.core.inference import engine_of, hold_model, model_name, tokenize
-from runner.api.core.schemas import INT32_MAX, ModelQuery, json_body
+from runner.api.core.schemas import INT32_MAX, LoraScale, ModelQuery, json_body
 from runner.api.errors.table import APIError
 from runner.api.http.bodies import parsed
 from runner.api.llama_server import slot_budget
@@ -121,6 +122,25 @@ async def detokenize_route(request: Request, body: DetokenizeBody) -> dict[str, 
                 400, f"token {bad} is outside the vocabulary [0, {n_vocab})", param="tokens"
             )
         return {"content": engine.detokenize(body.tokens)}
+
+
+@router.get("/lora-adapters")
+async def lora_adapters(request: Request, model: ModelQuery = None) -> list[dict[str, Any]]:
+    """The model's LoRA adapters (`--lora`, `_configure`), with the scales that requests
+    naming no `lora` run with: `[{id, path, scale}]` as llama-server."""
+    async with hold_model(request, model_name(request, model)) as resident:
+        return engine_of(resident).lora_adapters()
+
+
+@router.post("/lora-adapters")
+async def set_lora_adapters(
+    request: Request, body: list[LoraScale], model: ModelQuery = None
+) -> dict[str, Any]:
+    """New scales for requests that name no `lora` (adapters not listed get 0), as
+    llama-server; the model's KV computed with other scales is never reused for them."""
+    async with hold_model(request, model_name(request, model)) as resident:
+        engine_of(resident).set_lora_scales([(a.id, a.scale) for a in body])
+    return {"success": True}
 
 
 @router.get("/metrics")
