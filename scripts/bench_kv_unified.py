@@ -48,7 +48,7 @@ def throughput(engine: Engine, streams: int, tokens: int) -> dict[str, float]:
     before = (stats.steps_total, stats.ubatches_total, stats.step_seconds_total)
     before_dec = stats.decode_seconds_total + stats.sample_seconds_total
     threads = [
-        threading.Thread(target=greedy, args=(engine, prompt(100 + i, 10 + 7 * i), tokens))
+        threading.Thread(target=greedy, args=(engine, prompt(100 + i, 4 + 3 * i), tokens))
         for i in range(streams)
     ]
     started = time.perf_counter()
@@ -72,16 +72,16 @@ def throughput(engine: Engine, streams: int, tokens: int) -> dict[str, float]:
 def exactness(engine: Engine, slots: int, tokens: int) -> dict[str, int]:
     """Per prompt: fill the other slots with other text, then compare uncached and cached."""
     same = differ = 0
-    for i in range(4):
+    for i in range(3):
         others = [
-            threading.Thread(target=greedy, args=(engine, prompt(200 + 10 * i + k, 30), 4))
+            threading.Thread(target=greedy, args=(engine, prompt(200 + 10 * i + k, 8), 4))
             for k in range(slots - 1)
         ]
         for t in others:
             t.start()
         for t in others:
             t.join()
-        text = prompt(300 + i, 60)
+        text = prompt(300 + i, 25)
         uncached = greedy(engine, text, tokens, cache_prompt=False)
         greedy(engine, text, 1)  # leaves the prompt in a slot
         cached = greedy(engine, text, tokens)
