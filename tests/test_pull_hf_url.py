@@ -73,9 +73,7 @@ def test_default_quant_then_named_quant_then_idempotent(
     assert not list(store.tmp_dir.rglob("*.gguf")) and not list(store.tmp_dir.glob("*.partial"))
 
 
-def test_cut_download_is_resumed(
-    hub: HubServer, ggufs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_cut_download_is_resumed(hub: HubServer, ggufs: dict[str, Path], tmp_path: Path) -> None:
     hub.cuts = 1
     entry = pull(_store(tmp_path), f"hf.co/{REPO}:Q4_K_M").entry
     assert entry.id == _sha(ggufs["tiny-Q4_K_M.gguf"])
