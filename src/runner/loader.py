@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .cache import CacheKey, PromptCache
+from .cache.layouts import disk_share, prune_layouts
 from .chat import ChatTemplate
 from .config import Settings
 from .engine import Engine, EngineConfig, ModelLoadError
@@ -187,7 +188,7 @@ class Loader:
         self._caches[key] = cache = PromptCache(
             key,
             ram_bytes=settings.cache_ram,
-            disk_bytes=settings.cache_disk if settings.persist else 0,
+            disk_bytes=self._disk_share(key) if settings.persist else 0,
             disk_dir=settings.resolved_cache_dir if settings.persist else None,
             persist=settings.persist,
             disk_reserve=settings.cache_disk_reserve,
@@ -195,6 +196,21 @@ class Loader:
             bytes_per_token=model.estimate.kv_cache / max(1, model.config.n_ctx),
         )
         return cache
+
+    def _disk_share(self, key: CacheKey) -> int:
+        """One disk budget per model file (`cache/layouts.py`): close the caches of this
+        model's layouts that no resident uses, delete every unused layout's files, and give
+        `key` what the layouts still in use leave. Runs on a worker thread (`_start_engine`)."""
+        sha = key.model_sha256
+        in_use = {m.config.kv_key() for m in list(self._models.values()) if m.entry.id == sha}
+        for other in [k for k in list(self._caches) if k.model_sha256 == sha]:
+            if other.kv_layout not in in_use:
+                self._caches.pop(other).close(self.settings.shutdown_grace)
+        same_file = [c for k, c in list(self._caches.items()) if k.model_sha256 == sha]
+        keep = [key.kv_layout, *(c.key.kv_layout for c in same_file)]
+        prune_layouts(self.settings.resolved_cache_dir, sha, keep)
+        taken = (c.stats()["disk"]["capacity_bytes"] for c in same_file)
+        return disk_share(self.settings.cache_disk, taken)
 
     async def _load(self, model: ResidentModel) -> None:
         try:
