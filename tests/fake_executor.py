@@ -60,7 +60,7 @@ class FakeExecutor:
             out.append(tokens)
         return out
 
-    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
+    def embed(self, inputs: Sequence[list[int]], rank: bool = False) -> list[list[float]]:
         return [[float(len(x)), float(sum(x))] for x in inputs]
 
     def open_sampler(

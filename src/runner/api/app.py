@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from runner import __version__
 from runner.api.anthropic import routes as anthropic_routes
-from runner.api.core.dialect_common import OPENAI_PREFIXES
+from runner.api.core.dialect_common import OPENAI_PREFIXES, RERANK_PREFIXES
 from runner.api.core.model_pull import PullPool
 from runner.api.dmr import cache as dmr_cache
 from runner.api.dmr import routes as dmr_routes
@@ -33,6 +33,7 @@ from runner.api.http.access import (
 from runner.api.http.json_guard import JsonGuardMiddleware
 from runner.api.http.middleware import BodyLimitMiddleware, FormAsJsonMiddleware
 from runner.api.http.openapi import true_openapi
+from runner.api.llama_server import rerank as llama_server_rerank
 from runner.api.llama_server import routes as llama_server_routes
 from runner.api.llama_server.metrics import make_registry
 from runner.api.ollama import models as ollama_models
@@ -95,6 +96,8 @@ def create_app(
     install_error_handlers(app, renderers=RENDERERS)
     true_openapi(app)
     app.include_router(llama_server_routes.router)
+    for prefix in RERANK_PREFIXES:
+        app.include_router(llama_server_rerank.router, prefix=prefix)
     for prefix in OPENAI_PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)
     app.include_router(dmr_routes.router)

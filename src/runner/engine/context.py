@@ -103,6 +103,7 @@ class LlamaContext:
         kv_unified: bool,
         swa_full: bool,
         embeddings: bool = False,
+        pooling: int = llama_cpp.LLAMA_POOLING_TYPE_MEAN,
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
         checkpoint_block: int = 0,
@@ -135,7 +136,7 @@ class LlamaContext:
         params.no_perf = True
         if embeddings:
             params.embeddings = True
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            params.pooling_type = pooling
         self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not self._ctx:
             types = ""
@@ -272,6 +273,13 @@ class LlamaContext:
         if not ptr:
             raise DecodeError("no pooled embedding for sequence")
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
+
+    def seq_scores(self, seq: int, n: int) -> np.ndarray:
+        """A rank-pooled sequence's `n` classifier outputs (a reranker's scores)."""
+        ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
+        if not ptr:
+            raise DecodeError("no pooled score for sequence")
+        return np.ctypeslib.as_array(ptr, shape=(max(n, 1),)).copy()
 
     def close(self) -> None:
         if self._ctx:

@@ -177,7 +177,7 @@ class EngineCore:
                     stats.update_seconds_total += time.perf_counter() - executed
             if plan.embed is not None and plan.embed_inputs is not None:
                 try:
-                    vectors = self.executor.embed(plan.embed_inputs)
+                    vectors = self.executor.embed(plan.embed_inputs, plan.embed.rank)
                 except DecodeFailed as exc:
                     sched.embed_failed(plan.embed, exc)
                 else:

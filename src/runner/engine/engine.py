@@ -35,6 +35,7 @@ from .job import (
 from .lora import LoraAdapter, check_request_set, load_adapters, lora_set
 from .model import LlamaModel
 from .prompt_size import prompt_byte_bound
+from .rerank import rank_tokens
 from .stats import EngineStats
 from .types import (
     EmbeddingsDone,
@@ -253,8 +254,20 @@ class Engine:
     def _tokenize_inputs(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
         return [self.tokenize(x) if isinstance(x, str) else list(x) for x in inputs]
 
-    async def embed(self, inputs: Sequence[str | list[int]]) -> EmbeddingsDone:
-        """L2-normalized mean-pooled embeddings, computed between generation steps."""
+    @property
+    def can_rank(self) -> bool:
+        """Whether the model is a reranker (rank pooling: a score per query-document pair)."""
+        return self._model.rank_pooling
+
+    def rank_tokens(self, query: str, document: str) -> list[int]:
+        """A query-document pair as the reranker reads it (`rerank.rank_tokens`)."""
+        return rank_tokens(self._model, query, document)
+
+    async def embed(self, inputs: Sequence[str | list[int]], rank: bool = False) -> EmbeddingsDone:
+        """L2-normalized mean-pooled embeddings, computed between generation steps; with
+        `rank`, each input's relevance score (a reranker's pairs, `rank_tokens`)."""
+        if rank and not self.can_rank:
+            raise InvalidRequest(f"{self.name} is not a reranker (its GGUF has no rank pooling)")
         if len(inputs) > 16 or sum(len(x) for x in inputs) > 16384:  # not on the event loop
             tokenized = await asyncio.to_thread(self._tokenize_inputs, inputs)
         else:
@@ -277,7 +290,7 @@ class Engine:
                 f"{self.config.max_embed_tokens}"
             )
         sink = LoopSink(asyncio.get_running_loop())
-        job = EmbedJob(tokenized, sink)
+        job = EmbedJob(tokenized, sink, rank=rank)
         self._core.submit(job)
         try:
             event = await sink.queue.get()

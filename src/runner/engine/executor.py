@@ -48,6 +48,7 @@ class LlamaExecutor:
         self._where: list[int] = []  # batch index of each entry of the last step
         self._exp: np.ndarray | None = None  # scratch row for log-softmax
         self._embed_ctx: LlamaContext | None = None
+        self._rank_ctx: LlamaContext | None = None
         self._embed_batch: Batch | None = None
         self._lora = LoraSwitch(adapters)
         self._job_lora: dict[int, LoraSet] = {}
@@ -259,18 +260,14 @@ class LlamaExecutor:
 
     # -- embeddings ---------------------------------------------------------------------------
 
-    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
-        """L2-normalized mean-pooled embeddings, one decode per input, of the first inputs
-        that fit in `EMBED_STEP_SECONDS` (at least one); the rest wait for later steps."""
-        if self._embed_ctx is None:
-            n = self.config.ctx_per_slot
-            threads = self.config.threads
-            self._embed_ctx = LlamaContext(
-                self.model, n, 1, n, n, threads, kv_unified=True, swa_full=False, embeddings=True
-            )
-            self._embed_batch = Batch(n)
-        ctx, batch = self._embed_ctx, self._embed_batch
-        assert batch is not None
+    def embed(self, inputs: Sequence[list[int]], rank: bool = False) -> list[list[float]]:
+        """L2-normalized mean-pooled embeddings (with `rank`: the reranker's score, as
+        llama-server its first output), one decode per input, of the first inputs that fit
+        in `EMBED_STEP_SECONDS` (at least one); the rest wait for later steps."""
+        if self._embed_batch is None:
+            self._embed_batch = Batch(self.config.ctx_per_slot)
+        batch = self._embed_batch
+        ctx = self._pooling_ctx(rank)
         out: list[list[float]] = []
         started = time.perf_counter()
         for tokens in inputs:
@@ -283,6 +280,9 @@ class LlamaExecutor:
             batch.struct.n_tokens = batch.n
             if ctx.decode(batch.struct) != 0:
                 raise DecodeFailed("embedding decode failed")
+            if rank:
+                out.append([float(ctx.seq_scores(0, self.model.n_cls_out)[0])])
+                continue
             vector = ctx.seq_embedding(0)
             norm = float(np.linalg.norm(vector))
             if norm > 0:
@@ -290,12 +290,31 @@ class LlamaExecutor:
             out.append(vector.astype(float).tolist())
         return out
 
+    def _pooling_ctx(self, rank: bool) -> LlamaContext:
+        """The context of mean-pooled embeddings or of rank pooling, made on first use."""
+        ctx = self._rank_ctx if rank else self._embed_ctx
+        if ctx is None:
+            n = self.config.ctx_per_slot
+            pooling = (
+                llama_cpp.LLAMA_POOLING_TYPE_RANK if rank else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            )
+            ctx = LlamaContext(
+                self.model, n, 1, n, n, self.config.threads, kv_unified=True, swa_full=False,
+                embeddings=True, pooling=pooling,
+            )  # fmt: skip
+            if rank:
+                self._rank_ctx = ctx
+            else:
+                self._embed_ctx = ctx
+        return ctx
+
     def close(self) -> None:
         for job_id in list(self._samplers):
             self.close_sampler(job_id)
-        if self._embed_ctx is not None:
-            self._embed_ctx.close()
-            self._embed_ctx = None
+        for ctx in (self._embed_ctx, self._rank_ctx):
+            if ctx is not None:
+                ctx.close()
+        self._embed_ctx = self._rank_ctx = None
 
 
 def penalty_window(last_n: int, n_ctx: int) -> int:

@@ -77,6 +77,8 @@ class EmbedJob:
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     vectors: list[list[float]] = field(default_factory=list)
+    # Rank pooling (rerank): each input is a query-document pair, its vector one score.
+    rank: bool = False
     t_start: float = 0.0
     finished: bool = False
 

@@ -70,6 +70,11 @@ class LlamaModel:
             llama_cpp.llama_model_is_recurrent(self._model)
             or llama_cpp.llama_model_is_hybrid(self._model)
         )
+        # A reranker's head (rank pooling, llama.cpp's type 4) scores query-document pairs.
+        self.n_cls_out = llama_cpp.llama_model_n_cls_out(self._model)
+        self.rank_pooling = self.meta(f"{self.meta('general.architecture')}.pooling_type") == str(
+            llama_cpp.LLAMA_POOLING_TYPE_RANK
+        )
         self._piece_cache: dict[int, bytes] = {}
         self._special_piece_cache: dict[int, bytes] = {}
 
@@ -78,6 +83,12 @@ class LlamaModel:
         if not self._model:
             raise RuntimeError("model is closed")
         return self._model
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text (None when absent or not a scalar)."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = True

@@ -63,9 +63,10 @@ class Executor(KvOps, Protocol):
         not `sample`, one without a draft, one more than the guesses kept with one)."""
         ...
 
-    def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
+    def embed(self, inputs: Sequence[list[int]], rank: bool = False) -> list[list[float]]:
         """Vectors of the first inputs, in order: all of them, or as many as one step may
-        take (the scheduler offers the rest in later steps)."""
+        take (the scheduler offers the rest in later steps). With `rank`, each vector is
+        the model's relevance score of the input (rank pooling) alone."""
         ...
 
     def open_sampler(

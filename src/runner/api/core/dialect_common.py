@@ -30,6 +30,8 @@ from runner.loader import ResidentModel
 
 # DMR's spellings of OpenAI's `/v1`: chat completions and Responses are mounted under each.
 OPENAI_PREFIXES = ("/engines/llama.cpp/v1", "/engines/v1", "/v1")
+# `/rerank` as llama-server (root, /v1) and DMR (/engines/..., with and without /v1) serve it.
+RERANK_PREFIXES = ("", "/engines", "/engines/llama.cpp", *OPENAI_PREFIXES)
 
 
 def describe_validation(exc: ValidationError, renames: Mapping[str, str] | None = None) -> str:
