@@ -33,6 +33,7 @@ from runner.api.http.access import (
 from runner.api.http.json_guard import JsonGuardMiddleware
 from runner.api.http.middleware import BodyLimitMiddleware, FormAsJsonMiddleware
 from runner.api.http.openapi import true_openapi
+from runner.api.llama_server import infill as llama_server_infill
 from runner.api.llama_server import rerank as llama_server_rerank
 from runner.api.llama_server import routes as llama_server_routes
 from runner.api.llama_server.metrics import make_registry
@@ -96,6 +97,7 @@ def create_app(
     install_error_handlers(app, renderers=RENDERERS)
     true_openapi(app)
     app.include_router(llama_server_routes.router)
+    app.include_router(llama_server_infill.router)
     for prefix in RERANK_PREFIXES:
         app.include_router(llama_server_rerank.router, prefix=prefix)
     for prefix in OPENAI_PREFIXES:

@@ -22,6 +22,7 @@ from .context import LlamaContext
 from .core import EngineCore
 from .draft import DraftModel
 from .executor import LlamaExecutor
+from .infill import infill_tokens
 from .job import (
     Completion,
     EmbedJob,
@@ -258,6 +259,22 @@ class Engine:
     def can_rank(self) -> bool:
         """Whether the model is a reranker (rank pooling: a score per query-document pair)."""
         return self._model.rank_pooling
+
+    def infill_tokens(
+        self,
+        prefix: str,
+        suffix: str,
+        extra: Sequence[tuple[str, str]] = (),
+        prompt: str = "",
+        n_predict: int = -1,
+    ) -> list[int]:
+        """llama-server's `/infill` prompt (`infill.infill_tokens`); InvalidRequest for a
+        model without fill-in-the-middle tokens."""
+        config = self.config
+        return infill_tokens(
+            self._model, prefix, suffix, extra, prompt, config.n_batch, config.ctx_per_slot,
+            n_predict,
+        )  # fmt: skip
 
     def rank_tokens(self, query: str, document: str) -> list[int]:
         """A query-document pair as the reranker reads it (`rerank.rank_tokens`)."""
