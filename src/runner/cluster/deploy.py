@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -39,17 +39,24 @@ class ClusterOptions:
     cpus_per_replica: float | None = None  # default: --threads, else 1
     gpus_per_replica: float | None = None  # default: 1 when layers are offloaded, else 0
     stats_period_s: float = 1.0  # how often replicas report their caches
+    # Custom Ray resources each replica / the front door needs: how an operator keeps
+    # replicas on model-serving nodes and the front door on a node that stays up.
+    replica_resources: dict[str, float] = field(default_factory=dict)
+    front_door_resources: dict[str, float] = field(default_factory=dict)
     health_check_period_s: float = 2.0
 
 
-def replica_resources(settings: Settings, options: ClusterOptions) -> dict[str, float]:
+def replica_resources(settings: Settings, options: ClusterOptions) -> dict[str, Any]:
     cpus = options.cpus_per_replica or float(settings.threads or 1)
     gpus = options.gpus_per_replica
     if gpus is None:
         from runner.engine import gpu_offload_supported
 
         gpus = 1.0 if settings.gpu_layers != 0 and gpu_offload_supported() else 0.0
-    return {"num_cpus": cpus, "num_gpus": gpus}
+    resources: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+    if options.replica_resources:
+        resources["resources"] = dict(options.replica_resources)
+    return resources
 
 
 def build_apps(settings: Settings, options: ClusterOptions) -> tuple[Any, Any]:
@@ -76,7 +83,7 @@ def build_apps(settings: Settings, options: ClusterOptions) -> tuple[Any, Any]:
         FrontDoor,
         name="FrontDoor",
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": dict(options.front_door_resources)},
         max_ongoing_requests=4096,
     )
     # Two applications: Serve allows one ingress (FastAPI) deployment per application, and
