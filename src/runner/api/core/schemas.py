@@ -60,6 +60,10 @@ def model_field(default: Any = ..., blank_is_default: bool = False, **kwargs: An
     return Field(default, json_schema_extra=extra, **kwargs)
 
 
+# Token limits are -1 (none) or at least 1: the documents say 0 is refused (`check_limit`).
+NOT_ZERO: dict[str, Any] = {"not": {"const": 0}}
+
+
 def check_limit(value: int | None) -> int | None:
     if value is not None and value != -1 and value < 1:
         raise ValueError("must be at least 1 (or -1 for no limit)")
@@ -139,8 +143,9 @@ class GenerationFields(RequestBody):
     # Keys are token ids (which must also be in the vocabulary), values -100..100.
     logit_bias: dict[str, float] | None = Field(None, json_schema_extra=_LOGIT_BIAS_SCHEMA)
     # Also checked against the slot's context by the engine (400 when larger).
-    max_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
-    n_predict: int | None = Field(None, ge=-1, le=INT32_MAX)  # llama-server's max_tokens
+    max_tokens: int | None = Field(None, ge=-1, le=INT32_MAX, json_schema_extra=NOT_ZERO)
+    # llama-server's max_tokens
+    n_predict: int | None = Field(None, ge=-1, le=INT32_MAX, json_schema_extra=NOT_ZERO)
     # Choices share one prompt computation; the engine caps n at its slot count.
     n: int | None = Field(1, ge=1, le=128)
     stop: str | list[str] | None = Field(None, json_schema_extra=_STOP_SCHEMA)

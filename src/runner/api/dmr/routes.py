@@ -198,7 +198,7 @@ def _configured_name(request: Request, name: str, entry: ModelEntry) -> str:
 
 
 @router.get("/engines/_configure")
-@router.get("/engines/llama.cpp/_configure", include_in_schema=False)
+@router.get("/engines/llama.cpp/_configure")
 async def engines_configs(request: Request, model: ModelQuery = None) -> Any:
     """Every model name's persisted configuration, or `?model=NAME`'s alone (a config
     belongs to a name: other names of the same file have their own)."""

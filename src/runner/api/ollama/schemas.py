@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runner.api.core.schemas import TokenId, model_field
+from runner.api.core.schemas import (
+    INT32_MAX,
+    MAX_STOP_STRINGS,
+    NOT_ZERO,
+    TokenId,
+    model_field,
+)
 from runner.api.errors.table import APIError
 
 # Durations `parse_keep_alive` reads (a subset: Go's `1h30m` spellings are also taken).
@@ -31,17 +37,23 @@ class OllamaOptions(_Loose):
     """Also `num_ctx` (64-1048576): the context per slot the model is loaded with; another
     size than the configured one loads the model again with it."""
 
-    num_predict: int | None = Field(None, description="max tokens; -1 or -2: no limit")
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    # The ranges are the chat route's (`GenerationFields`), which these options become.
+    num_predict: int | None = Field(
+        None,
+        le=INT32_MAX,
+        description="max tokens; any negative value: no limit",
+        json_schema_extra=NOT_ZERO,
+    )
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
+    stop: list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    repeat_penalty: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    repeat_last_n: int | None = Field(None, ge=-1, le=INT32_MAX)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
 
 
 class _Generation(_Loose):

@@ -10,6 +10,7 @@ from runner.api.core.chat_plan import REASONING_FORMATS, ChatPlan, tool_error
 from runner.api.core.prompt_cache import PromptCacheKey, PromptCacheRetention
 from runner.api.core.schemas import (
     INT32_MAX,
+    NOT_ZERO,
     STRICT,
     ChatMessage,
     GenerationFields,
@@ -29,7 +30,7 @@ class ChatCompletionRequest(GenerationFields):
     model_config = STRICT
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=-1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(None, ge=-1, le=INT32_MAX, json_schema_extra=NOT_ZERO)
     # Checked by `chat.tools` (400 with param "tools" / "tool_choice").
     tools: list[Any] | None = None
     tool_choice: Any = None
