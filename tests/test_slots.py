@@ -21,14 +21,21 @@ def test_best_similarity_above_threshold_wins():
     assert choose_slot(slots, [1, 2, 3, 4, 7, 8], 0.5) is slots[2]
 
 
-def test_below_threshold_falls_back_to_the_lowest_free_slot():
-    """Busy slots stay contiguous (one ubatch for a step's decode tokens), whatever was
-    used last."""
+def test_below_threshold_lowest_free_slot_with_a_prompt_cache_else_lru():
     slots = make(4)
-    slots[3].tokens = [1, 2]
     slots[0].state = SlotState.GENERATING
-    slots[2].last_used = -1.0  # least recently used, but not the lowest free one
-    assert choose_slot(slots, [1, 2, 3, 4, 5, 6], 0.5) is slots[1]
+    for slot in slots[1:]:
+        slot.tokens = [9, 9]  # every idle slot holds some other text
+    slots[3].last_used = -1.0  # the least recently used
+    prompt = [1, 2, 3, 4, 5, 6]
+    # With a prompt cache the evicted prefix is kept there: the lowest free slot keeps the
+    # busy slots contiguous (one ubatch for a step's decode tokens).
+    assert choose_slot(slots, prompt, 0.5, keep_prefixes=False) is slots[1]
+    # Without one an evicted prefix is lost: an empty slot first, else the least recent.
+    assert choose_slot(slots, prompt, 0.5) is slots[3]
+    slots[2].tokens = []
+    assert choose_slot(slots, prompt, 0.5) is slots[2]
+    assert choose_slot(slots, prompt, 0.5, keep_prefixes=False) is slots[1]
 
 
 def test_busy_slots_are_skipped_and_none_when_all_busy():

@@ -9,10 +9,12 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from fake_executor import MakeCore, next_token, running_cores
 
+from runner.cache import CacheKey, PromptCache
 from runner.engine.budget import Reading, share_prompt_budget
 from runner.engine.core import EngineCore
 from runner.engine.job import Completion, Job, ThreadSink, collect, thread_events
@@ -156,10 +158,12 @@ def test_reading_slots_share_the_budget_round_robin() -> None:
 # -- contiguous slots, one draft length ----------------------------------------------------------
 
 
-def test_new_requests_take_the_lowest_free_slot(make_core) -> None:
-    core, ex = make_core(spec_draft_max=0)
-    # One after another, with unrelated prompts: always slot 0 (least recently used would
-    # rotate through all four, leaving holes between busy slots under load).
+def test_new_requests_take_the_lowest_free_slot(make_core, tmp_path: Path) -> None:
+    cache = PromptCache(CacheKey("m" * 64, "k"), 1 << 20, 1 << 20, tmp_path)
+    core, ex = make_core(cache=cache, spec_draft_max=0)
+    # One after another, with unrelated prompts: always slot 0, the prefix it held going to
+    # the prompt cache (least recently used would rotate through all four, leaving holes
+    # between busy slots under load).
     slots = [wait(submit(core, prompt_of(20, 1000 * i), 2)).finish.slot_id for i in range(4)]
     assert slots == [0, 0, 0, 0]
     # Three at once fill slots 0-2; every step of theirs is one ubatch once all generate.
@@ -168,6 +172,12 @@ def test_new_requests_take_the_lowest_free_slot(make_core) -> None:
     decode_steps = [c for c in ex.calls if all(start >= 20 for _, start, _ in c)]
     assert decode_steps
     assert all(count_ubatches([(s, n) for s, _, n in c], 512) == 1 for c in decode_steps)
+
+
+def test_without_a_prompt_cache_empty_slots_fill_lowest_first(make_core) -> None:
+    core, ex = make_core(spec_draft_max=0)
+    slots = [wait(submit(core, prompt_of(20, 1000 * i), 2)).finish.slot_id for i in range(4)]
+    assert slots == [0, 1, 2, 3]  # prefixes stay where they are while there is room
 
 
 PERIOD = 12

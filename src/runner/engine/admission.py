@@ -75,7 +75,8 @@ class Admission:
 
     def _start_follower(self, job: Job, leader_slot: Slot) -> None:
         idle = [s for s in self.slots if not s.busy and s is not leader_slot]
-        slot = min(idle, key=lambda s: s.id)  # contiguous busy slots: see choose_slot
+        slot = choose_slot(idle, (), 1.0, keep_prefixes=self.prefix.cache is None)
+        assert slot is not None  # admit() waits for enough idle slots
         self.prefix.release(slot)
         slot.job = job
         slot.state = SlotState.FORKING
@@ -94,7 +95,12 @@ class Admission:
             slot = self.slots[req.id_slot]
             return None if slot.busy else slot
         return choose_slot(
-            self.slots, req.prompt_tokens, self.config.similarity, req.cache_prompt, req.cache_key
+            self.slots,
+            req.prompt_tokens,
+            self.config.similarity,
+            req.cache_prompt,
+            req.cache_key,
+            keep_prefixes=self.prefix.cache is None,
         )
 
     def _start(self, job: Job, slot: Slot) -> None:

@@ -80,16 +80,18 @@ def choose_slot(
     threshold: float,
     use_cache: bool = True,
     cache_key: str | None = None,
+    keep_prefixes: bool = True,
 ) -> Slot | None:
     """The idle slot a request should run in, or None when every slot is busy.
 
     A request with a cache key (OpenAI `prompt_cache_key`) gets the idle slot that last
     served that key, the client's word being better than a guess. Otherwise, like
     llama-server: the idle slot whose cache shares the largest fraction of the prompt, if
-    that fraction reaches `threshold`; else, unlike llama-server (least recently used), the
-    idle slot with the lowest id: busy slots then stay contiguous, and llama.cpp computes a
-    step's decode tokens in one ubatch only across consecutive sequence ids
-    (`ubatches.py`). The prefix it held goes to the prompt cache as with any eviction.
+    that fraction reaches `threshold`. Failing that, without `keep_prefixes` (a prompt
+    cache keeps what a slot held) the idle slot with the lowest id: busy slots then stay
+    contiguous, and llama.cpp computes a step's decode tokens in one ubatch only across
+    consecutive sequence ids (`ubatches.py`). With it (no prompt cache: an evicted prefix
+    is lost) the lowest empty idle slot, else the least recently used, as llama-server.
     """
     idle = [s for s in slots if not s.busy]
     if not idle:
@@ -106,4 +108,9 @@ def choose_slot(
                 best, best_len = slot, n
         if best is not None and best_len / len(prompt) >= threshold:
             return best
-    return min(idle, key=lambda s: s.id)
+    if not keep_prefixes:
+        return min(idle, key=lambda s: s.id)
+    empty = [s for s in idle if not s.tokens]
+    if empty:
+        return min(empty, key=lambda s: s.id)
+    return min(idle, key=lambda s: s.last_used)
