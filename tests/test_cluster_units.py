@@ -141,3 +141,21 @@ def test_every_router_choice_names_a_publishing_request_router() -> None:
     for path in ROUTERS.values():
         router = import_attr(path.replace(":", "."))
         assert issubclass(router, RequestRouter) and issubclass(router, Published), path
+
+
+def test_custom_resources_place_replicas_and_the_front_door() -> None:
+    pytest.importorskip("ray.serve")
+    from runner.cli import build_parser
+    from runner.cluster.deploy import ClusterOptions, replica_resources
+    from runner.config import Settings
+
+    argv = ["cluster", "serve", "--replica-resource", "model_node=0.5", "--replica-resource", "big"]  # fmt: skip
+    args = build_parser().parse_args([*argv, "--front-door-resource", "head=1"])
+    assert dict(args.replica_resource) == {"model_node": 0.5, "big": 1.0}
+    assert dict(args.front_door_resource) == {"head": 1.0}
+    for bad in ("=2", "gpu=0", "gpu=x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["cluster", "serve", "--replica-resource", bad])
+    options = ClusterOptions(replica_resources={"model_node": 0.5}, cpus_per_replica=2, gpus_per_replica=0)  # fmt: skip
+    assert replica_resources(Settings(), options) == {"num_cpus": 2, "num_gpus": 0, "resources": {"model_node": 0.5}}  # fmt: skip
+    assert "resources" not in replica_resources(Settings(), ClusterOptions(gpus_per_replica=0))

@@ -28,6 +28,8 @@ def cmd_cluster_serve(args: argparse.Namespace) -> int:
         block=args.block,
         cpus_per_replica=args.cpus_per_replica,
         gpus_per_replica=args.gpus_per_replica,
+        replica_resources=dict(args.replica_resource),
+        front_door_resources=dict(args.front_door_resource),
     )
     start(settings, options, address=args.address, num_cpus=args.num_cpus)
     print(
@@ -62,4 +64,33 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--block", type=int, default=16, metavar="TOKENS", help="routing block size")
     s.add_argument("--cpus-per-replica", type=float, metavar="N", help="default: --threads or 1")
     s.add_argument("--gpus-per-replica", type=float, metavar="N", help="default: 1 if offloading")
+    s.add_argument(
+        "--replica-resource",
+        type=_resource,
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="a custom Ray resource each replica needs (repeatable): keeps replicas on the "
+        "nodes that offer it (ray start --resources)",
+    )
+    s.add_argument(
+        "--front-door-resource",
+        type=_resource,
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="a custom Ray resource the front door needs (repeatable), e.g. one only the head "
+        "node offers, so that it never shares a node with a replica",
+    )
     s.set_defaults(func=cmd_cluster_serve)
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, sep, amount = text.partition("=")
+    try:
+        value = float(amount) if sep else 1.0
+    except ValueError:
+        value = -1.0
+    if not name or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=N with N > 0, got {text!r}")
+    return name, value
