@@ -78,6 +78,10 @@ STATE_DEPENDENT: tuple[tuple[int, str], ...] = (
     (400, r"^no slot \d+; this model has \d+|^id_slot must be below \d+"),
     (400, r"^n must be between 1 and \d+ \(the slots\)"),
     (400, r'^".*" does not support thinking'),
+    # What the loaded model can do: its LoRA adapters, rank pooling, FIM tokens.
+    (400, r"^no LoRA adapter with id \d+"),
+    (400, r" is not a reranker: "),
+    (400, r" has no fill-in-the-middle tokens "),
 )
 # The case being run, when `cap_generation` changed its body.
 CAPPED: set[int] = set()

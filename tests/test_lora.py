@@ -112,7 +112,7 @@ def test_hostile_lora_requests_are_refused(lora_server: Any) -> None:
     client = openai.OpenAI(base_url=lora_server.base_url, api_key="x", max_retries=0)
     with pytest.raises(openai.BadRequestError, match="no LoRA adapter with id 5"):
         _answer(client, [{"id": 5, "scale": 1.0}])
-    with pytest.raises(openai.BadRequestError, match="LoRA scale"):
+    with pytest.raises(openai.BadRequestError, match="lora"):
         _answer(client, [{"id": 0, "scale": 1e9}])
     for lora in ([{"id": "0", "scale": 1}], [{"id": 0, "scale": "inf"}], "0", [{"scale": 1}]):
         with pytest.raises((openai.BadRequestError, openai.UnprocessableEntityError)):

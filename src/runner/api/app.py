@@ -98,8 +98,8 @@ def create_app(
     true_openapi(app)
     app.include_router(llama_server_routes.router)
     app.include_router(llama_server_infill.router)
-    for prefix in RERANK_PREFIXES:
-        app.include_router(llama_server_rerank.router, prefix=prefix)
+    for prefix in RERANK_PREFIXES:  # described once, at the root (the same handler)
+        app.include_router(llama_server_rerank.router, prefix=prefix, include_in_schema=not prefix)
     for prefix in OPENAI_PREFIXES:
         app.include_router(openai_routes.router, prefix=prefix)
     app.include_router(dmr_routes.router)

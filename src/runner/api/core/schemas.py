@@ -113,12 +113,16 @@ _LOGIT_BIAS_SCHEMA: dict[str, Any] = {
 }
 
 
+# As the engine's bound (engine/lora.py): a scale this large already swamps the weights.
+MAX_LORA_SCALE = 100.0
+
+
 class LoraScale(RequestBody):
     """One adapter of llama-server's per-request `lora`: its id (GET /lora-adapters) and
     scale; adapters not listed get scale 0."""
 
     id: StrictInt = Field(ge=0, le=INT32_MAX)
-    scale: float = Field(allow_inf_nan=False)
+    scale: float = Field(ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False)
 
 
 # Adapter entries one request may list (a model loads at most 16; ids may repeat).

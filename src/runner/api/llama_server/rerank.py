@@ -11,7 +11,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field, StrictStr, field_validator
+from pydantic import Field, StrictStr
 
 from runner.api.core.inference import cancel_on_disconnect, engine_of, hold_model, model_name
 from runner.api.core.schemas import STRICT, RequestBody, json_body, model_field
@@ -38,16 +38,9 @@ class RerankRequest(RequestBody):
 
     model: str | None = model_field(None, blank_is_default=True)
     query: StrictStr
-    documents: list[StrictStr | DocumentText] = Field(max_length=MAX_DOCUMENTS)
+    documents: list[StrictStr | DocumentText] = Field(min_length=1, max_length=MAX_DOCUMENTS)
     top_n: int | None = Field(None, ge=1, le=MAX_DOCUMENTS)
     return_documents: bool = False
-
-    @field_validator("documents")
-    @classmethod
-    def _some(cls, value: list[str | DocumentText]) -> list[str | DocumentText]:
-        if not value:
-            raise ValueError("documents must hold at least one document")
-        return value
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
