@@ -159,3 +159,25 @@ def test_custom_resources_place_replicas_and_the_front_door() -> None:
     options = ClusterOptions(replica_resources={"model_node": 0.5}, cpus_per_replica=2, gpus_per_replica=0)  # fmt: skip
     assert replica_resources(Settings(), options) == {"num_cpus": 2, "num_gpus": 0, "resources": {"model_node": 0.5}}  # fmt: skip
     assert "resources" not in replica_resources(Settings(), ClusterOptions(gpus_per_replica=0))
+
+
+def test_an_unreachable_replica_loses_its_prefixes_and_cache_keys_for_a_while() -> None:
+    """A node that is gone answers nothing before Ray declares its replicas dead: what they
+    held is not followed meanwhile, neither a prefix nor a `prompt_cache_key`."""
+    pytest.importorskip("ray.serve")
+    from runner.cluster.forward import ForwardedRequest
+
+    prompt = list(range(300))
+    router = _router()
+    a, b = FakeReplica("a", RadixIndex.prefix_hashes(prompt, BLOCK)), FakeReplica("b", [])
+    keyed = ForwardedRequest("POST", "/v1/chat/completions", b"", [], b"", cache_key="k")
+    keyed.hashes, keyed.block, keyed.n_tokens = RadixIndex.prefix_hashes(prompt, BLOCK), BLOCK, 300  # fmt: skip
+    pending = SimpleNamespace(args=[keyed], kwargs={})
+    router.on_request_routed(pending, a.replica_id, None)
+    ranks = asyncio.run(router.choose_replicas([a, b], pending))
+    assert [r.replica_id.unique_id for r in ranks[0]] == ["a"]
+    router.on_replica_actor_unavailable(a.replica_id)
+    for _ in range(5):  # power of two over both: never a rank of `a` alone first
+        ranks = asyncio.run(router.choose_replicas([a, b], pending))
+        assert len(ranks) == 1 and len(ranks[0]) == 2
+    assert _choose(router, [a, b], prompt)[0] != ["a"]

@@ -12,8 +12,9 @@ replica's next report says so itself.
 
 A request with a cache key (OpenAI's `prompt_cache_key`) goes back to the replica that
 served the key last, the client's word being better than any guess, unless that replica is
-overloaded (as below): then the key is routed like any request and moves to where it went,
-so keys that outgrow one replica spread out.
+overloaded (as below) or was just found unreachable (a node lost answers nothing before Ray
+declares its replicas dead): then the key is routed like any request and moves to where it
+went, so keys that outgrow one replica spread out.
 
 Load comes first when it must: a best replica already running as many requests as it has
 slots (times `overload_factor`) is passed over for the least loaded one, if that one has at
@@ -150,12 +151,13 @@ class CacheFollowing(RequestRouter):
     def _keyed(
         self, request: ForwardedRequest | None, candidates: list[RunningReplica]
     ) -> RunningReplica | None:
-        """The replica that last served the request's cache key, unless it is overloaded."""
+        """The replica that last served the request's cache key, unless it is overloaded
+        or was just found unreachable (its node may be gone before Ray says it died)."""
         if request is None or not request.cache_key:
             return None
         home = self._keys.get(request.cache_key)
         replica = next((r for r in candidates if r.replica_id == home), None)
-        if replica is None:
+        if replica is None or self._lost(replica):
             return None
         lightest = min(self._load(r) for r in candidates)
         return None if self._overloaded(replica, lightest) else replica
@@ -172,8 +174,7 @@ class CacheFollowing(RequestRouter):
         """How many leading blocks of the prompt the replica holds (or was just sent)."""
         if not hashes:
             return 0
-        lost = self._unreachable.get(replica.replica_id)
-        if lost is not None and time.monotonic() - lost < self._recent_ttl:
+        if self._lost(replica):
             return 0  # whatever it holds, do not send prompts after it for a while
         held = self._blocks(replica)
         recent = self._recent.get(replica.replica_id, {})
@@ -184,6 +185,11 @@ class CacheFollowing(RequestRouter):
                 break
             n += 1
         return n
+
+    def _lost(self, replica: RunningReplica) -> bool:
+        """A request found it unreachable in the last `recent_ttl_s` seconds."""
+        lost = self._unreachable.get(replica.replica_id)
+        return lost is not None and time.monotonic() - lost < self._recent_ttl
 
     def _blocks(self, replica: RunningReplica) -> frozenset[int]:
         stats = replica.routing_stats or {}
