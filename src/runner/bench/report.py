@@ -134,10 +134,12 @@ def table(workload: str, run: dict[str, Any]) -> str:
                 "stream tok/s",
                 "errors",
                 "outside decode",
+                "ubatches/step",
+                "engine ms/step",
             ]
         ]
         for lv in run["levels"]:
-            share = (lv["engine"] or {}).get("outside_decode_share")
+            engine = lv["engine"] or {}
             rows.append(
                 [
                     str(lv["concurrency"]),
@@ -146,7 +148,9 @@ def table(workload: str, run: dict[str, Any]) -> str:
                     _fmt(lv["ttft_p95_ms"]),
                     _fmt(lv["stream_tps_mean"]),
                     str(lv["errors"]),
-                    _fmt(share, pct=True),
+                    _fmt(engine.get("outside_decode_share"), pct=True),
+                    _fmt(engine.get("ubatches_per_step")),
+                    _fmt(engine.get("outside_ms_per_step")),
                 ]
             )
         return _grid(rows)
