@@ -19,6 +19,7 @@ from runner.engine.partition import (
     cuts,
     next_piece,
     pieces,
+    plain_prefix,
     reusable,
     truncated,
 )
@@ -93,6 +94,14 @@ def test_reuse_stops_where_the_two_runs_cut_differently() -> None:
     # Cutting a sequence back keeps the cuts below the cut.
     assert truncated(marked, 40) == ExactPrefix(40, (40,))
     assert truncated(marked, 39) == ExactPrefix(39, ())
+
+
+def test_what_a_state_without_its_cuts_may_claim() -> None:
+    """Slot files keep no cuts: whole blocks before the first other cut."""
+    assert plain_prefix(computed_prefix(20, 16), 16) == 16  # n - 4 on the grid
+    assert plain_prefix(computed_prefix(25, 16), 16) == 16  # n - 4 = 21 is a cut of its own
+    assert plain_prefix(computed_prefix(100, 16, marks=[40]), 16) == 32
+    assert plain_prefix(ExactPrefix(), 16) == 0
 
 
 def test_without_marks_the_rule_is_unchanged() -> None:

@@ -127,6 +127,14 @@ def reusable(have: ExactPrefix, common: int, n: int, block: int, marks: Sequence
     return max(bound // block * block, shared)
 
 
+def plain_prefix(have: ExactPrefix, block: int) -> int:
+    """The longest prefix of `have` that a prompt without marks may reuse, whatever its
+    length: the block multiples before the first other cut (what a saved state without its
+    cuts, as in a slot file, may claim)."""
+    bound = min((have.length, *(c - 1 for c in have.cuts)))
+    return max(0, bound) // block * block
+
+
 def truncated(have: ExactPrefix, keep: int) -> ExactPrefix:
     """`have` after the sequence was cut back to its first `keep` tokens."""
     return ExactPrefix(min(have.length, keep), tuple(c for c in have.cuts if c <= keep))

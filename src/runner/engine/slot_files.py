@@ -36,7 +36,7 @@ from ..cache.diskformat import (
     unlink_quietly,
     write_all,
 )
-from .partition import ExactPrefix, truncated
+from .partition import ExactPrefix, plain_prefix, truncated
 from .types import EngineError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -97,8 +97,9 @@ def _snapshot(scheduler: Scheduler, slot_id: int) -> tuple[list[int], bytes]:
     if slot.tokens and slot.lora != scheduler.config.loaded_lora:
         # The file's key names the model's loaded adapters, not a request's own set.
         raise InvalidRequest("the slot holds KV of a per-request LoRA set; it is not saved")
-    # Only the prefix that cannot change a later answer is worth keeping (partition.py).
-    keep = kv.truncate(slot.id, slot.exact.length)
+    # Only the prefix that cannot change a later answer is worth keeping (partition.py);
+    # the file has no cuts, so whole blocks before any other cut.
+    keep = kv.truncate(slot.id, plain_prefix(slot.exact, scheduler.config.prefill_block))
     del slot.tokens[keep:]
     slot.exact = truncated(slot.exact, keep)
     tokens = list(slot.tokens)
