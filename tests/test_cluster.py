@@ -357,9 +357,16 @@ def test_cache_following_router_reuses_system_prompts(
     assert computed <= computed_default, (default_run, followed)
 
 
-def _stream(url: str, topic: str, results: dict[str, Any], started: threading.Event) -> None:
+def _stream(
+    url: str,
+    topic: str,
+    results: dict[str, Any],
+    started: threading.Event,
+    extra: dict[str, Any] | None = None,
+) -> None:
     body = {**_body(topic, "Tell a long story."), "max_tokens": STREAM_TOKENS, "stream": True}
     body["ignore_eos"] = True
+    body.update(extra or {})  # more request fields (a prompt_cache_key)
     out: dict[str, Any] = {"chunks": 0, "done": False, "error": None}
     results[topic] = out
     try:

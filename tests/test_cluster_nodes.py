@@ -64,12 +64,14 @@ class TwoNodes:
             assert time.monotonic() < deadline, found
             time.sleep(0.5)
 
-    def chat(self, system: str, user: str) -> tuple[dict[str, Any], str]:
-        body = {
+    def chat(self, system: str, user: str, key: str = "") -> tuple[dict[str, Any], str]:
+        body: dict[str, Any] = {
             "model": MODEL,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "max_tokens": 1,
         }
+        if key:
+            body["prompt_cache_key"] = key
         r = httpx.post(self.url + "/v1/chat/completions", json=body, timeout=180)
         assert r.status_code == 200, r.text
         return r.json(), r.headers["x-runner-replica"]
@@ -155,7 +157,8 @@ def test_a_killed_node_fails_only_its_requests_and_its_replica_returns(
     threads = []
     for topic in FRESH_TOPICS:  # new prompts: two slots each, so the router spreads them
         started = threading.Event()
-        t = threading.Thread(target=_stream, args=(two_nodes.url, topic, results, started))
+        key = {"prompt_cache_key": f"user-{topic}"}  # each stream's key lives where it went
+        t = threading.Thread(target=_stream, args=(two_nodes.url, topic, results, started, key))
         t.start()
         threads.append((t, started))
         assert started.wait(180), results
@@ -178,11 +181,18 @@ def test_a_killed_node_fails_only_its_requests_and_its_replica_returns(
         else:  # it had finished before the kill: whole
             assert res["error"] is None and res["chunks"] >= STREAM_TOKENS // 2, res
 
-    # The victim's prompt, whose prefix the router last saw on the dead replica, and the
-    # other streams' prompts: answered at once by a live replica.
+    # The streams' prompts and cache keys, the victim's last seen on the dead replica:
+    # answered at once by a live replica.
+    moved = ""
     for topic in FRESH_TOPICS:
-        answer, replica = two_nodes.chat(system_prompt(topic), "Tell a long story.")
+        answer, replica = two_nodes.chat(system_prompt(topic), "Tell a long story.", f"user-{topic}")  # fmt: skip
         assert replica != victim and answer["choices"][0]["finish_reason"] == "length"
+        moved = replica if topic == FRESH_TOPICS[-1] else moved
+    # The victim's key now lives where it went: prompts sharing nothing with anything sent
+    # go there for the key alone (without keys, each would be a coin toss).
+    for system in ("Answer in one word.", "Be brief.", "Reply like a pirate."):
+        _, replica = two_nodes.chat(system, "Name a prime.", f"user-{FRESH_TOPICS[-1]}")
+        assert replica == moved
 
     # Serve starts the lost replica again, on the node that is left.
     after = two_nodes.wait_for_replicas(2)
