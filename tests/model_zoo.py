@@ -4,7 +4,8 @@ Cache exactness needs the real architecture and file format, not a good model: e
 has the tensor names, shapes and hyper-parameters llama.cpp's `src/models/<arch>.cpp` asks
 for (checked against llama-cpp-python 0.3.36's vendored sources), random weights, and the
 bundled Gemma's tokenizer block, so prompts tokenize like real text. About 15 MB each,
-mostly the 262,144-token vocabulary (embeddings in Q4_0, the rest F32).
+mostly the 262,144-token vocabulary (embeddings in Q4_0, the rest F32; gpt-oss 26 MB
+with its untied output matrix).
 
     python tests/model_zoo.py OUT_DIR [--bundled GEMMA.gguf] [--only dense,moe]
 
@@ -13,10 +14,9 @@ Kinds (what the prompt cache has to deal with):
 - `dense`: llama, full attention with grouped KV heads (2 query heads, 1 KV head);
 - `moe`: qwen3moe, 4 experts with 2 used per token, Q/K norms;
 - `hybrid`: lfm2, short-convolution (recurrent) layers between attention layers;
-- `recurrent`: mamba2, no attention at all, a fixed-size state per sequence.
-
-No SWA-with-attention-sinks model (gpt-oss) is written: its experts want MXFP4 and its
-tokenizer-bound chat format, more than these tests need; Gemma 3 covers SWA already.
+- `recurrent`: mamba2, no attention at all, a fixed-size state per sequence;
+- `swa`: gpt-oss, sliding-window (128 tokens) and full attention layers in turn, attention
+  sinks, biased MoE (F32 experts rather than MXFP4: the cache sees only the KV).
 """
 
 from __future__ import annotations
@@ -49,12 +49,14 @@ TokenizerKV = list[tuple[str, Any, GGUFValueType, GGUFValueType | None]]
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One tiny model: its kind, llama.cpp architecture and whether its state can be cut
-    back to an earlier position (attention KV can; a recurrent state cannot)."""
+    """One tiny model: its kind, llama.cpp architecture, whether its state can be cut
+    back to an earlier position (attention KV can; a recurrent state cannot), and whether it
+    has sliding-window layers (a state saved elsewhere holds only their last window)."""
 
     kind: str
     arch: str
     trimmable: bool
+    windowed: bool = False
 
 
 ZOO = {
@@ -62,6 +64,7 @@ ZOO = {
     "moe": ZooModel("moe", "qwen3moe", True),
     "hybrid": ZooModel("hybrid", "lfm2", False),
     "recurrent": ZooModel("recurrent", "mamba2", False),
+    "swa": ZooModel("swa", "gpt-oss", True, windowed=True),
 }
 
 
@@ -160,6 +163,12 @@ class _Writer:
         data = self.rng.standard_normal((n_vocab, N_EMBD), dtype=np.float32) * EMBD_STD
         quantized = gguf.quants.quantize(data, GGMLQuantizationType.Q4_0)
         self.w.add_tensor("token_embd.weight", quantized, raw_dtype=GGMLQuantizationType.Q4_0)
+
+    def output(self, n_vocab: int) -> None:
+        """A separate output matrix, for architectures that do not tie it to the embeddings."""
+        data = self.rng.standard_normal((n_vocab, N_EMBD), dtype=np.float32) * EMBD_STD
+        quantized = gguf.quants.quantize(data, GGMLQuantizationType.Q4_0)
+        self.w.add_tensor("output.weight", quantized, raw_dtype=GGMLQuantizationType.Q4_0)
 
     def close(self, tokenizer: TokenizerKV, name: str) -> None:
         self.w.add_name(name)
@@ -279,11 +288,44 @@ def _recurrent(w: _Writer, n_vocab: int) -> None:
         w.tensor(f"blk.{i}.ssm_out.weight", (d_inner, N_EMBD))
 
 
+def _swa(w: _Writer, n_vocab: int) -> None:
+    # gpt-oss: sliding-window and full attention layers in turn, attention sinks, biased
+    # MoE (F32 experts here, MXFP4 in the real files: the cache does not see the difference).
+    n_layer, n_head, n_head_kv, n_expert, n_ff_exp = 2, 2, 1, 4, 64
+    _common(w, n_layer, n_vocab)
+    w.hp("feed_forward_length", N_FF)
+    w.hp("expert_feed_forward_length", n_ff_exp)
+    w.hp("expert_count", n_expert)
+    w.hp("expert_used_count", 2)
+    w.hp("attention.head_count", n_head)
+    w.hp("attention.head_count_kv", n_head_kv)
+    w.hp("attention.key_length", HEAD_DIM)
+    w.hp("attention.value_length", HEAD_DIM)
+    w.hp("rope.dimension_count", HEAD_DIM)
+    w.hp("attention.sliding_window", 128)  # shorter than the tests' prompts
+    w.tensor("output_norm.weight", (N_EMBD,), fill=1.0)
+    w.output(n_vocab)  # gpt-oss has no tied output
+    for i in range(n_layer):
+        w.tensor(f"blk.{i}.attn_norm.weight", (N_EMBD,), fill=1.0)
+        w.tensor(f"blk.{i}.post_attention_norm.weight", (N_EMBD,), fill=1.0)
+        _attention(w, i, n_head, n_head_kv, qk_norm=False)
+        w.tensor(f"blk.{i}.attn_output.bias", (N_EMBD,), fill=0.0)
+        w.tensor(f"blk.{i}.attn_sinks.weight", (n_head,), fill=0.5)
+        w.tensor(f"blk.{i}.ffn_gate_inp.weight", (N_EMBD, n_expert))
+        w.tensor(f"blk.{i}.ffn_gate_inp.bias", (n_expert,), fill=0.0)
+        for part in ("gate", "up"):
+            w.tensor(f"blk.{i}.ffn_{part}_exps.weight", (N_EMBD, n_ff_exp, n_expert))
+            w.tensor(f"blk.{i}.ffn_{part}_exps.bias", (n_ff_exp, n_expert), fill=0.0)
+        w.tensor(f"blk.{i}.ffn_down_exps.weight", (n_ff_exp, N_EMBD, n_expert))
+        w.tensor(f"blk.{i}.ffn_down_exps.bias", (N_EMBD, n_expert), fill=0.0)
+
+
 _BUILDERS: dict[str, Callable[[_Writer, int], None]] = {
     "dense": _dense,
     "moe": _moe,
     "hybrid": _hybrid,
     "recurrent": _recurrent,
+    "swa": _swa,
 }
 
 

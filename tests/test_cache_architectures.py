@@ -73,29 +73,34 @@ def servers(start_server: Callable[..., Any], zoo_models: Path) -> Iterator[tupl
 @pytest.mark.parametrize("kind", list(ZOO))
 def test_cached_answers_equal_uncached(kind: str, servers: tuple[Any, Any]) -> None:
     reference, cached = servers
-    model, trimmable = f"zoo/{kind}", ZOO[kind].trimmable
+    model, trimmable, windowed = f"zoo/{kind}", ZOO[kind].trimmable, ZOO[kind].windowed
     prompts = [SHARED + tail for tail in TAILS]
     prompts.append(prompts[0] + FOLLOW_UPS[0])  # 4: a conversation going on
     prompts.append(prompts[4] + FOLLOW_UPS[1])  # 5: and on, after a restart
     expected = [texts(complete(reference, model, p, cache_prompt=False)) for p in prompts]
 
-    def check(i: int, source: str, every_kind: bool = False, **extra: Any) -> None:
+    def check(
+        i: int, source: str, every_kind: bool = False, cut_back: bool = False, **extra: Any
+    ) -> None:
         """`every_kind`: a recurrent state serves it too (a checkpoint in the slot, or a
-        cached state whose whole length the prompt extends)."""
+        cached state whose whole length the prompt extends). `cut_back`: a state copied or
+        restored from elsewhere is cut back before its end (to a block boundary, at least);
+        it holds only the last window of its sliding-window layers, so with those it is
+        recomputed instead (still the same answer)."""
         answer = complete(cached, model, prompts[i], **extra)
         assert texts(answer) == expected[i], f"{kind}: prompt {i} via {source}"
         timings = answer["timings"]
-        if trimmable or every_kind:
+        if (trimmable or every_kind) and not (windowed and cut_back):
             assert timings["cache_source"] == source, (kind, i, timings)
             assert timings["cache_n"] >= (256 if trimmable else 128), (kind, i, timings)
 
     complete(cached, model, SHARED + "Warm up.", id_slot=0)
     check(0, "slot", every_kind=True, id_slot=0)  # the prefix, in its own slot
-    check(1, "slot", every_kind=True, id_slot=1)  # copied from slot 0, with its checkpoints
+    check(1, "slot", every_kind=True, cut_back=True, id_slot=1)  # copied from slot 0
     # Push the prefix out of both slots: each slot's prefix goes to the RAM tier.
     complete(cached, model, "Unrelated one. " * 30, id_slot=0)
     complete(cached, model, "Unrelated two. " * 30, id_slot=1)
-    check(2, "ram", id_slot=0)  # the shared text, from a longer entry
+    check(2, "ram", cut_back=True, id_slot=0)  # the shared text, from a longer entry
     check(4, "ram", every_kind=True, id_slot=1)  # the first conversation goes on
 
     seeded = {"temperature": 0.9, "seed": 11, "n": 2}

@@ -150,6 +150,8 @@ class LlamaContext:
                 f"{types} (out of memory?)"
             )
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        # Sliding-window layers attend to this many positions back (0: none).
+        self.n_swa = llama_cpp.llama_model_n_swa(model.handle)
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)
         self.mem = llama_cpp.llama_get_memory(self._ctx)
 
@@ -184,13 +186,15 @@ class LlamaContext:
         """Keep positions [0, keep) of `seq`; returns how many really survived.
 
         With a windowed SWA cache, llama.cpp may report success yet drop the whole sequence
-        (engine-facts.md), so the result is checked rather than trusted.
+        (engine-facts.md), so the result is checked rather than trusted. A state read back
+        from elsewhere holds only the last window of its sliding-window layers (llama.cpp
+        saves no masked cells), so it cannot be cut back to where that window is missing.
         """
         if keep <= 0:
             self.clear_seq(seq)
             return 0
         ok = llama_cpp.llama_memory_seq_rm(self.mem, seq, keep, -1)
-        if ok and self.pos_max(seq) == keep - 1:
+        if ok and self.pos_max(seq) == keep - 1 and self._window_held(seq, keep):
             self.checkpoints.keep_up_to(seq, keep)
             return keep
         # A recurrent state refuses the cut (unchanged): go back to a snapshot instead.
@@ -199,6 +203,12 @@ class LlamaContext:
             return back
         self.clear_seq(seq)
         return 0
+
+    def _window_held(self, seq: int, keep: int) -> bool:
+        """Whether the sliding-window layers hold the positions the token at `keep` sees."""
+        if not self.n_swa:
+            return True
+        return llama_cpp.llama_memory_seq_pos_min(self.mem, seq) <= max(0, keep - self.n_swa)
 
     def _rollback(self, seq: int, keep: int) -> int:
         """Restore the newest checkpoint at or below `keep` and trim the attention KV (if

@@ -240,6 +240,11 @@ class LlamaExecutor:
     def truncate(self, seq: int, keep: int) -> int:
         return self.ctx.truncate(seq, keep)
 
+    @property
+    def window(self) -> int:
+        """Positions a sliding-window layer sees (0: none); a saved state keeps only those."""
+        return self.ctx.n_swa
+
     def pos_max(self, seq: int) -> int:
         return self.ctx.pos_max(seq)
 

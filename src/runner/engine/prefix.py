@@ -208,6 +208,11 @@ class PrefixPlanner:
     def save(self, slot: Slot) -> None:
         """Copy the slot's reusable prefix into the prompt cache (no-op without one)."""
         n = slot.exact.length
+        if getattr(self._kv, "window", 0) and n % self._block:
+            # A saved state keeps only the last window of sliding-window layers, so it cannot
+            # be cut back at all: end it on a block boundary, where a prompt that goes on
+            # from it is cut too (a later turn of the conversation).
+            n = n // self._block * self._block
         if self.cache is None or n < self._config.min_restore_tokens:
             return
         if slot.lora != self._config.loaded_lora:  # the cache's key names the loaded set
