@@ -181,3 +181,49 @@ def test_an_unreachable_replica_loses_its_prefixes_and_cache_keys_for_a_while() 
         ranks = asyncio.run(router.choose_replicas([a, b], pending))
         assert len(ranks) == 1 and len(ranks[0]) == 2
     assert _choose(router, [a, b], prompt)[0] != ["a"]
+
+
+def test_a_broadcast_stops_waiting_for_a_replica_that_left() -> None:
+    """A call addressed to one replica waits for it; once the router no longer lists it
+    (its node was lost), the broadcast gives up on it at once instead of after minutes."""
+    pytest.importorskip("ray.serve")
+    from dataclasses import replace
+
+    from runner.cluster import frontdoor, registry
+    from runner.cluster.forward import ForwardedRequest
+
+    class Handle:
+        deployment_name = "units-broadcast"
+
+        def __init__(self) -> None:
+            self.handle_http = SimpleNamespace(remote=self.remote)
+
+        def options(self, **_: Any) -> Handle:
+            return self
+
+        def remote(self, request: ForwardedRequest) -> Any:
+            async def answer() -> Any:
+                if request.target == "alive":
+                    yield [{"type": "http.response.start", "status": 200, "headers": []}]
+                    yield [{"type": "http.response.body", "body": b"{}"}]
+                else:
+                    await asyncio.Event().wait()  # Ray waits for the addressed replica
+                    yield []
+
+            return answer()
+
+    alive = FakeReplica("alive", [])
+    alive.node_id = "n"  # type: ignore[attr-defined]
+    registry.publish("units-broadcast", SimpleNamespace(curr_replicas={alive.replica_id: alive}))
+    app = frontdoor.FrontDoorApp(Handle(), None, None)  # type: ignore[arg-type]
+    request = ForwardedRequest("POST", "/engines/unload", b"", [], b"{}")
+
+    async def run() -> None:
+        start, body = await app._collect(replace(request, target="alive"))
+        assert start["status"] == 200 and body == b"{}"
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError, match="left the deployment"):
+            await app._collect(replace(request, target="gone"))
+        assert asyncio.get_running_loop().time() - began < frontdoor.BROADCAST_TIMEOUT_S / 2
+
+    asyncio.run(run())

@@ -5,7 +5,8 @@ router picks the replica; the replica's own runner app answers, and the answer s
 Every route is runner's: the front door has none of its own. `/engines/ps` and
 `/engines/status` are first answered by a replica (so access control applies as usual), then
 widened to every replica from their reports; `/engines/unload` and `/engines/_configure` go
-to every replica (each holds its own models). A replica that dies before answering is
+to every replica (each holds its own models), one call addressed to each, given up on once
+the router no longer lists that replica (a lost node's). A replica that dies before answering is
 retried on another; one that dies mid-answer ends that answer with an error, and only that
 answer. The front door's own errors are in the dialect of the request's path, as runner's are
 (`dialect_errors`): a JSON error response while no headers went out (a non-stream answer's
@@ -16,6 +17,7 @@ stream's own error event (SSE or an NDJSON line).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -45,6 +47,9 @@ _BROADCAST = {
     f"/engines/{infix}{verb}" for infix in ("", "llama.cpp/") for verb in ("unload", "_configure")
 }
 BROADCAST_TIMEOUT_S = 120.0
+# How often a broadcast waiting on a replica checks that the replica is still in the set: a
+# call addressed to a replica Serve has dropped (its node lost) would otherwise wait it out.
+LISTED_POLL_S = 1.0
 
 
 class TooLarge(Exception):
@@ -237,7 +242,25 @@ class FrontDoorApp:
             messages = [m async for batch in gen for m in batch]
             return messages[0], b"".join(m.get("body", b"") for m in messages[1:])
 
-        return await asyncio.wait_for(run(), BROADCAST_TIMEOUT_S)
+        task = asyncio.ensure_future(run())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BROADCAST_TIMEOUT_S
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=LISTED_POLL_S)
+            if done:
+                return task.result()
+            gone = not self._listed(request.target)
+            if gone or loop.time() >= deadline:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                why = "left the deployment" if gone else "did not answer in time"
+                raise TimeoutError(f"replica {request.target} {why}")
+
+    def _listed(self, replica_id: str) -> bool:
+        """Whether the router still lists the replica (True before it lists any)."""
+        reports = replica_reports(self.deployment)
+        return reports is None or any(r["replica_id"] == replica_id for r in reports)
 
 
 def _merge_unloads(answers: list[dict[str, Any]]) -> dict[str, Any]:
