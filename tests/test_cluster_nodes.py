@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 import ray  # noqa: E402
+from openai import OpenAI, omit  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from test_cluster import FRESH_TOPICS, STREAM_TOKENS, _stream, system_prompt  # noqa: E402
@@ -65,16 +66,15 @@ class TwoNodes:
             time.sleep(0.5)
 
     def chat(self, system: str, user: str, key: str = "") -> tuple[dict[str, Any], str]:
-        body: dict[str, Any] = {
-            "model": MODEL,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "max_tokens": 1,
-        }
-        if key:
-            body["prompt_cache_key"] = key
-        r = httpx.post(self.url + "/v1/chat/completions", json=body, timeout=180)
-        assert r.status_code == 200, r.text
-        return r.json(), r.headers["x-runner-replica"]
+        """The openai SDK's chat (with `prompt_cache_key` when given): (body, replica)."""
+        client = OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=180)
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            max_tokens=1,
+            prompt_cache_key=key or omit,
+        )
+        return raw.http_response.json(), raw.headers["x-runner-replica"]
 
 
 @ray.remote(num_cpus=0)
