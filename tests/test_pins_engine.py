@@ -74,11 +74,27 @@ def test_a_cache_key_brings_the_request_back_to_its_slot(make_core) -> None:
     core, _ = make_core(slots=3)
     a = run(core, prompt_of(40, 100), cache_key="agent-a", id_slot=2)
     assert a.finish.slot_id == 2
-    # A prompt sharing nothing with any slot would go to the lowest idle slot (0).
+    # A prompt sharing nothing with any slot goes to another (an empty one, the lowest).
     plain = run(core, prompt_of(40, 300))
     assert plain.finish.slot_id == 0
     again = run(core, prompt_of(40, 400), cache_key="agent-a")
     assert again.finish.slot_id == 2
     # Another key, or none, is not pulled there.
     other = run(core, prompt_of(40, 500), cache_key="agent-b")
-    assert other.finish.slot_id == 0
+    assert other.finish.slot_id != 2
+
+
+def test_a_sliding_window_state_is_saved_up_to_its_breakpoint(make_core, tmp_path: Path) -> None:
+    """A saved sliding-window state cannot be cut back, so it ends where a later prompt is
+    cut too: a block boundary, or a breakpoint past it (where the pin ends)."""
+    cache = PromptCache(CacheKey("m" * 64, "k"), 1 << 20, 1 << 20, tmp_path)
+    core, ex = make_core(cache=cache)
+    ex.window = 512  # what LlamaExecutor reports for a sliding-window model
+    prompt = prompt_of(71)  # all but the last 4: 67; whole blocks: 64
+    mark = (CacheBreakpoint(66, 300.0),)
+    run(core, prompt, breakpoints=mark)
+    run(core, prompt_of(80, 3000))  # takes the only slot: its state is saved
+    (pin,) = cache.pins()
+    assert pin["tokens"] == 66 and pin["tier"] == "ram"
+    again = run(core, prompt[:66] + prompt_of(20, 900), breakpoints=mark)
+    assert again.timings.cache_source == "ram" and again.timings.cache_n == 66

@@ -211,8 +211,10 @@ class PrefixPlanner:
         if getattr(self._kv, "window", 0) and n % self._block:
             # A saved state keeps only the last window of sliding-window layers, so it cannot
             # be cut back at all: end it on a block boundary, where a prompt that goes on
-            # from it is cut too (a later turn of the conversation).
-            n = n // self._block * self._block
+            # from it is cut too (a later turn of the conversation), or on a later
+            # breakpoint, where one that repeats it is (and where its pin ends).
+            marks = [c for c in slot.exact.cuts if c < n]
+            n = max([n // self._block * self._block, *marks])
         if self.cache is None or n < self._config.min_restore_tokens:
             return
         if slot.lora != self._config.loaded_lora:  # the cache's key names the loaded set
