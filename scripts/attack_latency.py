@@ -95,6 +95,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chats", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--phases", default="0,1,2,3,4", help="which phases, by number (0: alone)")
     args = ap.parse_args()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -125,7 +126,8 @@ def main() -> int:
             ("/api/embed 20,000 tiny inputs", embed_attack(60.0)),
         ]
         print(f"{'phase':32} {'p50 s':>7} {'p95 s':>7}  attacks (HTTP status: count)")
-        for name, attack in phases:
+        chosen = [phases[int(i)] for i in args.phases.split(",")]
+        for name, attack in chosen:
             result = phase(url, attack, args.chats)
             print(f"{name:32} {result['p50']:7.2f} {result['p95']:7.2f}  {result['attacks']}")
             sys.stdout.flush()
