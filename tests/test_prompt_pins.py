@@ -164,6 +164,34 @@ def test_openai_cache_key_and_24h_retention(oai: openai.OpenAI, http: httpx.Clie
         )  # type: ignore[arg-type]
 
 
+def test_agents_sdk_model_settings(server: ServerHandle, http: httpx.Client) -> None:
+    """The openai-agents SDK: `prompt_cache_retention` in `ModelSettings`, the cache key in
+    its `extra_args`; the second run reads the agent's instructions back."""
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        Runner,
+        set_tracing_disabled,
+    )
+
+    set_tracing_disabled(True)  # offline: no trace export
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    settings = ModelSettings(
+        max_tokens=2, prompt_cache_retention="24h", extra_args={"prompt_cache_key": "agent-9"}
+    )
+    model = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
+    agent = Agent(name="pinned", instructions=long_system(), model=model, model_settings=settings)
+    before = {p["id"] for p in pins(http)}
+    Runner.run_sync(agent, "Hi.", max_turns=1)
+    made = [p for p in pins(http) if p["id"] not in before]
+    assert len(made) == 1 and made[0]["ttl"] == 86400
+    second = Runner.run_sync(agent, "Hello again.", max_turns=1)
+    usage = second.context_wrapper.usage
+    assert usage.input_tokens_details.cached_tokens > 250
+    assert usage.input_tokens_details.cached_tokens < usage.input_tokens
+
+
 def test_operator_lists_and_drops_pins(claude: anthropic.Anthropic, http: httpx.Client) -> None:
     system = [{"type": "text", "text": long_system(), "cache_control": ONE_HOUR}]
     reply = claude.messages.create(model=MODEL, max_tokens=1, system=system, messages=ask("Hi"))
