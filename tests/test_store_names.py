@@ -203,7 +203,9 @@ def test_registry_references(ref: str, where: str, saved_as: str | None) -> None
     source = parse_source(ref)
     assert isinstance(source, OciSource)
     listed = Settings(insecure_registries=["localhost:5000"])  # plain http: only when listed
-    assert f"{registry_url(source.registry, listed)} {source.repository} {source.reference}" == where
+    assert (
+        f"{registry_url(source.registry, listed)} {source.repository} {source.reference}" == where
+    )
     assert source.local_name == (saved_as or f"ai/gemma3:sha256-{DIGEST[7:19]}")
 
 
