@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -67,4 +69,9 @@ def test_metrics(server) -> None:
     assert values["llamacpp:requests_deferred"] == 0
     assert values["runner:slots_total"] == 4
     assert values["runner:models_loaded"] >= 1
-    assert 'runner:prompt_cache_bytes{model="ai/gemma3:latest",tier="ram"}' in r.text
+    # Every engine series names the engine and its context size beside the model.
+    assert re.search(
+        r'runner:prompt_cache_bytes\{ctx_size="\d+",engine="[^"]+",model="ai/gemma3:latest",'
+        r'tier="ram"\}',
+        r.text,
+    ), r.text
