@@ -331,8 +331,9 @@ class PromptCache(Pinning):
                     if self._disk.nbytes + need > bound:  # the filesystem is at its reserve
                         self._drop_no_room(entry)
                         entry = None
-                    else:
-                        self._writing = True
+                # `drain` must not return while files are still being deleted or written
+                # outside the lock (a cleared cache would still show them).
+                self._writing = bool(unlinks or victims or entry is not None)
             for path in unlinks:
                 unlink_quietly(path)
             if pins is not None:
@@ -341,7 +342,11 @@ class PromptCache(Pinning):
             for v in victims:
                 unlink_quietly(v.path)
             if entry is not None:
-                self._write_one(entry)
+                self._write_one(entry)  # clears `_writing`
+            elif unlinks or victims:
+                with self._lock:
+                    self._writing = False
+                    self._changed.notify_all()
 
     def _files_size(self, e: Entry) -> int:
         assert self._files is not None
