@@ -265,13 +265,11 @@ def test_health_stays_responsive_while_a_large_body_is_processed(
     finally:
         done.set()
         poller.join()
-    assert r.status_code < 500, r.text  # too long for the slot, or the template's budget
-    assert took > 0.5, "the body was handled too fast to show anything"
-    # The body takes about a minute to refuse here (most of it tokenizing 1.8 MB of prompt on
-    # a worker thread), so a loop blocked by it would stall for far longer than this bound;
-    # the bound leaves room for a loaded 2-core box, where one /health took 0.6 s in a
-    # fresh-clone run while a tokenizer thread held the other core.
-    assert max(latencies) < 2.0 + noise, (noise, took, sorted(latencies)[-5:])
+    # Refused (too long for the slot) before it is tokenized: at once, not after a minute.
+    assert r.status_code == 400, r.text
+    # Parsing and measuring 1.8 MB of messages still takes a while on a slow box; a loop
+    # blocked meanwhile would show it here. The bound leaves room for a loaded 2-core box.
+    assert max(latencies, default=0.0) < 2.0 + noise, (noise, took, sorted(latencies)[-5:])
 
 
 # ----- output limits on the first run ----------------------------------------------------------
