@@ -6,7 +6,7 @@ by default here, not schemathesis' blanket 401/403/404).
 So the document states what the server accepts: model names, slot file names, token ids,
 ranges, enums and lengths are in it. What it cannot state is narrowly excused, by message:
 - `STATE_DEPENDENT`: answers that depend on server state, not on the request's shape: a
-  model / stored response / slot file that does not exist or is not loaded (404), a token id
+  model / stored response / slot file / cache pin that does not exist or is not loaded (404), a token id
   past the model's vocabulary, a prompt or `max_tokens` past its context size, a slot id or
   `n` past its slot count, Ollama's `think` for a model whose template does not think (400);
 - `POST /slots/{id}` with `action=save|restore` and no `filename` (400): a body field that
@@ -70,6 +70,7 @@ STATE_DEPENDENT: tuple[tuple[int, str], ...] = (
     (404, r"^model '.*' is not loaded"),
     (404, r"^(Previous response|Response) with id '.*' not found"),
     (404, r"^no slot file named "),
+    (404, r"^no pin [0-9a-f]+"),
     (400, r"outside the vocabulary|^prompt token ids must be in \[0, \d+\)"),
     (400, r"^the prompt has \d+ tokens but a slot holds \d+"),
     (400, r"^max_tokens is \d+ but a slot of .* holds \d+ tokens"),
