@@ -34,6 +34,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
+from runner.store.gguf_header import SCALAR_CODES
+
 N_EMBD = 64
 N_FF = 128
 HEAD_DIM = 64
@@ -68,21 +70,6 @@ ZOO = {
 }
 
 
-_SCALAR_CODES = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}
-
-
 def tokenizer_block(gguf_path: Path) -> TokenizerKV:
     """Every `tokenizer.*` key of a little-endian GGUF (vocabulary, scores, token types,
     special ids), with its types. Parsed here because `gguf.GGUFReader` takes ~20 s over a
@@ -105,13 +92,13 @@ def tokenizer_block(gguf_path: Path) -> TokenizerKV:
 
     def value(vtype: int) -> Any:
         nonlocal pos
-        if vtype in _SCALAR_CODES:
-            return scalar(_SCALAR_CODES[vtype])
+        if vtype in SCALAR_CODES:
+            return scalar(SCALAR_CODES[vtype])
         if vtype == GGUFValueType.STRING:
             return string()
         itype, length = scalar("I"), scalar("Q")
-        if itype in _SCALAR_CODES:
-            dtype = np.dtype("<" + _SCALAR_CODES[itype].replace("?", "b1"))
+        if itype in SCALAR_CODES:
+            dtype = np.dtype("<" + SCALAR_CODES[itype].replace("?", "b1"))
             items = np.frombuffer(buf, dtype, length, pos)
             pos += items.nbytes
             return items.tolist()

@@ -23,7 +23,7 @@ from .errors import InvalidModelFile
 
 GGUF_MAGIC = b"GGUF"
 SMALL_ARRAY = 1024  # longer arrays are skipped; per-layer arrays are much shorter than this
-_SCALARS = {
+SCALAR_CODES = {  # GGUF value type -> struct format
     0: "B",
     1: "b",
     2: "H",
@@ -120,8 +120,8 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
     def value(self, vtype: int) -> Any:
-        if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype])[0]
+        if vtype in SCALAR_CODES:
+            return self.unpack(SCALAR_CODES[vtype])[0]
         if vtype == _STRING:
             return self.string()
         if vtype != _ARRAY:
@@ -129,11 +129,11 @@ class _Cursor:
         itype, length = self.u32(), self.u64()
         self.need(length)  # every element takes at least one byte: rejects garbage lengths
         if length <= SMALL_ARRAY:
-            if itype in _SCALARS:
-                return GGUFArray(itype, length, list(self.unpack(_SCALARS[itype], length)))
+            if itype in SCALAR_CODES:
+                return GGUFArray(itype, length, list(self.unpack(SCALAR_CODES[itype], length)))
             return GGUFArray(itype, length, [self.value(itype) for _ in range(length)])
-        if itype in _SCALARS:
-            size = struct.calcsize(self.order + _SCALARS[itype]) * length
+        if itype in SCALAR_CODES:
+            size = struct.calcsize(self.order + SCALAR_CODES[itype]) * length
             self.need(size)
             self.pos += size
         elif itype == _STRING:  # walk the length prefixes without decoding anything
